@@ -1,0 +1,332 @@
+"""The immutable master dataset: Iceberg tables ``saiki.events`` and ``saiki.events_quarantine``.
+
+The loader appends event-log segments to the tables **exactly once**: every snapshot it
+commits carries, in its summary, the log offset just after the last record it holds
+(``saiki.log.next-offset``). A rerun resumes from that offset; a crash after data files
+were written but before the commit leaves only unreferenced files (the snapshot never
+happened) and the rerun writes the same rows again, once. Concurrent loaders are
+serialised by a file lock and, beyond one machine, by Iceberg's optimistic commit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform
+from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
+
+from core.config import SaikiConfig
+from core.errors import ComponentError
+from core.eventlog import EventLog, Topic
+from core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
+
+EVENTS_TABLE: Final = "events"
+QUARANTINE_TABLE: Final = "events_quarantine"
+NEXT_OFFSET: Final = "saiki.log.next-offset"
+
+EVENTS_SCHEMA: Final = Schema(
+    NestedField(1, "event_id", StringType(), required=True),
+    NestedField(2, "event_time", TimestamptzType(), required=True),
+    NestedField(3, "user_id", StringType(), required=True),
+    NestedField(4, "item_id", StringType(), required=True),
+    NestedField(5, "device_id", StringType(), required=False),
+    NestedField(6, "event_type", StringType(), required=True),
+    NestedField(7, "dwell_ms", LongType(), required=False),
+    NestedField(8, "request_id", StringType(), required=False),
+    NestedField(9, "variant", StringType(), required=False),
+    NestedField(10, "log_offset", LongType(), required=True),
+    NestedField(11, "ingest_time", TimestamptzType(), required=True),
+)
+QUARANTINE_SCHEMA: Final = Schema(
+    NestedField(1, "ingest_time", TimestamptzType(), required=True),
+    NestedField(2, "source", StringType(), required=False),
+    NestedField(3, "event_id", StringType(), required=False),
+    NestedField(4, "field", StringType(), required=False),
+    NestedField(5, "reason", StringType(), required=True),
+    NestedField(6, "raw_payload", StringType(), required=True),
+    NestedField(7, "log_offset", LongType(), required=True),
+)
+_TIMESTAMP: Final = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one load added to a table."""
+
+    table: str
+    rows: int
+    snapshots: int
+    next_offset: int
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot of saiki.events, as ``saiki master snapshots`` lists it."""
+
+    snapshot_id: int
+    timestamp_ms: int
+    operation: str
+    added_records: int
+    total_records: int
+    next_offset: int
+
+
+def write_pyiceberg_yaml(config: SaikiConfig) -> Path:
+    """Write ``<data dir>/.pyiceberg.yaml`` so stock tools open the catalog as ``saiki``."""
+    path = config.data_dir / ".pyiceberg.yaml"
+    text = (
+        "catalog:\n"
+        f"  {config.catalog.name}:\n"
+        f"    type: {config.catalog.type}\n"
+        f"    uri: {config.catalog_uri}\n"
+        f"    warehouse: {config.warehouse}\n"
+    )
+    if not path.exists() or path.read_text() != text:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
+
+
+def open_catalog(config: SaikiConfig) -> Catalog:
+    """The Iceberg catalog named by the configuration (SqlCatalog on SQLite by default)."""
+    write_pyiceberg_yaml(config)
+    (config.data_dir / "warehouse").mkdir(parents=True, exist_ok=True)
+    properties = {"type": config.catalog.type, "uri": config.catalog_uri}
+    properties["warehouse"] = config.warehouse
+    return load_catalog(config.catalog.name, **properties)
+
+
+def _events_to_iceberg(table: pa.Table) -> pa.Table:
+    """Log rows (times in epoch ms) in the master table's Arrow shape."""
+
+    def micros(column: str) -> pa.Array:
+        return pc.multiply(table.column(column), 1000).cast(pa.int64()).cast(_TIMESTAMP)
+
+    arrays = [
+        table.column("event_id"),
+        micros("event_time"),
+        table.column("user_id"),
+        table.column("item_id"),
+        table.column("device_id"),
+        table.column("event_type"),
+        table.column("dwell_ms"),
+        table.column("request_id"),
+        table.column("variant"),
+        table.column("offset"),
+        micros("ingest_ms"),
+    ]
+    return pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA.as_arrow())
+
+
+def _quarantine_to_iceberg(table: pa.Table) -> pa.Table:
+    ingest = pc.multiply(table.column("ingest_ms"), 1000).cast(pa.int64()).cast(_TIMESTAMP)
+    arrays = [
+        ingest,
+        table.column("source"),
+        table.column("event_id"),
+        table.column("field"),
+        pc.fill_null(table.column("reason"), ""),
+        pc.fill_null(table.column("raw"), ""),
+        table.column("offset"),
+    ]
+    return pa.Table.from_arrays(arrays, schema=QUARANTINE_SCHEMA.as_arrow())
+
+
+class MasterDataset:
+    """The Iceberg tables of the master dataset and the exactly-once loader into them."""
+
+    def __init__(
+        self, config: SaikiConfig, before_commit: Callable[[str, int], None] | None = None
+    ) -> None:
+        self.config = config
+        self.catalog = open_catalog(config)
+        # Called with (table, next offset) after data files are written, before the commit:
+        # the seam the crash tests kill the loader at.
+        self._before_commit = before_commit or (lambda table, offset: None)
+
+    def _identifier(self, name: str) -> str:
+        return f"{self.config.catalog.namespace}.{name}"
+
+    def table(self, name: str = EVENTS_TABLE) -> Table:
+        """Open (creating on first use) one of the master dataset's tables."""
+        try:
+            return self.catalog.load_table(self._identifier(name))
+        except NoSuchTableError:
+            pass
+        self.catalog.create_namespace_if_not_exists(self.config.catalog.namespace)
+        schema, time_field = (EVENTS_SCHEMA, 2) if name == EVENTS_TABLE else (QUARANTINE_SCHEMA, 1)
+        spec = PartitionSpec(
+            PartitionField(
+                source_id=time_field, field_id=1000, transform=DayTransform(), name="day"
+            )
+        )
+        return self.catalog.create_table_if_not_exists(
+            self._identifier(name),
+            schema=schema,
+            partition_spec=spec,
+            properties={"write.parquet.compression-codec": "zstd"},
+        )
+
+    @staticmethod
+    def committed_offset(table: Table) -> int:
+        """The log offset just after the last record the table's current snapshot holds."""
+        snapshot = table.current_snapshot()
+        if snapshot is None or snapshot.summary is None:
+            return 0
+        return int(snapshot.summary.additional_properties.get(NEXT_OFFSET, 0))
+
+    @contextmanager
+    def _loader_lock(self) -> Iterator[None]:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.config.data_dir / ".master.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def load(
+        self,
+        log: EventLog,
+        rows_per_commit: int = 2_000_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[LoadResult]:
+        """Append everything in the log that the tables do not hold yet, exactly once."""
+        with self._loader_lock():
+            return [
+                self._load_topic(
+                    name=EVENTS_TABLE,
+                    topic=log.events,
+                    schema=SEGMENT_ARROW_SCHEMA,
+                    convert=_events_to_iceberg,
+                    rows_per_commit=rows_per_commit,
+                    progress=progress,
+                ),
+                self._load_topic(
+                    name=QUARANTINE_TABLE,
+                    topic=log.quarantine,
+                    schema=QUARANTINE_RECORD_SCHEMA,
+                    convert=_quarantine_to_iceberg,
+                    rows_per_commit=rows_per_commit,
+                    progress=None,
+                ),
+            ]
+
+    def _load_topic(
+        self,
+        *,
+        name: str,
+        topic: Topic,
+        schema: pa.Schema,
+        convert: Callable[[pa.Table], pa.Table],
+        rows_per_commit: int,
+        progress: Callable[[int], None] | None,
+    ) -> LoadResult:
+        table = self.table(name)
+        start = self.committed_offset(table)
+        pending: list[pa.Table] = []
+        pending_rows = rows = snapshots = 0
+        next_offset = start
+        for segment, rows_of_segment in topic.read_range(start, schema):
+            pending.append(rows_of_segment)
+            pending_rows += rows_of_segment.num_rows
+            next_offset = segment.end
+            if pending_rows >= rows_per_commit:
+                table = self._commit(table, name, convert(pa.concat_tables(pending)), next_offset)
+                rows, snapshots = rows + pending_rows, snapshots + 1
+                if progress is not None:
+                    progress(pending_rows)
+                pending, pending_rows = [], 0
+        if pending:
+            table = self._commit(table, name, convert(pa.concat_tables(pending)), next_offset)
+            rows, snapshots = rows + pending_rows, snapshots + 1
+            if progress is not None:
+                progress(pending_rows)
+        return LoadResult(name, rows, snapshots, next_offset)
+
+    def _commit(self, table: Table, name: str, rows: pa.Table, next_offset: int) -> Table:
+        expected = self.committed_offset(table)
+        try:
+            transaction = table.transaction()
+            transaction.append(rows, snapshot_properties={NEXT_OFFSET: str(next_offset)})
+            self._before_commit(name, next_offset)
+            return transaction.commit_transaction()
+        except CommitFailedException as exc:
+            # Another writer committed first (beyond this machine's lock): never guess.
+            current = self.committed_offset(self.table(name))
+            raise ComponentError(
+                f"concurrent load of saiki.{name}: expected offset {expected}, table now at "
+                f"{current}; rerun the load"
+            ) from exc
+
+    def snapshots(self, name: str = EVENTS_TABLE) -> list[SnapshotInfo]:
+        """Every snapshot of a table, oldest first."""
+        table = self.table(name)
+        found = []
+        for snapshot in table.snapshots():
+            summary: dict[str, Any] = (
+                snapshot.summary.additional_properties if snapshot.summary else {}
+            )
+            found.append(
+                SnapshotInfo(
+                    snapshot_id=snapshot.snapshot_id,
+                    timestamp_ms=snapshot.timestamp_ms,
+                    operation=str(snapshot.summary.operation.value) if snapshot.summary else "",
+                    added_records=int(summary.get("added-records", 0)),
+                    total_records=int(summary.get("total-records", 0)),
+                    next_offset=int(summary.get(NEXT_OFFSET, 0)),
+                )
+            )
+        return found
+
+    def resolve_snapshot(
+        self, snapshot_id: int | None = None, as_of_ms: int | None = None
+    ) -> int | None:
+        """The snapshot to read: the one given, the newest at ``as_of_ms``, or the current."""
+        from core.errors import NotFoundError
+
+        table = self.table()
+        if snapshot_id is not None:
+            if table.snapshot_by_id(snapshot_id) is None:
+                raise NotFoundError(f"saiki.events has no snapshot {snapshot_id}")
+            return snapshot_id
+        if as_of_ms is not None:
+            snapshot = table.snapshot_as_of_timestamp(as_of_ms)
+            if snapshot is None:
+                raise NotFoundError(f"saiki.events has no snapshot at or before {as_of_ms}")
+            return int(snapshot.snapshot_id)
+        current = table.current_snapshot()
+        return int(current.snapshot_id) if current else None
+
+    def read(self, snapshot_id: int | None, columns: tuple[str, ...] = ("*",)) -> pa.Table:
+        """All rows of saiki.events at a snapshot (empty before the first load)."""
+        table = self.table()
+        if snapshot_id is None:
+            return EVENTS_SCHEMA.as_arrow().empty_table()
+        return table.scan(snapshot_id=snapshot_id, selected_fields=columns).to_arrow()
+
+    def counts(self, snapshot_id: int | None) -> pa.Table:
+        """Rows per day and event type at a snapshot: the table ``saiki master show`` prints."""
+        rows = self.read(snapshot_id, ("event_time", "event_type"))
+        if rows.num_rows == 0:
+            return pa.table({"day": pa.array([], pa.string()), "event_type": [], "events": []})
+        day = pc.strftime(rows.column("event_time"), format="%Y-%m-%d")
+        grouped = (
+            pa.table({"day": day, "event_type": rows.column("event_type")})
+            .group_by(["day", "event_type"])
+            .aggregate([("event_type", "count")])
+            .rename_columns(["day", "event_type", "events"])
+        )
+        return grouped.sort_by([("day", "ascending"), ("event_type", "ascending")])

@@ -1,0 +1,1 @@
+"""The ``saiki`` command line: one entry point that dispatches to every layer."""

@@ -1,0 +1,197 @@
+"""saiki's configuration: a few frozen dataclasses, layered defaults → file → environment.
+
+Everything of the embedded mode lives under one data directory (default ``.saiki/``,
+``--data-dir``, env ``SAIKI_DATA_DIR``). An optional ``saiki.toml`` in that directory
+overrides defaults per section::
+
+    [catalog]
+    uri = "postgresql+psycopg2://user:pw@db/saiki"    # any pyiceberg SqlCatalog URI
+    warehouse = "s3://bucket/warehouse"
+
+    [speed]
+    allowed_lateness_s = 300
+
+and ``SAIKI_<SECTION>_<KEY>`` environment variables override the file
+(``SAIKI_SERVING_PORT=50052``). Unknown sections or keys, and values of the wrong type,
+are a ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+
+DEFAULT_DATA_DIR = ".saiki"
+CONFIG_FILE = "saiki.toml"
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """Where the Iceberg master dataset lives (empty uri/warehouse: under the data dir)."""
+
+    name: str = "saiki"
+    namespace: str = "saiki"
+    type: str = "sql"
+    uri: str = ""
+    warehouse: str = ""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The event log: append-only segment files (embedded) or a Kafka topic (cluster)."""
+
+    backend: str = "segments"
+    kafka_bootstrap: str = ""
+    kafka_topic: str = "saiki.events"
+    # `saiki ingest` writes one segment per this many input lines.
+    segment_events: int = 200_000
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The PyFlink speed layer."""
+
+    allowed_lateness_s: int = 300
+    checkpoint_interval_ms: int = 2_000
+    jobmanager: str = ""  # host:port of a Flink cluster; empty: local mini-cluster
+    sink_flush_ms: int = 100
+
+
+@dataclass(frozen=True)
+class FeastConfig:
+    """The Feast project: embedded SQLite online store or Redis by configuration."""
+
+    project: str = "saiki"
+    online_store: str = "sqlite"  # sqlite | redis
+    redis_connection: str = "localhost:6379"
+    registry: str = ""  # empty: a registry file under the data dir; else a SQL URL
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The gRPC servers."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 1
+    precision: str = "int8"  # int8 | fp32
+    max_candidates: int = 1000
+    max_ids: int = 10_000
+    reload_interval_ms: int = 500
+
+
+@dataclass(frozen=True)
+class SaikiConfig:
+    """The whole configuration; ``data_dir`` is absolute."""
+
+    data_dir: Path
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    feast: FeastConfig = field(default_factory=FeastConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+
+    @property
+    def catalog_uri(self) -> str:
+        """The SQL catalog URI; by default a SQLite file in the data dir."""
+        return self.catalog.uri or f"sqlite:///{self.data_dir / 'catalog.db'}"
+
+    @property
+    def warehouse(self) -> str:
+        """The Iceberg warehouse location; by default a folder in the data dir."""
+        return self.catalog.warehouse or (self.data_dir / "warehouse").as_uri()
+
+    @property
+    def log_dir(self) -> Path:
+        """The root of the event log's segment files."""
+        return self.data_dir / "log"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "catalog": CatalogConfig,
+    "log": LogConfig,
+    "speed": SpeedConfig,
+    "feast": FeastConfig,
+    "serving": ServingConfig,
+}
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The data directory: the argument, else $SAIKI_DATA_DIR, else ./.saiki."""
+    chosen = data_dir or os.environ.get("SAIKI_DATA_DIR") or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().resolve()
+
+
+def load_config(
+    data_dir: str | os.PathLike[str] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+    **overrides: dict[str, Any],
+) -> SaikiConfig:
+    """Build the configuration: defaults, then ``<data_dir>/saiki.toml``, then environment.
+
+    ``overrides`` are per-section dicts (``serving={"port": 50052}``) applied last, as the
+    command line does.
+    """
+    env = os.environ if environ is None else environ
+    root = resolve_data_dir(data_dir)
+    layers: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    path = root / CONFIG_FILE
+    if path.exists():
+        try:
+            document = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        for section, values in document.items():
+            if section not in _SECTIONS or not isinstance(values, dict):
+                raise ConfigError(f"{path}: unknown section [{section}]")
+            layers[section].update(values)
+    for section in _SECTIONS:
+        prefix = f"SAIKI_{section.upper()}_"
+        for key, value in env.items():
+            if key.startswith(prefix):
+                layers[section][key.removeprefix(prefix).lower()] = value
+    for section, values in overrides.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown configuration section {section!r}")
+        layers[section].update({k: v for k, v in values.items() if v is not None})
+    built = {name: _build(name, cls, layers[name]) for name, cls in _SECTIONS.items()}
+    return SaikiConfig(data_dir=root, **built)
+
+
+def _build(section: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown configuration key {section}.{key}")
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], raw)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, hint: Any, raw: Any) -> Any:
+    target = hint
+    if isinstance(hint, types.UnionType):
+        target = next(a for a in typing.get_args(hint) if a is not type(None))
+    if isinstance(raw, target) and not (target is int and isinstance(raw, bool)):
+        return raw
+    if isinstance(raw, str):
+        try:
+            if target is bool:
+                if raw.lower() in {"1", "true", "yes", "on"}:
+                    return True
+                if raw.lower() in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(raw)
+            return target(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: expected {target.__name__}, got {raw!r}") from exc
+    raise ConfigError(f"{name}: expected {target.__name__}, got {type(raw).__name__}")

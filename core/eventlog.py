@@ -1,0 +1,230 @@
+"""The event log: saiki's embedded stand-in for a Kafka topic.
+
+A topic is a folder of immutable segment files. Each append writes one segment named
+by its first offset and its length (``seg-0000000000001000-00000500.jsonl`` holds offsets
+1000..1499, line n being offset 1000 + n), one canonical JSON object per line, and makes
+it visible atomically: it is *staged* under a dotted name and fsync'd (by any process, in
+parallel), then *published* by a rename under the writer lock, and the folder fsync'd.
+Readers therefore never see a partial segment, and Flink's filesystem source (which skips
+names starting with ``.`` or ``_``) picks each segment up exactly once.
+
+The events topic also keeps an Arrow IPC copy of each segment (``_seg-….arrow``): the
+same rows, columnar, so that the master loader does not parse JSON again. It is a cache:
+when it is missing the JSON segment is read instead.
+
+Appends are serialised across processes by an ``flock`` on ``<log>/.lock`` (the gRPC
+server and ``saiki ingest`` may run at once).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import pyarrow as pa
+import pyarrow.json as pa_json
+
+from core.errors import ComponentError
+
+_STAGE_COUNTER = itertools.count()
+
+EVENTS_TOPIC: Final = "events"
+QUARANTINE_TOPIC: Final = "quarantine"
+
+_SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})\.jsonl$")
+_STAGED_MAX_AGE_S: Final = 3600
+
+OFFSET_FIELD: Final = pa.field("offset", pa.int64(), nullable=False)
+INGEST_FIELD: Final = pa.field("ingest_ms", pa.int64(), nullable=False)
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    """One immutable segment file of a topic: offsets ``first .. first + count - 1``."""
+
+    first: int
+    count: int
+    path: Path
+
+    @property
+    def end(self) -> int:
+        """The offset just after this segment."""
+        return self.first + self.count
+
+    @property
+    def sidecar(self) -> Path:
+        """Where the Arrow copy of this segment lives (if the topic keeps one)."""
+        return self.path.with_name("_" + self.path.name.removesuffix(".jsonl") + ".arrow")
+
+
+@dataclass(frozen=True)
+class StagedSegment:
+    """A segment written and fsync'd under hidden names, not yet part of the topic."""
+
+    count: int
+    path: Path
+    sidecar: Path | None
+
+    def discard(self) -> None:
+        """Remove the staged files (the batch was not published)."""
+        self.path.unlink(missing_ok=True)
+        if self.sidecar is not None:
+            self.sidecar.unlink(missing_ok=True)
+
+
+class Topic:
+    """An append-only sequence of segments in one folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def segments(self, from_offset: int = 0) -> list[Segment]:
+        """The committed segments holding any offset at or after ``from_offset``, in order."""
+        if not self.directory.exists():
+            return []
+        found = []
+        for entry in os.scandir(self.directory):
+            match = _SEGMENT.match(entry.name)
+            if match:
+                segment = Segment(int(match[1]), int(match[2]), Path(entry.path))
+                if segment.end > from_offset:
+                    found.append(segment)
+        found.sort()
+        return found
+
+    def head(self) -> int:
+        """The next offset to be written (the number of records ever appended)."""
+        segments = self.segments()
+        return segments[-1].end if segments else 0
+
+    def stage(self, lines: Sequence[bytes], columns: pa.Table | None = None) -> StagedSegment:
+        """Write a segment under hidden names and fsync it; safe from any process, no lock.
+
+        ``lines`` are complete JSON objects without newlines; ``columns`` is the optional
+        Arrow copy of the same rows (without the offset column: offsets come from the name).
+        """
+        if not lines:
+            raise ValueError("an empty segment is never written")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        token = f".staged-{os.getpid()}-{next(_STAGE_COUNTER)}-{time.time_ns()}"
+        path = self.directory / f"{token}.jsonl"
+        _write_synced(path, b"\n".join(lines) + b"\n")
+        sidecar = None
+        if columns is not None:
+            sidecar = self.directory / f"{token}.arrow"
+            _write_synced(sidecar, _arrow_bytes(columns))
+        return StagedSegment(len(lines), path, sidecar)
+
+    def publish(self, staged: StagedSegment) -> Segment:
+        """Make a staged segment the next one of the topic; the caller holds the writer lock."""
+        segment = Segment(self.head(), staged.count, Path())
+        name = f"seg-{segment.first:016d}-{staged.count:08d}.jsonl"
+        segment = Segment(segment.first, staged.count, self.directory / name)
+        if staged.sidecar is not None:
+            os.rename(staged.sidecar, segment.sidecar)
+        os.rename(staged.path, segment.path)
+        _fsync_dir(self.directory)
+        return segment
+
+    def append(self, lines: Sequence[bytes], columns: pa.Table | None = None) -> Segment:
+        """Stage and publish in one go; the caller holds the writer lock."""
+        return self.publish(self.stage(lines, columns))
+
+    def sweep_staged(self, max_age_s: float = _STAGED_MAX_AGE_S) -> int:
+        """Remove staged files a crashed writer left behind (older than max_age_s)."""
+        removed = 0
+        if not self.directory.exists():
+            return 0
+        cutoff = time.time() - max_age_s
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(".staged-") and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+    def read(self, segment: Segment, schema: pa.Schema) -> pa.Table:
+        """One segment's rows as Arrow, with their ``offset``: from the sidecar, else the JSON.
+
+        ``schema`` names the record fields wanted (without ``offset``).
+        """
+        table = None
+        if segment.sidecar.exists():
+            try:
+                with pa.memory_map(str(segment.sidecar)) as source:
+                    cached = pa.ipc.open_file(source).read_all()
+                if cached.num_rows == segment.count:
+                    table = cached.select(schema.names)
+            except (pa.ArrowInvalid, OSError, KeyError):
+                table = None  # a damaged cache: fall back to the JSON source of truth
+        if table is None:
+            options = pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            )
+            try:
+                table = pa_json.read_json(segment.path, parse_options=options)
+            except pa.ArrowInvalid as exc:
+                raise ComponentError(
+                    f"event log segment {segment.path} is unreadable: {exc}"
+                ) from exc
+            table = table.select(schema.names)
+        offsets = pa.array(range(segment.first, segment.end), pa.int64())
+        return table.add_column(0, OFFSET_FIELD, offsets)
+
+    def read_range(self, from_offset: int, schema: pa.Schema) -> Iterator[tuple[Segment, pa.Table]]:
+        """Every record at or after ``from_offset``, segment by segment."""
+        for segment in self.segments(from_offset):
+            table = self.read(segment, schema)
+            if segment.first < from_offset:
+                table = table.slice(from_offset - segment.first)
+            yield segment, table
+
+
+class EventLog:
+    """The log's two topics: accepted ``events`` and ``quarantine``d records."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.events = Topic(root / EVENTS_TOPIC)
+        self.quarantine = Topic(root / QUARANTINE_TOPIC)
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Hold the single-writer lock of the whole log (both topics)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _arrow_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    payload: bytes = sink.getvalue().to_pybytes()
+    return payload
+
+
+def _write_synced(path: Path, payload: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

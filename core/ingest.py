@@ -1,0 +1,409 @@
+"""Ingestion into the event log: validate, de-duplicate by event_id, append durably.
+
+Used by ``saiki ingest`` (JSON-lines files) and by the ``Ingest`` RPC. Every input ends in
+exactly one place: the events topic (accepted, once per event_id), the duplicate count,
+or the quarantine topic with its raw payload and the reason.
+
+The work is split so that files use every core: :func:`stage_batch` (validate, drop
+repeats within the batch, render canonical JSON and Arrow, write hidden fsync'd files)
+runs in worker processes on byte ranges of the input, while :meth:`Ingestor.commit`
+(drop ids the log already holds, publish by rename) runs in order in one process under
+the log's writer lock.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
+from core.schema import EVENT_ARROW_SCHEMA, FIELDS, Event, Rejection, validate_event
+from core.timeutil import now_ms
+
+# A log record of the events topic: the event and its ingest time. Its offset is implicit
+# (segment first offset + line number) and added when a segment is read.
+SEGMENT_ARROW_SCHEMA = pa.schema([INGEST_FIELD, *EVENT_ARROW_SCHEMA])
+LOG_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *SEGMENT_ARROW_SCHEMA])
+QUARANTINE_RECORD_SCHEMA = pa.schema(
+    [
+        INGEST_FIELD,
+        pa.field("source", pa.string()),
+        pa.field("event_id", pa.string()),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+QUARANTINE_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *QUARANTINE_RECORD_SCHEMA])
+_RECORD_KEYS = ("ingest_ms", *FIELDS)
+# orjson renders a list of records as `[{"ingest_ms":…},{"ingest_ms":…}]`. Inside a JSON
+# string every `"` is escaped, so `},{"` occurs only between two objects: splitting on it
+# turns one fast bulk dump into per-record lines.
+_BOUNDARY = b'},{"'
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One decoded input event with its raw payload (kept if it is quarantined)."""
+
+    payload: str
+    decoded: Mapping[str, Any] | Rejection
+    source: str
+
+
+@dataclass
+class StagedBatch:
+    """A validated batch, de-duplicated within itself and staged in the log, not published."""
+
+    size: int
+    event_ids: list[str]
+    events: StagedSegment | None
+    duplicates: int
+    rejections: list[tuple[int, Rejection]]
+    quarantine: StagedSegment | None
+
+    def discard(self) -> None:
+        """Remove the staged files."""
+        for staged in (self.events, self.quarantine):
+            if staged is not None:
+                staged.discard()
+
+
+@dataclass
+class IngestResult:
+    """What happened to a batch of inputs."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    # (index in the batch, why), for quarantined inputs.
+    rejections: list[tuple[int, Rejection]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+    def add(self, other: IngestResult, index_base: int = 0) -> None:
+        """Fold another batch's result into this one."""
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.rejections.extend((index_base + i, r) for i, r in other.rejections)
+        self.segments.extend(other.segments)
+
+
+def stage_batch(
+    log: EventLog,
+    checked: Sequence[Event | Rejection],
+    ingest_ms: int,
+    describe: Callable[[int], tuple[str, str]],
+) -> StagedBatch:
+    """Stage validation outcomes: unique events to one segment, rejections to another.
+
+    ``describe(i)`` gives the raw payload and source of input i (for quarantine only).
+    Pure CPU plus staged writes: it runs in worker processes for files.
+    """
+    events: list[Event] = []
+    rejected: list[tuple[int, Rejection]] = []
+    for index, outcome in enumerate(checked):
+        if type(outcome) is Rejection:
+            rejected.append((index, outcome))
+        else:
+            events.append(outcome)  # type: ignore[arg-type]
+    ids = [event.event_id for event in events]
+    # id -> index of its first occurrence, built in C (later keys overwrite earlier ones).
+    first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
+    duplicates = len(ids) - len(first)
+    if duplicates:
+        keep = sorted(first.values())
+        events = [events[i] for i in keep]
+        ids = [ids[i] for i in keep]
+    staged_events = None
+    if events:
+        with _gc_paused():
+            lines = _render(events, ingest_ms)
+            columns = list(zip(*events, strict=True))
+        arrays = [pa.array([ingest_ms] * len(events), pa.int64())] + [
+            pa.array(column, type=f.type)
+            for column, f in zip(columns, EVENT_ARROW_SCHEMA, strict=True)
+        ]
+        table = pa.Table.from_arrays(arrays, schema=SEGMENT_ARROW_SCHEMA)
+        staged_events = log.events.stage(lines, table)
+    staged_quarantine = None
+    if rejected:
+        records = []
+        for index, why in rejected:
+            payload, source = describe(index)
+            records.append(
+                {
+                    "ingest_ms": ingest_ms,
+                    "source": source,
+                    "event_id": why.event_id,
+                    "field": why.field,
+                    "reason": why.reason,
+                    "raw": payload,
+                }
+            )
+        staged_quarantine = log.quarantine.stage([orjson.dumps(r) for r in records])
+    return StagedBatch(len(checked), ids, staged_events, duplicates, rejected, staged_quarantine)
+
+
+def _render(events: list[Event], ingest_ms: int) -> list[bytes]:
+    keys = _RECORD_KEYS
+    blob = orjson.dumps([dict(zip(keys, (ingest_ms, *event), strict=True)) for event in events])
+    # Strip `[{"` and `}]`; each piece then reads `ingest_ms":…` up to its last value.
+    return [b'{"%b}' % piece for piece in blob[3:-2].split(_BOUNDARY)]
+
+
+def check_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rejection]:
+    """Decode and validate raw JSON lines; a broken line is a Rejection, never an error."""
+    loads, decode_error, validate = orjson.loads, orjson.JSONDecodeError, validate_event
+    checked: list[Event | Rejection] = []
+    append = checked.append
+    with _gc_paused():
+        for line in lines:
+            try:
+                raw = loads(line)
+            except decode_error as exc:
+                append(Rejection("", f"malformed JSON: {exc}"))
+                continue
+            if type(raw) is dict:
+                append(validate(raw, ingest_ms))
+            else:
+                append(Rejection("", f"expected a JSON object, got {type(raw).__name__}"))
+    return checked
+
+
+class SeenEventIds:
+    """Every event_id in the events topic, kept in memory and caught up under the lock.
+
+    An exact set (not a sketch): a duplicate must never be confused with a new event.
+    About 100 bytes per id; ten million ids take about a gigabyte.
+    """
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._ids: set[str] = set()
+        self._upto = 0
+
+    def catch_up(self) -> None:
+        """Add the ids of segments written since the last call (by any process)."""
+        schema = pa.schema([pa.field("event_id", pa.string())])
+        for segment in self._log.events.segments(self._upto):
+            if segment.sidecar.exists():
+                with pa.memory_map(str(segment.sidecar)) as source:
+                    ids = pa.ipc.open_file(source).read_all().column("event_id")
+            else:
+                ids = self._log.events.read(segment, schema).column("event_id")
+            with _gc_paused():
+                self._ids.update(ids.to_pylist())
+            self._upto = segment.end
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def isdisjoint(self, event_ids: Iterable[str]) -> bool:
+        """True when none of these ids is in the log (checked in C)."""
+        return self._ids.isdisjoint(event_ids)
+
+    def remember(self, event_ids: Iterable[str], upto: int) -> None:
+        """Add the ids this process just appended, up to offset ``upto``."""
+        self._ids.update(event_ids)
+        self._upto = upto
+
+
+class Ingestor:
+    """Publishes staged batches in order, de-duplicated against the whole log."""
+
+    def __init__(self, log: EventLog, clock: Callable[[], int] = now_ms) -> None:
+        self.log = log
+        self.clock = clock
+        self._seen = SeenEventIds(log)
+
+    def ingest(self, inputs: Sequence[RawEvent]) -> IngestResult:
+        """Validate and append a batch of decoded inputs (the RPC path)."""
+        ingest_ms = self.clock()
+        checked = [
+            item.decoded
+            if isinstance(item.decoded, Rejection)
+            else validate_event(item.decoded, ingest_ms)
+            for item in inputs
+        ]
+        return self.commit(
+            stage_batch(
+                self.log, checked, ingest_ms, lambda i: (inputs[i].payload, inputs[i].source)
+            )
+        )
+
+    def ingest_lines(
+        self, lines: Sequence[bytes], source: str, first_line: int = 1
+    ) -> IngestResult:
+        """Validate and append raw JSON lines in this process."""
+        ingest_ms = self.clock()
+        staged = stage_batch(
+            self.log,
+            check_lines(lines, ingest_ms),
+            ingest_ms,
+            lambda i: (lines[i].decode("utf-8", "replace"), f"{source}:{first_line + i}"),
+        )
+        return self.commit(staged)
+
+    def commit(self, batch: StagedBatch) -> IngestResult:
+        """Publish a staged batch: its events not yet in the log, and its quarantine."""
+        result = IngestResult(duplicates=batch.duplicates, quarantined=len(batch.rejections))
+        result.rejections = batch.rejections
+        try:
+            with self.log.writer_lock():
+                self._seen.catch_up()
+                staged = batch.events
+                if staged is not None and not self._seen.isdisjoint(batch.event_ids):
+                    staged, dropped = self._without_seen(staged, batch.event_ids)
+                    result.duplicates += dropped
+                if staged is not None:
+                    segment = self.log.events.publish(staged)
+                    self._seen.remember(batch.event_ids, segment.end)
+                    result.segments.append(segment)
+                    result.accepted = staged.count
+                if batch.quarantine is not None:
+                    self.log.quarantine.publish(batch.quarantine)
+        finally:
+            batch.discard()  # whatever was not published (no-op for published files)
+        return result
+
+    def _without_seen(
+        self, staged: StagedSegment, event_ids: list[str]
+    ) -> tuple[StagedSegment | None, int]:
+        """Re-stage a segment without the events the log already holds (retries)."""
+        keep = [i for i, event_id in enumerate(event_ids) if event_id not in self._seen]
+        dropped = len(event_ids) - len(keep)
+        if not keep:
+            staged.discard()
+            return None, dropped
+        lines = staged.path.read_bytes().split(b"\n")
+        columns = None
+        if staged.sidecar is not None:
+            with pa.memory_map(str(staged.sidecar)) as source:
+                columns = pa.ipc.open_file(source).read_all().take(keep)
+        fresh = self.log.events.stage([lines[i] for i in keep], columns)
+        staged.discard()
+        event_ids[:] = [event_ids[i] for i in keep]
+        return fresh, dropped
+
+
+@dataclass(frozen=True)
+class _Range:
+    path: str
+    start: int
+    stop: int
+
+
+def _split_file(path: Path, target_bytes: int) -> list[_Range]:
+    """Byte ranges of about target_bytes, each ending just after a newline."""
+    size = path.stat().st_size
+    ranges: list[_Range] = []
+    with open(path, "rb") as handle:
+        start = 0
+        while start < size:
+            handle.seek(min(start + target_bytes, size))
+            handle.readline()
+            stop = min(handle.tell(), size)
+            ranges.append(_Range(str(path), start, stop))
+            start = stop
+    return ranges
+
+
+def _stage_range(task: tuple[str, _Range, int, int]) -> tuple[StagedBatch, int]:
+    """Worker: validate and stage one byte range; also returns its count of physical lines."""
+    log_root, piece, ingest_ms, _ = task
+    with open(piece.path, "rb") as handle:
+        handle.seek(piece.start)
+        data = handle.read(piece.stop - piece.start)
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    # Blank lines are skipped but counted, so that sources name the right line.
+    numbered = [(n, line.strip()) for n, line in enumerate(raw_lines) if line.strip()]
+    lines = [line for _, line in numbered]
+    name = Path(piece.path).name
+    staged = stage_batch(
+        EventLog(Path(log_root)),
+        check_lines(lines, ingest_ms),
+        ingest_ms,
+        lambda i: (lines[i].decode("utf-8", "replace"), f"{name}:+{numbered[i][0]}"),
+    )
+    return staged, len(raw_lines)
+
+
+def ingest_files(
+    ingestor: Ingestor,
+    paths: Iterable[Path],
+    chunk_bytes: int = 32 << 20,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """Ingest JSON-lines files: workers validate and stage byte ranges, this process
+    publishes them in order. ``progress`` receives the input count of each chunk.
+    """
+    total = IngestResult()
+    tasks = [piece for path in paths for piece in _split_file(path, chunk_bytes)]
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    line_base: dict[str, int] = {}
+    index_base = 0
+    root = str(ingestor.log.root)
+    jobs = ((root, task, ingestor.clock(), n) for n, task in enumerate(tasks))
+
+    def fold(staged: StagedBatch, physical_lines: int, path: str) -> None:
+        nonlocal index_base
+        base = line_base.get(path, 0)
+        line_base[path] = base + physical_lines
+        if staged.quarantine is not None:
+            _renumber_sources(staged.quarantine, base + 1)
+        total.add(ingestor.commit(staged), index_base=index_base)
+        index_base += staged.size
+        if progress is not None:
+            progress(staged.size)
+
+    if workers <= 1 or len(tasks) <= 1:
+        for task, job in zip(tasks, jobs, strict=True):
+            fold(*_stage_range(job), task.path)
+        return total
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        for task, (staged, physical) in zip(tasks, pool.imap(_stage_range, jobs), strict=True):
+            fold(staged, physical, task.path)
+    return total
+
+
+def _renumber_sources(staged: StagedSegment, base: int) -> None:
+    """Turn range-relative sources (`file:+n`) into file line numbers (`file:base+n`)."""
+    records = [orjson.loads(line) for line in staged.path.read_bytes().splitlines()]
+    for record in records:
+        name, _, relative = record["source"].rpartition(":+")
+        record["source"] = f"{name}:{base + int(relative)}"
+    payload = b"\n".join(orjson.dumps(r) for r in records) + b"\n"
+    with open(staged.path, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC around loops that allocate millions of acyclic objects.
+
+    Nothing allocated there forms a cycle; a full collection every few hundred
+    thousand allocations only rescans them and costs more than the work itself.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -1,0 +1,179 @@
+"""The event schema and its validation: the one place the rules of ARCHITECTURE.md live.
+
+Both entry points (``saiki ingest`` JSON lines and the ``Ingest`` RPC) turn their input
+into a plain mapping and call :func:`validate_event`; a broken rule becomes a
+:class:`Rejection` that names the field, never an exception that loses the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+import orjson
+import pyarrow as pa
+
+from core.errors import InvalidInputError
+from core.timeutil import parse_iso
+
+IMPRESSION: Final = "IMPRESSION"
+CLICK: Final = "CLICK"
+EVENT_TYPES: Final = (IMPRESSION, CLICK)
+
+MAX_ID_CHARS: Final = 128
+MAX_DWELL_MS: Final = 86_400_000
+MAX_FUTURE_MS: Final = 5 * 60_000
+# Epoch-ms times before 2000 are almost always seconds sent as milliseconds (or zero).
+MIN_EVENT_TIME_MS: Final = 946_684_800_000
+
+FIELDS: Final = (
+    "event_id",
+    "event_time",
+    "user_id",
+    "item_id",
+    "device_id",
+    "event_type",
+    "dwell_ms",
+    "request_id",
+    "variant",
+)
+_KNOWN: Final = frozenset(FIELDS)
+
+
+class Event(NamedTuple):
+    """A valid event; ``event_time`` in epoch ms UTC; absent optionals are ``None``."""
+
+    event_id: str
+    event_time: int
+    user_id: str
+    item_id: str
+    device_id: str | None
+    event_type: str
+    dwell_ms: int | None
+    request_id: str | None
+    variant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an event was quarantined: the field that broke a rule, and the rule."""
+
+    field: str
+    reason: str
+    event_id: str = ""
+
+
+# Columns of an event in the log's Arrow sidecars and in the master dataset.
+EVENT_ARROW_SCHEMA: Final = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_time", pa.int64(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("device_id", pa.string()),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("dwell_ms", pa.int64()),
+        pa.field("request_id", pa.string()),
+        pa.field("variant", pa.string()),
+    ]
+)
+
+
+def parse_json_line(line: bytes | str) -> dict[str, Any] | Rejection:
+    """Decode one JSON line into a mapping, or a Rejection if it is not a JSON object."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("", f"malformed JSON: {exc}")
+    if not isinstance(value, dict):
+        return Rejection("", f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def validate_event(  # noqa: PLR0911, PLR0912 (one early return per rule reads best)
+    raw: Mapping[str, Any], ingest_ms: int
+) -> Event | Rejection:
+    """Check one event against every rule; return it normalised or the first broken rule.
+
+    Written for speed (it runs once per ingested event): ``type(x) is str`` rather than
+    isinstance, since decoded JSON holds exact builtin types only.
+    """
+    get = raw.get
+    event_id = get("event_id")
+    if type(event_id) is not str or not event_id:
+        return Rejection("event_id", "required: a non-empty string")
+    if len(event_id) > MAX_ID_CHARS:
+        return Rejection("event_id", f"longer than {MAX_ID_CHARS} characters", event_id[:64])
+    if not _KNOWN.issuperset(raw):
+        return Rejection(sorted(raw.keys() - _KNOWN)[0], "unknown field", event_id)
+    user_id = get("user_id")
+    if type(user_id) is not str or not 0 < len(user_id) <= MAX_ID_CHARS:
+        return Rejection("user_id", _ID_RULE, event_id)
+    item_id = get("item_id")
+    if type(item_id) is not str or not 0 < len(item_id) <= MAX_ID_CHARS:
+        return Rejection("item_id", _ID_RULE, event_id)
+    event_type = get("event_type")
+    if event_type != IMPRESSION and event_type != CLICK:  # noqa: PLR1714 (faster than `in`)
+        return Rejection("event_type", f"must be IMPRESSION or CLICK, got {event_type!r}", event_id)
+    when = get("event_time")
+    if type(when) is int:
+        event_time = when
+    else:
+        parsed = _parse_event_time(when)
+        if type(parsed) is str:
+            return Rejection("event_time", parsed, event_id)
+        event_time = parsed  # type: ignore[assignment]
+    if event_time < MIN_EVENT_TIME_MS:
+        return Rejection(
+            "event_time",
+            f"before 2000-01-01 ({event_time} ms): seconds sent as milliseconds?",
+            event_id,
+        )
+    if event_time > ingest_ms + MAX_FUTURE_MS:
+        return Rejection("event_time", "more than 5 minutes in the future of ingest time", event_id)
+    dwell = get("dwell_ms")
+    if dwell is not None:
+        if event_type != CLICK:
+            return Rejection("dwell_ms", "allowed on CLICK events only", event_id)
+        if type(dwell) is not int:
+            return Rejection("dwell_ms", f"must be an integer, got {dwell!r}", event_id)
+        if not 0 <= dwell <= MAX_DWELL_MS:
+            return Rejection("dwell_ms", f"must be within 0..{MAX_DWELL_MS}, got {dwell}", event_id)
+    device_id = get("device_id") or None
+    request_id = get("request_id") or None
+    variant = get("variant") or None
+    for name, value in (("device_id", device_id), ("request_id", request_id), ("variant", variant)):
+        if value is not None and (type(value) is not str or len(value) > MAX_ID_CHARS):
+            return Rejection(name, f"must be a string of at most {MAX_ID_CHARS} chars", event_id)
+    return Event(
+        event_id,
+        event_time,
+        user_id,
+        item_id,
+        device_id,
+        event_type,
+        dwell,
+        request_id,
+        variant,
+    )
+
+
+_ID_RULE: Final = f"required: a string of 1..{MAX_ID_CHARS} characters"
+
+
+def _parse_event_time(value: Any) -> int | str:
+    """Epoch ms of an ISO-8601 string, or the reason it is not an acceptable time."""
+    if type(value) is str:
+        try:
+            return parse_iso(value, "event_time")
+        except InvalidInputError as exc:
+            return exc.reason
+    if value is None:
+        return "required: ISO-8601 UTC string or epoch milliseconds"
+    return f"must be an ISO-8601 string or integer epoch ms, got {type(value).__name__}"
+
+
+def event_to_json(event: Event, **envelope: int) -> bytes:
+    """The canonical JSON line of an event (times as epoch ms), with envelope fields first."""
+    return orjson.dumps({**envelope, **event._asdict()})

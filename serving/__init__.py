@@ -1,0 +1,1 @@
+"""The serving layer: gRPC servers, the lambda merge, the model and its registry."""

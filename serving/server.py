@@ -1,0 +1,79 @@
+"""The gRPC server: saiki's services plus health checking and reflection."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from saiki.v1 import events_pb2, events_pb2_grpc
+
+from core.config import SaikiConfig
+from core.errors import ConfigError
+from core.eventlog import EventLog
+from core.ingest import Ingestor
+from serving.event_service import EventService
+
+SERVICE_NAMES = (events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,)
+
+
+@dataclass
+class RunningServer:
+    """A started server and how to stop it."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    on_stop: Callable[[], None]
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Refuse new calls, let running ones finish within ``grace`` seconds, then stop."""
+        for name in (*SERVICE_NAMES, ""):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        self.on_stop()
+
+
+def start_server(
+    config: SaikiConfig, host: str | None = None, port: int | None = None, threads: int = 8
+) -> RunningServer:
+    """Build and start the server; ``port=0`` picks a free port (tests)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads),
+        options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)],
+    )
+    events_pb2_grpc.add_EventServiceServicer_to_server(
+        EventService(Ingestor(EventLog(config.log_dir))), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{host or config.serving.host}:{config.serving.port if port is None else port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpcio reports a failed bind this way
+        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+    server.start()
+    for name in (*SERVICE_NAMES, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, bound, health_servicer, lambda: None)
+
+
+def serve_forever(running: RunningServer) -> None:
+    """Block until SIGINT/SIGTERM, then stop gracefully."""
+    stopped = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    stopped.wait()
+    running.stop()

@@ -1,0 +1,49 @@
+"""saiki's errors as gRPC status codes: the one place the mapping lives."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from core.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidInputError,
+    NotFoundError,
+    PreconditionError,
+    SaikiError,
+)
+
+_CODES: tuple[tuple[type[SaikiError], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ArtifactError, grpc.StatusCode.INTERNAL),
+    (ConfigError, grpc.StatusCode.INTERNAL),
+)
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def status_code(error: SaikiError) -> grpc.StatusCode:
+    """The status code a saiki error is answered with."""
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.UNAVAILABLE
+
+
+def rpc(handler: Handler) -> Handler:
+    """Wrap a servicer method: a SaikiError aborts the call with its mapped status."""
+
+    @functools.wraps(handler)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return handler(self, request, context)
+        except SaikiError as exc:
+            context.abort(status_code(exc), str(exc))
+
+    return wrapper  # type: ignore[return-value]

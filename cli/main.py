@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import data_commands, demo, serve_commands
+from cli import batch_commands, data_commands, demo, serve_commands
 from core.errors import SaikiError
 
-_MODULES = (data_commands, demo, serve_commands)
+_MODULES = (data_commands, batch_commands, serve_commands, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a failure prints a one-line reason and returns non-zero."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "beam_passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
     try:
         code = args.handler(args)
     except SaikiError as exc:

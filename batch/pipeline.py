@@ -1,0 +1,319 @@
+"""The batch view as a Beam pipeline: master snapshot → per-minute tiles → view files.
+
+Shaped after Beam's own examples: the logic is composite ``PTransform``s that take their
+parameters in the constructor (:class:`ComputeBatchView`), I/O stays at the edges
+(:class:`ReadSnapshot`, :class:`WriteTables`), and bad rows leave through a tagged
+dead-letter output. Elements are Arrow tables, not events: each scan batch is reduced to
+per-minute tiles in C++, keyed by (entity, shard), and Beam's combiner merges them with
+the spec's arithmetic (``feature_repo.tiles.merge_tiles``), so the shuffle carries tiles
+rather than raw events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam import pvalue
+
+from feature_repo.spec import AGGREGATION_NAMES, ENTITIES, MAX_WINDOW, WINDOWS, Entity
+from feature_repo.tiles import (
+    ENTITY_ID,
+    MINUTE,
+    MS_PER_MINUTE,
+    PrefixSums,
+    finalise,
+    merge_tiles,
+    tiles,
+)
+
+DEAD_LETTER: Final = "dead_letter"
+READ_COLUMNS: Final = ("event_time", "user_id", "item_id", "event_type", "dwell_ms", "log_offset")
+
+# Events read so far by in-process runs, keyed by run token: the driver's progress bar.
+# (Remote runners report through Beam metrics instead.)
+LOCAL_PROGRESS: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class SnapshotScan:
+    """What to read: a table at a pinned snapshot, events with lower <= event_time < upper."""
+
+    catalog: dict[str, str]
+    identifier: str
+    snapshot_id: int
+    lower_ms: int
+    upper_ms: int
+    columns: tuple[str, ...] = READ_COLUMNS
+
+    def row_filter(self) -> Any:
+        """The pyiceberg expression for the time range (prunes day partitions)."""
+        from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+
+        return And(
+            GreaterThanOrEqual("event_time", iceberg_time(self.lower_ms)),
+            LessThan("event_time", iceberg_time(self.upper_ms)),
+        )
+
+    def plan(self) -> list[Any]:
+        """The FileScanTasks of the scan (small, picklable: about 1.5 KB each)."""
+        table = self._table()
+        scan = table.scan(
+            row_filter=self.row_filter(), snapshot_id=self.snapshot_id, selected_fields=self.columns
+        )
+        return list(scan.plan_files())
+
+    def _table(self) -> Any:
+        from pyiceberg.catalog import load_catalog
+
+        properties = {k: v for k, v in self.catalog.items() if k != "name"}
+        return load_catalog(self.catalog["name"], **properties).load_table(self.identifier)
+
+
+def iceberg_time(ms: int) -> str:
+    """An epoch-ms instant as the ISO literal pyiceberg compares timestamptz columns with."""
+    from datetime import UTC, datetime, timedelta
+
+    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return instant.isoformat(timespec="microseconds")
+
+
+def normalise_types(table: pa.Table) -> pa.Table:
+    """Scan output in one shape: times as epoch-ms int64, strings as plain ``string``."""
+    fields = []
+    for field in table.schema:
+        if pa.types.is_timestamp(field.type):
+            fields.append(pa.field(field.name, pa.int64()))
+        elif pa.types.is_large_string(field.type):
+            fields.append(pa.field(field.name, pa.string()))
+        else:
+            fields.append(field)
+    columns = [
+        pc.divide(pc.cast(column, pa.int64()), 1000)
+        if pa.types.is_timestamp(column.type)
+        else column
+        for column in table.columns
+    ]
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields)).cast(pa.schema(fields))
+
+
+class _ReadTask(beam.DoFn):  # type: ignore[misc]
+    """Read one FileScanTask into Arrow batches with ``event_time`` as epoch ms."""
+
+    def __init__(self, scan: SnapshotScan, token: str) -> None:
+        self._scan = scan
+        self._token = token
+        self._arrow: Any = None
+
+    def setup(self) -> None:
+        from pyiceberg.io.pyarrow import ArrowScan
+
+        table = self._scan._table()
+        metadata = table.metadata
+        snapshot = metadata.snapshot_by_id(self._scan.snapshot_id)
+        schema = metadata.schema_by_id(snapshot.schema_id) if snapshot.schema_id else None
+        projected = (schema or metadata.schema()).select(*self._scan.columns)
+        self._arrow = ArrowScan(metadata, table.io, projected, self._scan.row_filter())
+
+    def process(self, task: Any) -> Iterator[pa.Table]:
+        table = self._arrow.to_table([task])
+        if table.num_rows == 0:
+            return
+        table = normalise_types(table)
+        beam.metrics.Metrics.counter("saiki", "events_read").inc(table.num_rows)
+        LOCAL_PROGRESS[self._token] = LOCAL_PROGRESS.get(self._token, 0) + table.num_rows
+        yield table
+
+
+class ReadSnapshot(beam.PTransform):  # type: ignore[misc]
+    """Events of a pinned master snapshot, as Arrow tables (one or more per data file)."""
+
+    def __init__(self, scan: SnapshotScan, token: str = "") -> None:
+        super().__init__()
+        self._scan = scan
+        self._token = token
+
+    def expand(self, begin: Any) -> Any:
+        return (
+            begin
+            | "PlanFiles" >> beam.Create(self._scan.plan())
+            | "Reshuffle" >> beam.Reshuffle()
+            | "ReadFiles" >> beam.ParDo(_ReadTask(self._scan, self._token))
+        )
+
+
+def shard_of(entity_id: str, shards: int) -> int:
+    """The stable shard of an entity id (crc32, the same in every process)."""
+    return zlib.crc32(entity_id.encode()) % shards
+
+
+def invalid_rows(batch: pa.Table) -> pa.Array:
+    """Rows the master dataset should never hold: missing ids, unknown type, bad dwell."""
+    bad = pa.array(np.zeros(batch.num_rows, dtype=bool))
+    for entity in ENTITIES:
+        ids = batch.column(entity.key)
+        bad = pc.or_kleene(bad, pc.or_kleene(pc.is_null(ids), pc.equal(pc.utf8_length(ids), 0)))
+    known = pc.is_in(batch.column("event_type"), pa.array(["IMPRESSION", "CLICK"]))
+    bad = pc.or_kleene(bad, pc.invert(pc.fill_null(known, False)))
+    dwell = batch.column("dwell_ms")
+    bad = pc.or_kleene(bad, pc.fill_null(pc.less(dwell, 0), False))
+    return pc.fill_null(pc.or_kleene(bad, pc.is_null(batch.column("event_time"))), True)
+
+
+class _Validate(beam.DoFn):  # type: ignore[misc]
+    """Pass valid rows on; send the others, whole, to the dead-letter output."""
+
+    def process(self, batch: pa.Table) -> Iterator[Any]:
+        bad = invalid_rows(batch)
+        if pc.any(bad).as_py():
+            rejected = batch.filter(bad)
+            beam.metrics.Metrics.counter("saiki", "dead_letters").inc(rejected.num_rows)
+            yield pvalue.TaggedOutput(DEAD_LETTER, rejected)
+            batch = batch.filter(pc.invert(bad))
+        if batch.num_rows:
+            yield batch
+
+
+class _TileBatch(beam.DoFn):  # type: ignore[misc]
+    """A batch of events → per-minute tiles of one entity kind, keyed by (entity, shard)."""
+
+    def __init__(self, entity: Entity, shards: int) -> None:
+        self._entity = entity
+        self._shards = shards
+
+    def process(self, batch: pa.Table) -> Iterator[Any]:
+        tiled = tiles(
+            batch.column(self._entity.key),
+            batch.column("event_time"),
+            batch.column("event_type"),
+            batch.column("dwell_ms"),
+        )
+        ids = tiled.column(ENTITY_ID).to_pylist()
+        shard = np.fromiter((shard_of(i, self._shards) for i in ids), np.int64, len(ids))
+        for number in np.unique(shard).tolist():
+            yield (self._entity.name, number), tiled.filter(pa.array(shard == number))
+
+
+class MergeTilesFn(beam.CombineFn):  # type: ignore[misc]
+    """Beam's combiner over partial tiles: the spec's merge, compacted as inputs arrive."""
+
+    _COMPACT_ROWS: Final = 500_000
+
+    def create_accumulator(self) -> list[pa.Table]:
+        return []
+
+    def add_input(self, accumulator: list[pa.Table], element: pa.Table) -> list[pa.Table]:
+        accumulator.append(element)
+        if sum(t.num_rows for t in accumulator) > self._COMPACT_ROWS:
+            return [merge_tiles(accumulator)]
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[list[pa.Table]]) -> list[pa.Table]:
+        return [merge_tiles([t for acc in accumulators for t in acc])]
+
+    def extract_output(self, accumulator: list[pa.Table]) -> pa.Table:
+        merged = merge_tiles(accumulator)
+        return merged.sort_by([(ENTITY_ID, "ascending"), (MINUTE, "ascending")])
+
+
+def collapse(tile_table: pa.Table, cutoff_ms: int) -> pa.Table:
+    """Each entity's window aggregates at q = T, derived features included."""
+    ids, codes = np.unique(
+        tile_table.column(ENTITY_ID).to_numpy(zero_copy_only=False), return_inverse=True
+    )
+    values = np.column_stack([tile_table.column(n).to_numpy() for n in AGGREGATION_NAMES]).astype(
+        np.int64
+    )
+    sums = PrefixSums(codes.astype(np.int64), tile_table.column(MINUTE).to_numpy(), values)
+    everyone = np.arange(len(ids), dtype=np.int64)
+    cutoff_minute = np.full(len(ids), cutoff_ms // MS_PER_MINUTE, dtype=np.int64)
+    columns: dict[str, Any] = {ENTITY_ID: pa.array(ids.tolist(), pa.string())}
+    for window in WINDOWS:
+        start = cutoff_minute - window.minutes
+        window_sums = sums.between(everyone, start, cutoff_minute)
+        named = {n: window_sums[:, i] for i, n in enumerate(AGGREGATION_NAMES)}
+        for name, value in finalise(named, window).items():
+            columns[name] = pa.array(value)
+    return pa.table(columns)
+
+
+class ComputeBatchView(beam.PTransform):  # type: ignore[misc]
+    """Events before the cutoff → per entity kind and shard: (tiles, collapsed features)."""
+
+    def __init__(self, cutoff_ms: int, shards: int = 8) -> None:
+        super().__init__()
+        if cutoff_ms % MS_PER_MINUTE:
+            raise ValueError("the cutoff must be a whole minute")
+        self._cutoff = cutoff_ms
+        self._shards = shards
+
+    def expand(self, events: Any) -> dict[str, Any]:
+        checked = events | "Validate" >> beam.ParDo(_Validate()).with_outputs(
+            DEAD_LETTER, main="valid"
+        )
+        outputs: dict[str, Any] = {DEAD_LETTER: checked[DEAD_LETTER]}
+        for entity in ENTITIES:
+            tiled = checked.valid | f"Tile{entity.name}" >> beam.ParDo(
+                _TileBatch(entity, self._shards)
+            )
+            merged = tiled | f"Merge{entity.name}" >> beam.CombinePerKey(MergeTilesFn())
+            outputs[f"{entity.name}_tiles"] = merged
+            outputs[f"{entity.name}_features"] = merged | f"Collapse{entity.name}" >> beam.MapTuple(
+                lambda key, table: (key, collapse(table, self._cutoff))
+            )
+        return outputs
+
+
+class WriteTables(beam.PTransform):  # type: ignore[misc]
+    """Write keyed tables as ``<folder>/<part>/shard-NNNNN.parquet``, one file per key.
+
+    Deterministic names (not Beam's sink naming) make two runs byte-comparable; the whole
+    view folder is published atomically by the driver after the pipeline succeeds.
+    """
+
+    def __init__(self, folder: Path, part: str) -> None:
+        super().__init__()
+        self._folder = folder
+        self._part = part
+
+    def expand(self, keyed: Any) -> Any:
+        return keyed | f"Write{self._part}" >> beam.MapTuple(self._write)
+
+    def _write(self, key: tuple[str, int], table: pa.Table) -> str:
+        target = self._folder / self._part
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / f"shard-{key[1]:05d}.parquet"
+        pq.write_table(table, path, compression="zstd")
+        return str(path)
+
+
+class WriteDeadLetters(beam.PTransform):  # type: ignore[misc]
+    """Refused rows, kept (never dropped silently) under ``dead_letter/``."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self._folder = folder
+
+    def expand(self, tables: Any) -> Any:
+        return tables | "WriteDeadLetters" >> beam.Map(self._write)
+
+    def _write(self, table: pa.Table) -> int:
+        target = self._folder / DEAD_LETTER
+        target.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha1(str(table.column("log_offset").to_pylist()).encode()).hexdigest()
+        pq.write_table(table, target / f"rows-{digest[:16]}.parquet")
+        return int(table.num_rows)
+
+
+def window_lower_bound(cutoff_ms: int) -> int:
+    """The oldest event time a view at this cutoff needs: floor_minute(T - max window)."""
+    return cutoff_ms - MAX_WINDOW.ms

@@ -1,0 +1,51 @@
+"""An independent recomputation of features from raw events, for tests only.
+
+Deliberately naive (pandas boolean masks straight from ARCHITECTURE.md's definition) and
+sharing no code with feature_repo/, batch/, speed/ or serving/.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+MINUTE = 60_000
+WINDOWS = {"1h": 60, "1d": 1440, "7d": 10080}
+
+
+def floor_minute(ms: int) -> int:
+    return ms - ms % MINUTE
+
+
+def window_features(events: pd.DataFrame, key: str, entity_id: str, q: int) -> dict[str, float]:
+    """Every feature of one entity at query time q (ms), from events with an int ms time."""
+    mine = events[events[key] == entity_id]
+    out: dict[str, float] = {}
+    for name, minutes in WINDOWS.items():
+        lower = floor_minute(q - minutes * MINUTE)
+        inside = mine[(mine["event_time"] >= lower) & (mine["event_time"] < q)]
+        impressions = float((inside["event_type"] == "IMPRESSION").sum())
+        clicks_frame = inside[inside["event_type"] == "CLICK"]
+        clicks = float(len(clicks_frame))
+        dwell = float(clicks_frame["dwell_ms"].fillna(0).sum())
+        out[f"impressions_{name}"] = impressions
+        out[f"clicks_{name}"] = clicks
+        out[f"dwell_ms_{name}"] = dwell
+        out[f"ctr_{name}"] = (clicks + 1) / (impressions + 20)
+        out[f"mean_dwell_ms_{name}"] = dwell / max(clicks, 1)
+    return out
+
+
+def master_events(config: object) -> pd.DataFrame:
+    """All events of the master dataset's current snapshot, event_time as int ms."""
+    from pyiceberg.catalog import load_catalog
+
+    data_dir = config.data_dir  # type: ignore[attr-defined]
+    catalog = load_catalog(
+        "saiki",
+        type="sql",
+        uri=f"sqlite:///{data_dir / 'catalog.db'}",
+        warehouse=(data_dir / "warehouse").as_uri(),
+    )
+    frame = catalog.load_table("saiki.events").scan().to_arrow().to_pandas()
+    frame["event_time"] = frame["event_time"].astype("datetime64[us, UTC]").astype("int64") // 1000
+    return frame

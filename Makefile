@@ -44,7 +44,7 @@ proto: $(STAMP)
 
 ## bench: run every benchmark under benchmarks/ (minutes; figures go to stdout)
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do m=$$(basename $$b .py); echo "== $$m"; $(BIN)/python -m benchmarks.$$m || exit 1; done
 
 ## constraints: re-freeze the resolved dependency set after changing pins
 constraints: $(STAMP)

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import apache_beam as beam
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,6 +32,7 @@ from feature_repo.tiles import (
     MINUTE,
     MS_PER_MINUTE,
     PrefixSums,
+    encode,
     finalise,
     merge_tiles,
     tiles,
@@ -156,6 +158,16 @@ def shard_of(entity_id: str, shards: int) -> int:
     return zlib.crc32(entity_id.encode()) % shards
 
 
+def shards_of(ids: pa.Array | pa.ChunkedArray, shards: int) -> npt.NDArray[np.int64]:
+    """The shard of every row's id, hashing each distinct id once."""
+    dictionary, codes = encode(ids)
+    per_id = np.fromiter(
+        (shard_of(i, shards) for i in dictionary.to_pylist()), np.int64, len(dictionary)
+    )
+    result: npt.NDArray[np.int64] = per_id[codes]
+    return result
+
+
 def invalid_rows(batch: pa.Table) -> pa.Array:
     """Rows the master dataset should never hold: missing ids, unknown type, bad dwell."""
     bad = pa.array(np.zeros(batch.num_rows, dtype=bool))
@@ -197,8 +209,7 @@ class _TileBatch(beam.DoFn):  # type: ignore[misc]
             batch.column("event_type"),
             batch.column("dwell_ms"),
         )
-        ids = tiled.column(ENTITY_ID).to_pylist()
-        shard = np.fromiter((shard_of(i, self._shards) for i in ids), np.int64, len(ids))
+        shard = shards_of(tiled.column(ENTITY_ID), self._shards)
         for number in np.unique(shard).tolist():
             yield (self._entity.name, number), tiled.filter(pa.array(shard == number))
 
@@ -225,24 +236,30 @@ class MergeTilesFn(beam.CombineFn):  # type: ignore[misc]
         return merged.sort_by([(ENTITY_ID, "ascending"), (MINUTE, "ascending")])
 
 
-def collapse(tile_table: pa.Table, cutoff_ms: int) -> pa.Table:
-    """Each entity's window aggregates at q = T, derived features included."""
-    ids, codes = np.unique(
-        tile_table.column(ENTITY_ID).to_numpy(zero_copy_only=False), return_inverse=True
-    )
+def collapse(tile_table: pa.Table, cutoff_ms: int, entity: Entity) -> pa.Table:
+    """Each entity's window aggregates at q = T, derived features included.
+
+    Shaped as the Feast batch source: the join key column, every feature of the spec,
+    ``event_timestamp`` (T) and ``batch_cutoff_ms`` (the tag serving matches tiles by).
+    """
+    ids, codes = encode(tile_table.column(ENTITY_ID))
     values = np.column_stack([tile_table.column(n).to_numpy() for n in AGGREGATION_NAMES]).astype(
         np.int64
     )
-    sums = PrefixSums(codes.astype(np.int64), tile_table.column(MINUTE).to_numpy(), values)
+    sums = PrefixSums(codes, tile_table.column(MINUTE).to_numpy(), values)
     everyone = np.arange(len(ids), dtype=np.int64)
     cutoff_minute = np.full(len(ids), cutoff_ms // MS_PER_MINUTE, dtype=np.int64)
-    columns: dict[str, Any] = {ENTITY_ID: pa.array(ids.tolist(), pa.string())}
+    columns: dict[str, Any] = {entity.key: ids.cast(pa.string())}
     for window in WINDOWS:
         start = cutoff_minute - window.minutes
         window_sums = sums.between(everyone, start, cutoff_minute)
         named = {n: window_sums[:, i] for i, n in enumerate(AGGREGATION_NAMES)}
         for name, value in finalise(named, window).items():
             columns[name] = pa.array(value)
+    columns["event_timestamp"] = pa.array(
+        np.full(len(ids), cutoff_ms * 1000, dtype=np.int64), pa.timestamp("us", tz="UTC")
+    )
+    columns["batch_cutoff_ms"] = pa.array(np.full(len(ids), cutoff_ms, dtype=np.int64))
     return pa.table(columns)
 
 
@@ -268,7 +285,7 @@ class ComputeBatchView(beam.PTransform):  # type: ignore[misc]
             merged = tiled | f"Merge{entity.name}" >> beam.CombinePerKey(MergeTilesFn())
             outputs[f"{entity.name}_tiles"] = merged
             outputs[f"{entity.name}_features"] = merged | f"Collapse{entity.name}" >> beam.MapTuple(
-                lambda key, table: (key, collapse(table, self._cutoff))
+                lambda key, table, entity=entity: (key, collapse(table, self._cutoff, entity))
             )
         return outputs
 

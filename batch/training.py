@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,13 +23,12 @@ from typing import Any, Final
 
 import apache_beam as beam
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.master import EVENTS_TABLE, MasterDataset
-from batch.pipeline import ReadSnapshot, SnapshotScan, invalid_rows
+from batch.pipeline import ReadSnapshot, SnapshotScan, invalid_rows, shards_of
 from batch.run import catalog_properties, code_version, pipeline_options
 from core.config import SaikiConfig
 from core.errors import ComponentError, InvalidInputError, PreconditionError
@@ -40,6 +38,7 @@ from feature_repo.tiles import (
     CompositeKeys,
     PrefixSums,
     contributions,
+    encode,
     finalise,
 )
 
@@ -72,12 +71,6 @@ class TrainingSetLineage:
     label_window_ms: int = LABEL_WINDOW_MS
 
 
-def _shard(ids: pa.Array, shards: int) -> npt.NDArray[np.int64]:
-    return np.fromiter(
-        (zlib.crc32(i.encode()) % shards for i in ids.to_pylist()), np.int64, len(ids)
-    )
-
-
 class _KeyByShard(beam.DoFn):  # type: ignore[misc]
     """Route each valid event to the shard of its entity (for every entity kind)."""
 
@@ -90,7 +83,7 @@ class _KeyByShard(beam.DoFn):  # type: ignore[misc]
             beam.metrics.Metrics.counter("saiki", "dead_letters").inc(pc.sum(bad).as_py())
             batch = batch.filter(pc.invert(bad))
         for entity in ENTITIES:
-            shard = _shard(batch.column(entity.key), self._shards)
+            shard = shards_of(batch.column(entity.key), self._shards)
             for number in np.unique(shard).tolist():
                 yield (entity.name, number), batch.filter(pa.array(shard == number))
 
@@ -99,10 +92,7 @@ def point_in_time_features(events: pa.Table, entity: Entity, from_ms: int, to_ms
     """Features of ``entity`` for each impression in [from, to) among ``events``, as of
     the impression's own time. Returns ``log_offset`` plus ``{entity}_{feature}`` columns.
     """
-    _, codes = np.unique(
-        events.column(entity.key).to_numpy(zero_copy_only=False), return_inverse=True
-    )
-    codes = codes.astype(np.int64)
+    _, codes = encode(events.column(entity.key))
     times = events.column("event_time").to_numpy()
     added = contributions(events.column("event_type"), events.column("dwell_ms"))
     values = np.column_stack([added[n].to_numpy() for n in AGGREGATION_NAMES]).astype(np.int64)
@@ -131,8 +121,7 @@ def click_labels(events: pa.Table, from_ms: int, to_ms: int) -> pa.Table:
     kinds = events.column("event_type").to_numpy(zero_copy_only=False)
     times = events.column("event_time").to_numpy()
     pair = pc.binary_join_element_wise(events.column("user_id"), events.column("item_id"), "\x1f")
-    _, pair_codes = np.unique(pair.to_numpy(zero_copy_only=False), return_inverse=True)
-    pair_codes = pair_codes.astype(np.int64)
+    _, pair_codes = encode(pair)
     clicks = kinds == "CLICK"
     is_query = (kinds == "IMPRESSION") & (times >= from_ms) & (times < to_ms)
     # The first click at or after each impression, among clicks of the same (user, item).

@@ -60,6 +60,7 @@ class SpeedConfig:
     """The PyFlink speed layer."""
 
     allowed_lateness_s: int = 300
+    state_ttl_s: int = 3600
     checkpoint_interval_ms: int = 2_000
     jobmanager: str = ""  # host:port of a Flink cluster; empty: local mini-cluster
     sink_flush_ms: int = 100

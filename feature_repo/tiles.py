@@ -69,7 +69,7 @@ def merge_tiles(parts: Sequence[pa.Table]) -> pa.Table:
 
 
 def _sum_by_key(table: pa.Table) -> pa.Table:
-    grouped = table.group_by([ENTITY_ID, MINUTE], use_threads=False).aggregate(
+    grouped = table.group_by([ENTITY_ID, MINUTE]).aggregate(
         [(name, "sum") for name in AGGREGATION_NAMES]
     )
     columns = [grouped.column(ENTITY_ID), grouped.column(MINUTE)] + [
@@ -93,6 +93,14 @@ def sql_contribution(aggregation: Aggregation, event_type: str = "event_type") -
     if aggregation.value is None:
         return f"CASE WHEN {matches} THEN 1 ELSE 0 END"
     return f"CASE WHEN {matches} THEN COALESCE({aggregation.value}, 0) ELSE 0 END"
+
+
+def encode(ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, IntArray]:
+    """Distinct ids and each row's code into them (a C++ hash, no Python string sort)."""
+    encoded = pc.dictionary_encode(ids)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    return encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 class CompositeKeys:

@@ -32,7 +32,8 @@ def events(*rows: tuple[int, str, str, str, int | None]) -> pa.Table:
 
 def features_of(entity: str, *names: str) -> Any:
     def pick(keyed: tuple[Any, pa.Table]) -> list[tuple[Any, ...]]:
-        return [tuple([r["entity_id"], *(r[n] for n in names)]) for r in keyed[1].to_pylist()]
+        key = f"{entity}_id"
+        return [tuple([r[key], *(r[n] for n in names)]) for r in keyed[1].to_pylist()]
 
     return beam.FlatMap(pick)
 

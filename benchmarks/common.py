@@ -1,0 +1,72 @@
+"""Shared set-up of the benchmarks: one 10M-event data set, generated once and reused."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("SAIKI_BENCH_DATA", ROOT / ".data"))
+# 7 simulated days, so that a batch view (7-day windows) reads every event.
+USERS, ITEMS, DAYS, SEED = 51_000, 5_000, 7.0, 42
+END = "2026-11-20T00:00:00Z"
+
+
+def conditions() -> str:
+    """A line describing the machine, for every benchmark's output."""
+    cpus = os.cpu_count()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.machine()}, {cpus} cores, {memory:.0f} GiB, Python "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def traffic_file(events_hint: str = "10M") -> Path:
+    """The simulated traffic file, written on first use."""
+    path = DATA / f"traffic-{events_hint}.jsonl"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "simulate",
+                "--users",
+                str(USERS),
+                "--items",
+                str(ITEMS),
+                "--days",
+                str(DAYS),
+                "--seed",
+                str(SEED),
+                "--end",
+                END,
+                "--out",
+                str(path),
+                "--malformed-rate",
+                "0.001",
+                "--late-rate",
+                "0.01",
+                "--duplicate-rate",
+                "0.001",
+            ],
+            check=True,
+        )
+        print(f"simulated {path} in {time.perf_counter() - started:.0f}s")
+    return path
+
+
+def fresh_dir(name: str) -> Path:
+    """An empty data directory for one benchmark run."""
+    path = DATA / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

@@ -1,0 +1,98 @@
+"""``saiki speed run|status``: the Flink speed layer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from core.config import load_config
+from core.timeutil import format_iso
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``saiki speed run`` and ``saiki speed status``."""
+    speed = subparsers.add_parser("speed", help="the speed layer (PyFlink)")
+    verbs = speed.add_subparsers(dest="verb", metavar="VERB", required=True)
+    run = verbs.add_parser("run", help="run the Flink job (resumes from its last checkpoint)")
+    run.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="exit once the whole log is processed and checkpointed",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard checkpoints; start from the current batch cutoff",
+    )
+    run.add_argument("--jobmanager", default="", help="HOST:PORT of a Flink cluster")
+    run.set_defaults(handler=run_speed_command)
+    status = verbs.add_parser("status", help="watermark, lag, late events, tiles written")
+    status.set_defaults(handler=run_status)
+
+
+def _line(look: Any) -> str:
+    status = look.status
+    if status is None:
+        return f"starting… log head {look.log_head}"
+    return (
+        f"read {status.events_seen}/{look.log_head} events, lag {look.lag_events} "
+        f"({look.lag_seconds:.1f}s), watermark "
+        f"{format_iso(status.watermark_ms) if status.watermark_ms else '-'}, "
+        f"late {status.late_events}, rows written {status.rows_written}"
+    )
+
+
+def run_speed_command(args: argparse.Namespace) -> int:
+    """``saiki speed run``."""
+    from speed.runner import run_speed
+
+    config = load_config(args.data_dir)
+    last = [0.0]
+
+    def report(look: Any) -> None:
+        if time.monotonic() - last[0] >= 2.0:
+            print(_line(look), file=sys.stderr, flush=True)
+            last[0] = time.monotonic()
+
+    try:
+        final = run_speed(
+            config,
+            until_idle=args.until_idle,
+            fresh=args.fresh,
+            jobmanager=args.jobmanager,
+            report=report,
+        )
+    except KeyboardInterrupt:
+        print("speed layer stopped; it resumes from its last checkpoint", file=sys.stderr)
+        return 130
+    print(_line(final))
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """``saiki speed status``."""
+    from speed.runner import progress
+
+    look = progress(load_config(args.data_dir))
+    status = look.status
+    if status is None:
+        print("the speed layer has not run yet: saiki speed run")
+        return 0
+    print(_line(look))
+    print(
+        f"  started {format_iso(status.job_started_ms)} from batch cutoff "
+        f"{format_iso(status.start_cutoff_ms)}; tiles kept from "
+        f"{format_iso(status.keep_from_ms) if status.keep_from_ms else '-'}"
+    )
+    print(
+        f"  events tiled {status.events_tiled}, late (left to batch) {status.late_events}, "
+        f"tile updates {status.tiles_updated}, rows written {status.rows_written} in "
+        f"{status.flushes} flushes (last {status.last_flush_seconds * 1000:.0f} ms)"
+    )
+    print(
+        f"  newest event {format_iso(status.max_event_ms) if status.max_event_ms else '-'}, "
+        f"newest ingest {format_iso(status.max_ingest_ms) if status.max_ingest_ms else '-'}"
+    )
+    return 0

@@ -1,0 +1,99 @@
+"""Speed rows in the online store: their packing and the seam the layers write and read by.
+
+The speed layer keeps, per entity, one online row holding that entity's per-minute tiles
+since the oldest cutoff any server may still use: ``tiles`` is a packed little-endian
+int64 matrix with one row per minute, ``(minute, *aggregations)`` in spec order, sorted
+by minute; ``tiles_from_ms`` says from which time on the row is complete. One row per
+entity means one online-store round per entity kind per request, however many minutes
+have passed since the cutoff.
+
+Writers and readers are small protocols: Feast-backed implementations live in
+``feature_repo/feast_store.py``; the in-memory ones here are for fast unit tests.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from feature_repo.spec import AGGREGATION_NAMES
+
+IntArray = npt.NDArray[np.int64]
+WIDTH = 1 + len(AGGREGATION_NAMES)
+
+
+def pack_tiles(minutes: IntArray, values: IntArray) -> bytes:
+    """Tiles as bytes: rows of (minute, *aggregations), little-endian int64."""
+    rows = np.empty((len(minutes), WIDTH), dtype="<i8")
+    rows[:, 0] = minutes
+    rows[:, 1:] = values
+    return rows.tobytes()
+
+
+def unpack_tiles(blob: bytes) -> tuple[IntArray, IntArray]:
+    """The inverse of :func:`pack_tiles`: (minutes, values)."""
+    rows = np.frombuffer(blob, dtype="<i8").reshape(-1, WIDTH)
+    return rows[:, 0].astype(np.int64), rows[:, 1:].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    """One entity's online speed row."""
+
+    entity_id: str
+    tiles: bytes
+    tiles_from_ms: int
+    updated_ms: int
+
+    def unpacked(self) -> tuple[IntArray, IntArray]:
+        """(minutes, values) of the row's tiles."""
+        return unpack_tiles(self.tiles)
+
+
+class SpeedWriter(Protocol):
+    """Where the speed layer's sink writes entity rows."""
+
+    def write(self, entity: str, rows: Sequence[SpeedRow]) -> None:
+        """Upsert rows of one entity kind."""
+
+    def read_all(self, entity: str) -> list[SpeedRow]:
+        """Every row of one entity kind (the sink rebuilds its state from them)."""
+
+
+class SpeedReader(Protocol):
+    """What serving reads speed rows through: one round per entity kind."""
+
+    def read(self, entity: str, ids: Sequence[str]) -> Mapping[str, SpeedRow]:
+        """The rows of these ids that exist (missing ids: no tiles yet)."""
+
+
+class MemorySpeedStore:
+    """An in-memory writer and reader, for unit tests of the sink and the merge."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], SpeedRow] = {}
+        self._lock = threading.Lock()
+        self.writes = 0
+
+    def write(self, entity: str, rows: Sequence[SpeedRow]) -> None:
+        """Upsert rows."""
+        with self._lock:
+            for row in rows:
+                self._rows[entity, row.entity_id] = row
+            self.writes += 1
+
+    def read_all(self, entity: str) -> list[SpeedRow]:
+        """Every row of one entity kind."""
+        with self._lock:
+            return [row for (kind, _), row in self._rows.items() if kind == entity]
+
+    def read(self, entity: str, ids: Iterable[str]) -> dict[str, SpeedRow]:
+        """Rows of the given ids that exist."""
+        with self._lock:
+            found = {i: self._rows.get((entity, i)) for i in ids}
+        return {i: row for i, row in found.items() if row is not None}

@@ -1,0 +1,205 @@
+"""The speed layer's Flink job: event log → per-minute tiles → online store, within seconds.
+
+Shape (SQL for parsing and aggregation, Python only at the sink):
+
+* **source**: Flink's filesystem connector follows the event log's segment folder
+  (``source.monitor-interval``); segments appear atomically by rename, and names starting
+  with ``.`` or ``_`` (staged files, Arrow copies) are skipped.
+* **tiles**: a continuously updating ``GROUP BY (entity, event-time minute)`` with
+  mini-batches, so a tile is rewritten within about ``sink_flush_ms`` of its events —
+  not when its minute closes, as a ``TUMBLE`` window would.
+* **lateness**: an event whose delay into the log (``ingest_ms - event_time``) exceeds the
+  allowed lateness is *left to the batch layer* and counted, never tiled. The rule looks
+  at each event alone, so it does not depend on the order in which Flink reads segments
+  (files seen in one directory scan are read in arbitrary order, which drops most of a
+  backlog under a watermark) and a replay after a restart decides exactly as before.
+  The status still reports an event-time watermark: newest (ingest-capped) event time
+  minus the lateness.
+* **sink**: one keyed Python function merges the updates (see :mod:`speed.sink`); pending
+  rows live in Flink's ListState, so a checkpoint holds whatever was not yet written.
+* **state**: a tile can change only until ``lateness + 1 min`` after its minute; its
+  state is then kept for ``state_ttl`` of processing time, which bounds the downtime a
+  restart can have and still be exact (see docs/speed.md).
+
+The aggregations are rendered from the spec (``feature_repo.tiles.sql_contribution``):
+the same definitions the batch layer computes with.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import SaikiConfig
+from feature_repo.spec import AGGREGATIONS, ENTITIES
+from feature_repo.tiles import sql_contribution
+
+TILE_COLUMNS = tuple(f"a{i}" for i in range(len(AGGREGATIONS)))
+
+
+@dataclass(frozen=True)
+class SpeedJobSpec:
+    """Everything the job needs; serialisable so the sink can rebuild it inside Flink."""
+
+    data_dir: str
+    log_dir: str
+    epoch_cutoff_ms: int
+    allowed_lateness_s: int
+    checkpoint_interval_ms: int
+    sink_flush_ms: int
+    state_ttl_s: int = 3600
+    monitor_ms: int = 200
+
+    @property
+    def speed_dir(self) -> Path:
+        """Where checkpoints, status and the job's lineage live."""
+        return Path(self.data_dir) / "speed"
+
+
+def source_ddl(spec: SpeedJobSpec) -> str:
+    """The event log as a Flink table with event-time watermarks."""
+    return f"""
+        CREATE TABLE log_events (
+            ingest_ms BIGINT,
+            event_id STRING,
+            event_time BIGINT,
+            user_id STRING,
+            item_id STRING,
+            event_type STRING,
+            dwell_ms BIGINT,
+            proc AS PROCTIME()
+        ) WITH (
+            'connector' = 'filesystem',
+            'path' = 'file://{spec.log_dir}',
+            'format' = 'json',
+            'json.ignore-parse-errors' = 'true',
+            'source.monitor-interval' = '{spec.monitor_ms}ms'
+        )
+    """
+
+
+def union_query(spec: SpeedJobSpec) -> str:
+    """Tiles, late events and read progress as one changelog with one row shape."""
+    lateness_ms = spec.allowed_lateness_s * 1000
+    contributions = ", ".join(
+        f"CAST({sql_contribution(a)} AS BIGINT) AS {c}"
+        for a, c in zip(AGGREGATIONS, TILE_COLUMNS, strict=True)
+    )
+    on_time = (
+        f"event_time >= {spec.epoch_cutoff_ms} AND event_type IS NOT NULL "
+        f"AND ingest_ms - event_time <= {lateness_ms}"
+    )
+    per_entity = " UNION ALL ".join(
+        f"""SELECT '{e.name}' AS entity, {e.key} AS entity_id, event_time, ingest_ms,
+                   event_time - MOD(event_time, 60000) AS minute_ms, {contributions}
+            FROM log_events WHERE {on_time} AND {e.key} IS NOT NULL"""
+        for e in ENTITIES
+    )
+    sums = ", ".join(f"SUM({c}) AS {c}" for c in TILE_COLUMNS)
+    zeros = ", ".join(f"CAST(0 AS BIGINT) AS {c}" for c in TILE_COLUMNS)
+    return f"""
+        SELECT 'tile' AS kind, entity, entity_id, minute_ms, {sums},
+               COUNT(*) AS events, MAX(event_time) AS max_event_ms,
+               MAX(ingest_ms) AS max_ingest_ms
+        FROM ({per_entity})
+        GROUP BY entity, entity_id, minute_ms
+        UNION ALL
+        SELECT 'late', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*), MAX(event_time),
+               MAX(ingest_ms)
+        FROM log_events
+        WHERE event_time >= {spec.epoch_cutoff_ms} AND ingest_ms - event_time > {lateness_ms}
+        GROUP BY TUMBLE(proc, INTERVAL '1' SECOND)
+        UNION ALL
+        SELECT 'progress', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*),
+               MAX(LEAST(event_time, ingest_ms)), MAX(ingest_ms)
+        FROM log_events
+        GROUP BY TUMBLE(proc, INTERVAL '1' SECOND)
+    """
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete retained checkpoint (a ``chk-N`` folder with ``_metadata``)."""
+    found = glob.glob(str(checkpoints / "*" / "chk-*" / "_metadata"))
+    if not found:
+        return None
+    newest = max(found, key=lambda m: (os.path.getmtime(m), int(Path(m).parent.name[4:])))
+    return Path(newest).parent
+
+
+def flink_environment(spec: SpeedJobSpec, restore: Path | None, jobmanager: str = "") -> Any:
+    """A StreamTableEnvironment configured for the job (local mini-cluster by default)."""
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    settings = {
+        "parallelism.default": "1",
+        "python.execution-mode": "thread",
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "python.fn-execution.bundle.time": str(spec.sink_flush_ms),
+        "table.local-time-zone": "UTC",
+        "table.exec.mini-batch.enabled": "true",
+        "table.exec.mini-batch.allow-latency": f"{spec.sink_flush_ms} ms",
+        "table.exec.mini-batch.size": "5000",
+        "table.exec.state.ttl": f"{spec.state_ttl_s} s",
+        "execution.checkpointing.interval": f"{spec.checkpoint_interval_ms} ms",
+        "execution.checkpointing.storage": "filesystem",
+        "execution.checkpointing.dir": (spec.speed_dir / "checkpoints").as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "3",
+        "restart-strategy.type": "none",
+    }
+    if restore is not None:
+        settings["execution.state-recovery.path"] = restore.as_uri()
+    if jobmanager:
+        host, _, port = jobmanager.partition(":")
+        settings.update(
+            {"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"}
+        )
+    configuration = Configuration()
+    for key, value in settings.items():
+        configuration.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(configuration)
+    return env, StreamTableEnvironment.create(env)
+
+
+def save_lineage(spec: SpeedJobSpec) -> None:
+    """Remember the job's epoch cutoff: a restored job must run the same SQL."""
+    spec.speed_dir.mkdir(parents=True, exist_ok=True)
+    (spec.speed_dir / "job.json").write_text(json.dumps(asdict(spec)))
+
+
+def load_lineage(speed_dir: Path) -> SpeedJobSpec | None:
+    """The spec of the job whose checkpoints are on disk, if any."""
+    try:
+        return SpeedJobSpec(**json.loads((speed_dir / "job.json").read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def build_job(env: Any, t_env: Any, spec: SpeedJobSpec, config: SaikiConfig) -> None:
+    """Declare the source, the query and the sink on the environments."""
+    from pyflink.common import Types
+
+    from speed.flink_sink import TileSinkFunction
+
+    t_env.execute_sql(source_ddl(spec))
+    changes = t_env.to_changelog_stream(t_env.sql_query(union_query(spec)))
+    keyed = changes.map(
+        lambda row: (0, _row_tuple(row)),
+        output_type=Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()]),
+    ).key_by(lambda pair: pair[0], key_type=Types.INT())
+    keyed.process(TileSinkFunction(spec, config), output_type=Types.INT())
+
+
+def _row_tuple(row: Any) -> tuple[Any, ...]:
+    from pyflink.common import RowKind
+
+    retract = row.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE)
+    return (retract, *tuple(row))

@@ -1,0 +1,171 @@
+"""``saiki speed run``: start (or resume) the Flink job and watch it.
+
+A job resumes from its newest retained checkpoint with the SQL it was started with (its
+*epoch cutoff* is remembered in ``speed/job.json``); ``--fresh`` discards checkpoints and
+starts from the current batch cutoff. With ``--until-idle`` the driver stops the job once
+it has read the whole log, written every tile, and completed one more checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import site
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import SaikiConfig
+from core.errors import ComponentError
+from core.eventlog import EventLog
+from core.ingest import SEGMENT_ARROW_SCHEMA
+from core.timeutil import now_ms
+from feature_repo.views import ViewCatalog
+from speed.job import (
+    SpeedJobSpec,
+    build_job,
+    flink_environment,
+    latest_checkpoint,
+    load_lineage,
+    save_lineage,
+)
+from speed.sink import SpeedStatus, read_status
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class SpeedProgress:
+    """One look at the running job."""
+
+    status: SpeedStatus | None
+    log_head: int
+    lag_events: int
+    lag_seconds: float
+
+
+def embedded_python_path() -> str:
+    """sys.path entries Flink's embedded interpreter (pemja) needs to import saiki.
+
+    Thread mode runs Python inside the JVM with the base interpreter's prefix: it neither
+    sees the virtualenv nor runs its .pth files, so site-packages and the project's
+    folders are passed explicitly.
+    """
+    entries = [*site.getsitepackages(), str(PROJECT_ROOT), str(PROJECT_ROOT / "proto")]
+    existing = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join([*entries, *([existing] if existing else [])])
+
+
+def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path | None]:
+    """The job to run and the checkpoint to restore it from (None: a fresh start)."""
+    speed_dir = config.data_dir / "speed"
+    lineage = load_lineage(speed_dir)
+    checkpoint = latest_checkpoint(speed_dir / "checkpoints")
+    if not fresh and lineage is not None and checkpoint is not None:
+        return lineage, checkpoint
+    shutil.rmtree(speed_dir / "checkpoints", ignore_errors=True)
+    current = ViewCatalog(config.data_dir).current()
+    spec = SpeedJobSpec(
+        data_dir=str(config.data_dir),
+        log_dir=str(EventLog(config.log_dir).events.directory),
+        epoch_cutoff_ms=current.cutoff_ms if current else 0,
+        allowed_lateness_s=config.speed.allowed_lateness_s,
+        checkpoint_interval_ms=config.speed.checkpoint_interval_ms,
+        sink_flush_ms=config.speed.sink_flush_ms,
+        state_ttl_s=max(config.speed.state_ttl_s, 2 * config.speed.allowed_lateness_s + 120),
+    )
+    return spec, None
+
+
+def progress(config: SaikiConfig) -> SpeedProgress:
+    """The job's status with its lag behind the log's head."""
+    log = EventLog(config.log_dir)
+    head = log.events.head()
+    status = read_status(config.data_dir / "speed")
+    seen = status.events_seen if status else 0
+    lag = max(head - seen, 0)
+    lag_seconds = 0.0
+    if lag:
+        for segment in log.events.segments(seen):
+            table = log.events.read(segment, SEGMENT_ARROW_SCHEMA)
+            oldest = table.column("ingest_ms")[max(seen - segment.first, 0)].as_py()
+            lag_seconds = max((now_ms() - oldest) / 1000, 0.0)
+            break
+    return SpeedProgress(status, head, lag, lag_seconds)
+
+
+def run_speed(
+    config: SaikiConfig,
+    *,
+    until_idle: bool = False,
+    fresh: bool = False,
+    jobmanager: str = "",
+    report: Callable[[SpeedProgress], None] | None = None,
+    idle_seconds: float = 1.0,
+    stop: threading.Event | None = None,
+) -> SpeedProgress:
+    """Run the job until interrupted (or, with until_idle, until caught up)."""
+    os.environ["PYTHONPATH"] = embedded_python_path()
+    (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
+    spec, checkpoint = resolve_spec(config, fresh)
+    save_lineage(spec)
+    stop = stop or threading.Event()
+    env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
+    build_job(env, t_env, spec, config)
+    client = env.execute_async("saiki-speed")
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    caught_up_at: int | None = None
+    try:
+        while not stop.wait(0.5):
+            _raise_if_failed(client)
+            look = progress(config)
+            if report is not None:
+                report(look)
+            if not until_idle:
+                continue
+            status = look.status
+            if status is None or look.lag_events:
+                caught_up_at = None
+                continue
+            if caught_up_at is None:
+                caught_up_at = now_ms()
+            flushed = status.last_flush_ms >= caught_up_at and status.flushes > 0
+            quiet = now_ms() - caught_up_at >= idle_seconds * 1000
+            newest = latest_checkpoint(spec.speed_dir / "checkpoints")
+            checkpointed = newest is not None and (
+                os.path.getmtime(newest / "_metadata") * 1000 > caught_up_at
+            )
+            if flushed and quiet and checkpointed:
+                break
+        return progress(config)
+    finally:
+        _cancel(client)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_if_failed(client: Any) -> None:
+    try:
+        status = str(client.get_job_status().result())
+    except Exception:  # the per-job mini-cluster is gone: the job ended
+        status = "GONE"
+    if "FAILED" in status or status == "GONE":
+        raise ComponentError(
+            f"the Flink job stopped ({status}); see the Flink log under "
+            f"{Path(sys.executable).parent.parent}/lib/python*/site-packages/pyflink/log/"
+        )
+
+
+def _cancel(client: Any) -> None:
+    # Already gone is fine: its retained checkpoints stay on disk for the next run.
+    with contextlib.suppress(Exception):
+        client.cancel().result()
+    time.sleep(0.2)

@@ -1,0 +1,186 @@
+"""The speed layer's sink: Flink's tile updates → one packed online row per entity.
+
+Flink emits each per-minute tile as an updating aggregate (its full value so far, many
+times a second while its minute is open). The sink keeps, per entity, the tiles since the
+oldest cutoff a server may still be using, and writes the changed entities' rows in
+micro-batches through a :class:`~feature_repo.online.SpeedWriter`.
+
+Two properties keep it exact across restarts and handoffs:
+
+* **Tiles only grow** (every contribution is non-negative), so the sink merges an update
+  into what it holds by element-wise maximum. A replay after a restart, or a tile whose
+  Flink state was dropped and rebuilt, can never lower a value that was written.
+* **Handoff by cutoff**: rows keep tiles from the *previous* batch cutoff on, so a server
+  still on the old view finds every tile it needs while a server on the new view simply
+  ignores the older minutes; a row says from when it is complete (``tiles_from_ms``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from core.timeutil import MS_PER_MINUTE, now_ms
+from feature_repo.online import SpeedRow, SpeedWriter, pack_tiles
+from feature_repo.spec import AGGREGATION_NAMES, ENTITIES
+
+STATUS_FILE = "status.json"
+Key = tuple[str, str]
+
+
+@dataclass
+class SpeedStatus:
+    """What the job reports (``saiki speed status``, and GetFeatures' speed_watermark)."""
+
+    job_started_ms: int = 0
+    start_offset: int = 0
+    start_cutoff_ms: int = 0
+    keep_from_ms: int = 0
+    allowed_lateness_ms: int = 0
+    events_seen: int = 0
+    events_tiled: int = 0
+    late_events: int = 0
+    max_event_ms: int = 0
+    max_ingest_ms: int = 0
+    watermark_ms: int = 0
+    tiles_updated: int = 0
+    rows_written: int = 0
+    flushes: int = 0
+    last_flush_ms: int = 0
+    last_flush_seconds: float = 0.0
+    state: str = "starting"
+
+
+def read_status(speed_dir: Path) -> SpeedStatus | None:
+    """The last status the sink published, or None if the job never ran."""
+    try:
+        return SpeedStatus(**json.loads((speed_dir / STATUS_FILE).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
+class TileSink:
+    """Merges tile updates and writes changed entity rows; not thread-safe by itself."""
+
+    def __init__(
+        self,
+        writer: SpeedWriter,
+        speed_dir: Path,
+        current_cutoff: Callable[[], int | None],
+        status: SpeedStatus,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._writer = writer
+        self._dir = speed_dir
+        self._current_cutoff = current_cutoff
+        self._clock = clock
+        self.status = status
+        self._tiles: dict[Key, dict[int, npt.NDArray[np.int64]]] = {}
+        self._dirty: set[Key] = set()
+        self._cutoffs: list[int] = []
+        self._lock = threading.Lock()
+        self._observe_cutoff()
+
+    def restore(self) -> int:
+        """Rebuild the held tiles from the online store (after a restart); returns rows."""
+        count = 0
+        for entity in ENTITIES:
+            for row in self._writer.read_all(entity.name):
+                minutes, values = row.unpacked()
+                held = self._tiles.setdefault((entity.name, row.entity_id), {})
+                for minute, value in zip(minutes.tolist(), values, strict=True):
+                    # The event count is not stored online; a restored tile counts 0 until
+                    # Flink replays it.
+                    restored = np.append(value, 0)
+                    held[minute] = np.maximum(held.get(minute, restored), restored)
+                count += 1
+        return count
+
+    def _observe_cutoff(self) -> None:
+        cutoff = self._current_cutoff()
+        if cutoff is not None and (not self._cutoffs or cutoff != self._cutoffs[-1]):
+            self._cutoffs = [*self._cutoffs[-1:], cutoff]
+            keep_from = min(self._cutoffs)
+            if keep_from != self.status.keep_from_ms:
+                self.status.keep_from_ms = keep_from
+                self._dirty.update(self._tiles)  # every row is repacked from the new bound
+
+    def on_tile(
+        self, entity: str, entity_id: str, minute_ms: int, values: tuple[int, ...], events: int
+    ) -> None:
+        """One tile update from Flink: its full value so far, and its count of events."""
+        with self._lock:
+            key = (entity, entity_id)
+            minute = minute_ms // MS_PER_MINUTE
+            held = self._tiles.setdefault(key, {})
+            # Held internally with the tile's event count last (it is not written online).
+            update = np.asarray((*values, events), dtype=np.int64)
+            old = held.get(minute)
+            merged = update if old is None else np.maximum(old, update)
+            held[minute] = merged
+            self._dirty.add(key)
+            self.status.tiles_updated += 1
+            if entity == ENTITIES[0].name:  # each event lands in one tile per entity kind
+                self.status.events_tiled += int(merged[-1] - (0 if old is None else old[-1]))
+
+    def on_late(self, count: int = 1) -> None:
+        """Events that arrived after their tile closed: left to the next batch run."""
+        with self._lock:
+            self.status.late_events += count
+
+    def on_progress(self, events: int, max_event_ms: int, max_ingest_ms: int) -> None:
+        """What the source has read (every event, tiled or not)."""
+        with self._lock:
+            self.status.events_seen += events
+            self.status.max_event_ms = max(self.status.max_event_ms, max_event_ms)
+            self.status.max_ingest_ms = max(self.status.max_ingest_ms, max_ingest_ms)
+            self.status.watermark_ms = max(
+                self.status.watermark_ms, self.status.max_event_ms - self.status.allowed_lateness_ms
+            )
+
+    def flush(self) -> int:
+        """Write every changed entity row; returns the number of rows written."""
+        with self._lock:
+            self._observe_cutoff()
+            started = self._clock()
+            keep_minute = self.status.keep_from_ms // MS_PER_MINUTE
+            by_entity: dict[str, list[SpeedRow]] = {}
+            for key in self._dirty:
+                held = self._tiles[key]
+                for minute in [m for m in held if m < keep_minute]:
+                    del held[minute]
+                minutes = np.array(sorted(held), dtype=np.int64)
+                values = (
+                    np.stack([held[m][:-1] for m in minutes.tolist()])
+                    if len(minutes)
+                    else np.zeros((0, len(AGGREGATION_NAMES)), dtype=np.int64)
+                )
+                by_entity.setdefault(key[0], []).append(
+                    SpeedRow(key[1], pack_tiles(minutes, values), self.status.keep_from_ms, started)
+                )
+            self._dirty.clear()
+            written = 0
+            for entity, rows in by_entity.items():
+                self._writer.write(entity, rows)
+                written += len(rows)
+            finished = self._clock()
+            self.status.rows_written += written
+            self.status.flushes += 1
+            self.status.last_flush_ms = finished
+            self.status.last_flush_seconds = (finished - started) / 1000
+            self.publish_status()
+            return written
+
+    def publish_status(self) -> None:
+        """Write status.json atomically (readers never see half a file)."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        temporary = self._dir / f".{STATUS_FILE}.{os.getpid()}"
+        temporary.write_text(json.dumps(asdict(self.status)))
+        os.replace(temporary, self._dir / STATUS_FILE)

@@ -1,0 +1,88 @@
+"""The speed sink's merge, handoff and restart rules, on the in-memory store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from feature_repo.online import MemorySpeedStore, unpack_tiles
+from speed.sink import SpeedStatus, TileSink, read_status
+
+M = 60_000
+T = 1_795_176_000_000
+
+
+def make(tmp_path: Path, store: MemorySpeedStore, cutoff: list[int]) -> TileSink:
+    return TileSink(
+        store,
+        tmp_path,
+        lambda: cutoff[-1],
+        SpeedStatus(allowed_lateness_ms=300_000),
+        clock=lambda: 1,
+    )
+
+
+def tiles_of(store: MemorySpeedStore, entity: str, entity_id: str) -> dict[int, list[int]]:
+    row = store.read(entity, [entity_id])[entity_id]
+    minutes, values = unpack_tiles(row.tiles)
+    return {m * M: v.tolist() for m, v in zip(minutes.tolist(), values, strict=True)}
+
+
+def test_updates_replace_a_tile_and_rows_are_written_per_flush(tmp_path: Path) -> None:
+    store = MemorySpeedStore()
+    sink = make(tmp_path, store, [T])
+    sink.on_tile("user", "u1", T, (1, 0, 0), 1)
+    sink.on_tile("user", "u1", T, (2, 1, 300), 3)
+    sink.on_tile("user", "u1", T + M, (0, 1, 50), 1)
+    sink.on_tile("item", "i1", T, (2, 1, 300), 3)
+    assert sink.flush() == 2 and store.writes == 2  # one write per entity kind
+    assert tiles_of(store, "user", "u1") == {T: [2, 1, 300], T + M: [0, 1, 50]}
+    assert sink.status.events_tiled == 4
+    assert sink.flush() == 0  # nothing changed
+
+
+def test_a_replayed_lower_value_never_lowers_a_tile(tmp_path: Path) -> None:
+    store = MemorySpeedStore()
+    sink = make(tmp_path, store, [T])
+    sink.on_tile("user", "u1", T, (5, 2, 900), 7)
+    sink.flush()
+    # After a restart Flink replays from its checkpoint: the tile grows back from less.
+    restarted = make(tmp_path, store, [T])
+    assert restarted.restore() == 1
+    restarted.on_tile("user", "u1", T, (3, 1, 400), 4)
+    restarted.flush()
+    assert tiles_of(store, "user", "u1") == {T: [5, 2, 900]}
+    restarted.on_tile("user", "u1", T, (6, 2, 900), 8)
+    restarted.flush()
+    assert tiles_of(store, "user", "u1") == {T: [6, 2, 900]}
+
+
+def test_rows_keep_tiles_from_the_previous_cutoff_then_drop_them(tmp_path: Path) -> None:
+    store = MemorySpeedStore()
+    cutoff = [T]
+    sink = make(tmp_path, store, cutoff)
+    for minute in range(5):
+        sink.on_tile("item", "i1", T + minute * M, (1, 0, 0), 1)
+    sink.flush()
+    cutoff.append(T + 2 * M)  # a new batch view: a server may still use the old one
+    sink.flush()
+    row = store.read("item", ["i1"])["i1"]
+    assert row.tiles_from_ms == T and len(unpack_tiles(row.tiles)[0]) == 5
+    cutoff.append(T + 4 * M)  # the next one: tiles before T + 2 min are in every view
+    sink.flush()
+    row = store.read("item", ["i1"])["i1"]
+    assert row.tiles_from_ms == T + 2 * M
+    assert unpack_tiles(row.tiles)[0].tolist() == [(T + m * M) // M for m in (2, 3, 4)]
+
+
+def test_status_is_published_for_other_processes(tmp_path: Path) -> None:
+    sink = make(tmp_path, MemorySpeedStore(), [T])
+    sink.on_progress(10, T + 90_000, T + 91_000)
+    sink.on_late(2)
+    sink.flush()
+    status = read_status(tmp_path)
+    assert status is not None
+    assert (status.events_seen, status.late_events, status.max_event_ms) == (10, 2, T + 90_000)
+    assert status.watermark_ms == T + 90_000 - 300_000
+    assert np.isclose(status.last_flush_seconds, 0.0)

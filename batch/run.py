@@ -35,7 +35,7 @@ from batch.pipeline import (
 from core.config import SaikiConfig
 from core.errors import ComponentError, InvalidInputError, PreconditionError
 from core.eventlog import EventLog
-from core.timeutil import MS_PER_MINUTE, floor_minute, format_iso, now_ms
+from core.timeutil import floor_minute, format_iso, now_ms
 from feature_repo.spec import ENTITIES, SPEC_VERSION
 from feature_repo.views import ViewCatalog, ViewManifest
 
@@ -53,6 +53,8 @@ class BatchRunRequest:
     shards: int = 8
     load_first: bool = True
     make_current: bool = True
+    # Materialise the view into Feast's online store before it becomes current.
+    publish_online: bool = True
 
 
 def code_version() -> str:
@@ -125,6 +127,65 @@ def speed_start_offset(
     return min(int(pc.min(after.column("log_offset")).as_py()), next_offset)
 
 
+@dataclass(frozen=True)
+class _Pinned:
+    """The snapshot and cutoff a run computes from."""
+
+    snapshot_id: int
+    cutoff_ms: int
+    next_offset: int
+    total_records: int
+
+
+def _pin(master: MasterDataset, request: BatchRunRequest) -> _Pinned:
+    snapshot_id = master.resolve_snapshot(request.snapshot_id)
+    if snapshot_id is None:
+        raise PreconditionError("the master dataset has no snapshot: ingest events first")
+    snapshot = master.table().snapshot_by_id(snapshot_id)
+    summary = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
+    if request.as_of_ms is not None:
+        cutoff = floor_minute(request.as_of_ms)
+    else:
+        cutoff = newest_cutoff(master, snapshot_id)
+    if cutoff <= 0:
+        raise InvalidInputError("--as-of", f"not a usable cutoff: {cutoff}")
+    return _Pinned(
+        snapshot_id,
+        cutoff,
+        int(summary.get("saiki.log.next-offset", 0)),
+        int(summary.get("total-records", 0)),
+    )
+
+
+def _run_pipeline(
+    config: SaikiConfig, request: BatchRunRequest, pinned: _Pinned, staging: Path, token: str
+) -> dict[str, int]:
+    """Run the Beam pipeline into the staging folder; returns its counters."""
+    scan = SnapshotScan(
+        catalog_properties(config),
+        f"{config.catalog.namespace}.{EVENTS_TABLE}",
+        pinned.snapshot_id,
+        window_lower_bound(pinned.cutoff_ms),
+        pinned.cutoff_ms,
+    )
+    try:
+        options = pipeline_options(request.runner, request.beam_args)
+        with beam.Pipeline(options=options) as pipeline:
+            events = pipeline | "ReadMaster" >> ReadSnapshot(scan, token)
+            view = events | "BatchView" >> ComputeBatchView(pinned.cutoff_ms, request.shards)
+            for entity in ENTITIES:
+                for part in ("tiles", "features"):
+                    name = f"{entity.name}_{part}"
+                    _ = view[name] | f"Write_{name}" >> WriteTables(staging, name)
+            _ = view[DEAD_LETTER] | WriteDeadLetters(staging)
+        query = pipeline.result.metrics().query(
+            beam.metrics.MetricsFilter().with_namespace("saiki")
+        )
+    except Exception as exc:
+        raise ComponentError(f"the Beam pipeline failed: {exc}") from exc
+    return {c.key.metric.name: int(c.committed) for c in query["counters"]}
+
+
 def run_batch_view(
     config: SaikiConfig,
     request: BatchRunRequest,
@@ -140,78 +201,59 @@ def run_batch_view(
     master = MasterDataset(config)
     if request.load_first:
         master.load(EventLog(config.log_dir))
-    snapshot_id = master.resolve_snapshot(request.snapshot_id)
-    if snapshot_id is None:
-        raise PreconditionError("the master dataset has no snapshot: ingest events first")
-    snapshot = master.table().snapshot_by_id(snapshot_id)
-    summary = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
-    next_offset = int(summary.get("saiki.log.next-offset", 0))
-    total_records = int(summary.get("total-records", 0))
-    if request.as_of_ms is not None:
-        cutoff = floor_minute(request.as_of_ms)
-    else:
-        cutoff = newest_cutoff(master, snapshot_id)
-    if cutoff % MS_PER_MINUTE or cutoff <= 0:
-        raise InvalidInputError("--as-of", f"not a usable cutoff: {cutoff}")
-
+    pinned = _pin(master, request)
     catalog = ViewCatalog(config.data_dir)
     catalog.sweep_staging()
     view_id = catalog.new_view_id()
     staging = catalog.stage(view_id)
-    scan = SnapshotScan(
-        catalog_properties(config),
-        f"{config.catalog.namespace}.{EVENTS_TABLE}",
-        snapshot_id,
-        window_lower_bound(cutoff),
-        cutoff,
-    )
     LOCAL_PROGRESS[view_id] = 0
     stop_progress = threading.Event()
     if progress is not None:
         threading.Thread(
-            target=_report, args=(view_id, total_records, progress, stop_progress), daemon=True
+            target=_report,
+            args=(view_id, pinned.total_records, progress, stop_progress),
+            daemon=True,
         ).start()
     try:
-        options = pipeline_options(request.runner, request.beam_args)
-        with beam.Pipeline(options=options) as pipeline:
-            events = pipeline | "ReadMaster" >> ReadSnapshot(scan, view_id)
-            view = events | "BatchView" >> ComputeBatchView(cutoff, request.shards)
-            for entity in ENTITIES:
-                for part in ("tiles", "features"):
-                    name = f"{entity.name}_{part}"
-                    _ = view[name] | f"Write_{name}" >> WriteTables(staging, name)
-            _ = view[DEAD_LETTER] | WriteDeadLetters(staging)
-        result = pipeline.result
-        counters = {
-            c.key.metric.name: c.committed
-            for c in result.metrics().query(beam.metrics.MetricsFilter().with_namespace("saiki"))[
-                "counters"
-            ]
-        }
-    except Exception as exc:
-        raise ComponentError(f"the Beam pipeline failed: {exc}") from exc
+        counters = _run_pipeline(config, request, pinned, staging, view_id)
     finally:
         stop_progress.set()
         events_read = LOCAL_PROGRESS.pop(view_id, 0)
     manifest = ViewManifest(
         view_id=view_id,
-        snapshot_id=snapshot_id,
-        cutoff_ms=cutoff,
+        snapshot_id=pinned.snapshot_id,
+        cutoff_ms=pinned.cutoff_ms,
         spec_version=SPEC_VERSION,
         code_version=code_version(),
         created_ms=now_ms(),
-        log_next_offset=next_offset,
-        speed_start_offset=speed_start_offset(master, snapshot_id, cutoff, next_offset),
-        events_read=int(counters.get("events_read", events_read)),
-        dead_letters=int(counters.get("dead_letters", 0)),
+        log_next_offset=pinned.next_offset,
+        speed_start_offset=speed_start_offset(
+            master, pinned.snapshot_id, pinned.cutoff_ms, pinned.next_offset
+        ),
+        events_read=counters.get("events_read", events_read),
+        dead_letters=counters.get("dead_letters", 0),
         entities={e.name: _rows(staging / f"{e.name}_features") for e in ENTITIES},
         runner=request.runner,
         seconds=round(time.perf_counter() - started, 3),
     )
     if before_publish is not None:
         before_publish(staging)
-    catalog.publish(staging, manifest, make_current=request.make_current)
+    previous = catalog.current()
+    catalog.publish(staging, manifest, make_current=False)
+    if request.make_current:
+        if request.publish_online:
+            publish_online(config, manifest, previous)
+        catalog.make_current(manifest.view_id)
     return manifest
+
+
+def publish_online(
+    config: SaikiConfig, manifest: ViewManifest, previous: ViewManifest | None
+) -> int:
+    """Register the view as Feast's batch source and write its rows to the online store."""
+    from feature_repo.feast_store import publish_batch_view
+
+    return publish_batch_view(config, manifest, previous)
 
 
 def _rows(folder: Path) -> int:

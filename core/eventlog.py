@@ -1,8 +1,9 @@
 """The event log: saiki's embedded stand-in for a Kafka topic.
 
 A topic is a folder of immutable segment files. Each append writes one segment named
-by its first offset and its length (``seg-0000000000001000-00000500.jsonl`` holds offsets
-1000..1499, line n being offset 1000 + n), one canonical JSON object per line, and makes
+by its first offset, its length and the log watermark at its start
+(``seg-0000000000001000-00000500-1795176000000.jsonl`` holds offsets 1000..1499, line n
+being offset 1000 + n), one canonical JSON object per line, and makes
 it visible atomically: it is *staged* under a dotted name and fsync'd (by any process, in
 parallel), then *published* by a rename under the writer lock, and the folder fsync'd.
 Readers therefore never see a partial segment, and Flink's filesystem source (which skips
@@ -14,6 +15,13 @@ when it is missing the JSON segment is read instead.
 
 Appends are serialised across processes by an ``flock`` on ``<log>/.lock`` (the gRPC
 server and ``saiki ingest`` may run at once).
+
+**The log watermark** of a record is the newest event time (capped at its ingest time,
+so a clock running ahead cannot drag it forward) among all records *before* it in the
+log. It is a property of the log, not of who reads it or in what order, which is what
+makes the speed layer's lateness decisions replayable. It is stored in two parts: the
+segment's name holds the value at the segment's start, and each record's ``prior_ms``
+the newest capped time among earlier records of its own segment.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ _STAGE_COUNTER = itertools.count()
 EVENTS_TOPIC: Final = "events"
 QUARANTINE_TOPIC: Final = "quarantine"
 
-_SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})\.jsonl$")
+_SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})-(\d{13})\.jsonl$")
 _STAGED_MAX_AGE_S: Final = 3600
 
 OFFSET_FIELD: Final = pa.field("offset", pa.int64(), nullable=False)
@@ -53,6 +61,7 @@ class Segment:
     first: int
     count: int
     path: Path
+    watermark_ms: int = 0  # the log watermark at the segment's first record
 
     @property
     def end(self) -> int:
@@ -94,7 +103,7 @@ class Topic:
         for entry in os.scandir(self.directory):
             match = _SEGMENT.match(entry.name)
             if match:
-                segment = Segment(int(match[1]), int(match[2]), Path(entry.path))
+                segment = Segment(int(match[1]), int(match[2]), Path(entry.path), int(match[3]))
                 if segment.end > from_offset:
                     found.append(segment)
         found.sort()
@@ -123,11 +132,14 @@ class Topic:
             _write_synced(sidecar, _arrow_bytes(columns))
         return StagedSegment(len(lines), path, sidecar)
 
-    def publish(self, staged: StagedSegment) -> Segment:
-        """Make a staged segment the next one of the topic; the caller holds the writer lock."""
-        segment = Segment(self.head(), staged.count, Path())
-        name = f"seg-{segment.first:016d}-{staged.count:08d}.jsonl"
-        segment = Segment(segment.first, staged.count, self.directory / name)
+    def publish(self, staged: StagedSegment, watermark_ms: int = 0) -> Segment:
+        """Make a staged segment the next one of the topic; the caller holds the writer lock.
+
+        ``watermark_ms`` is the log watermark at the segment's start (see the module doc).
+        """
+        first = self.head()
+        name = f"seg-{first:016d}-{staged.count:08d}-{watermark_ms:013d}.jsonl"
+        segment = Segment(first, staged.count, self.directory / name, watermark_ms)
         if staged.sidecar is not None:
             os.rename(staged.sidecar, segment.sidecar)
         os.rename(staged.path, segment.path)
@@ -135,7 +147,7 @@ class Topic:
         return segment
 
     def append(self, lines: Sequence[bytes], columns: pa.Table | None = None) -> Segment:
-        """Stage and publish in one go; the caller holds the writer lock."""
+        """Stage and publish in one go (no log watermark); the caller holds the lock."""
         return self.publish(self.stage(lines, columns))
 
     def sweep_staged(self, max_age_s: float = _STAGED_MAX_AGE_S) -> int:

@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from core.errors import ComponentError
 from core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
 from core.schema import EVENT_ARROW_SCHEMA, FIELDS, Event, Rejection, validate_event
 from core.timeutil import now_ms
@@ -44,7 +47,7 @@ QUARANTINE_RECORD_SCHEMA = pa.schema(
     ]
 )
 QUARANTINE_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *QUARANTINE_RECORD_SCHEMA])
-_RECORD_KEYS = ("ingest_ms", *FIELDS)
+_RECORD_KEYS = ("ingest_ms", "prior_ms", *FIELDS)
 # orjson renders a list of records as `[{"ingest_ms":…},{"ingest_ms":…}]`. Inside a JSON
 # string every `"` is escaped, so `},{"` occurs only between two objects: splitting on it
 # turns one fast bulk dump into per-record lines.
@@ -70,6 +73,7 @@ class StagedBatch:
     duplicates: int
     rejections: list[tuple[int, Rejection]]
     quarantine: StagedSegment | None
+    newest_ms: int = 0  # the newest capped event time of the staged events
 
     def discard(self) -> None:
         """Remove the staged files."""
@@ -125,15 +129,9 @@ def stage_batch(
         events = [events[i] for i in keep]
         ids = [ids[i] for i in keep]
     staged_events = None
+    newest = 0
     if events:
-        with _gc_paused():
-            lines = _render(events, ingest_ms)
-            columns = list(zip(*events, strict=True))
-        arrays = [pa.array([ingest_ms] * len(events), pa.int64())] + [
-            pa.array(column, type=f.type)
-            for column, f in zip(columns, EVENT_ARROW_SCHEMA, strict=True)
-        ]
-        table = pa.Table.from_arrays(arrays, schema=SEGMENT_ARROW_SCHEMA)
+        lines, table, newest = _lines_and_columns(events, ingest_ms)
         staged_events = log.events.stage(lines, table)
     staged_quarantine = None
     if rejected:
@@ -151,14 +149,32 @@ def stage_batch(
                 }
             )
         staged_quarantine = log.quarantine.stage([orjson.dumps(r) for r in records])
-    return StagedBatch(len(checked), ids, staged_events, duplicates, rejected, staged_quarantine)
+    return StagedBatch(
+        len(checked), ids, staged_events, duplicates, rejected, staged_quarantine, newest
+    )
 
 
-def _render(events: list[Event], ingest_ms: int) -> list[bytes]:
-    keys = _RECORD_KEYS
-    blob = orjson.dumps([dict(zip(keys, (ingest_ms, *event), strict=True)) for event in events])
-    # Strip `[{"` and `}]`; each piece then reads `ingest_ms":…` up to its last value.
-    return [b'{"%b}' % piece for piece in blob[3:-2].split(_BOUNDARY)]
+def _lines_and_columns(events: list[Event], ingest_ms: int) -> tuple[list[bytes], pa.Table, int]:
+    """Canonical JSON lines (with each record's ``prior_ms``) and their Arrow columns."""
+    with _gc_paused():
+        columns = list(zip(*events, strict=True))
+        capped = np.minimum(np.fromiter(columns[1], np.int64, len(events)), ingest_ms)
+        prior = np.zeros(len(events), dtype=np.int64)
+        np.maximum.accumulate(capped[:-1], out=prior[1:])
+        keys = _RECORD_KEYS
+        blob = orjson.dumps(
+            [
+                dict(zip(keys, (ingest_ms, before, *event), strict=True))
+                for before, event in zip(prior.tolist(), events, strict=True)
+            ]
+        )
+        # Strip `[{"` and `}]`; each piece then reads `ingest_ms":…` up to its last value.
+        lines = [b'{"%b}' % piece for piece in blob[3:-2].split(_BOUNDARY)]
+    arrays = [pa.array([ingest_ms] * len(events), pa.int64())] + [
+        pa.array(column, type=f.type) for column, f in zip(columns, EVENT_ARROW_SCHEMA, strict=True)
+    ]
+    table = pa.Table.from_arrays(arrays, schema=SEGMENT_ARROW_SCHEMA)
+    return lines, table, int(capped.max())
 
 
 def check_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rejection]:
@@ -180,29 +196,34 @@ def check_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rejectio
     return checked
 
 
-class SeenEventIds:
-    """Every event_id in the events topic, kept in memory and caught up under the lock.
+class LogTail:
+    """What an appender must know of the whole log: every event_id, and the watermark.
 
-    An exact set (not a sketch): a duplicate must never be confused with a new event.
-    About 100 bytes per id; ten million ids take about a gigabyte.
+    Kept in memory and caught up under the writer lock from segments other processes
+    wrote. The id set is exact (not a sketch): a duplicate must never be confused with a
+    new event. About 100 bytes per id; ten million ids take about a gigabyte.
     """
 
     def __init__(self, log: EventLog) -> None:
         self._log = log
         self._ids: set[str] = set()
         self._upto = 0
+        self.watermark_ms = 0  # newest capped event time in the log so far
 
     def catch_up(self) -> None:
-        """Add the ids of segments written since the last call (by any process)."""
-        schema = pa.schema([pa.field("event_id", pa.string())])
+        """Take in the segments written since the last call (by any process)."""
+        schema = pa.schema(
+            [
+                pa.field(n, pa.int64() if n != "event_id" else pa.string())
+                for n in ("event_id", "event_time", "ingest_ms")
+            ]
+        )
         for segment in self._log.events.segments(self._upto):
-            if segment.sidecar.exists():
-                with pa.memory_map(str(segment.sidecar)) as source:
-                    ids = pa.ipc.open_file(source).read_all().column("event_id")
-            else:
-                ids = self._log.events.read(segment, schema).column("event_id")
+            table = self._log.events.read(segment, schema)
             with _gc_paused():
-                self._ids.update(ids.to_pylist())
+                self._ids.update(table.column("event_id").to_pylist())
+            capped = pc.min_element_wise(table.column("event_time"), table.column("ingest_ms"))
+            self.watermark_ms = max(self.watermark_ms, int(pc.max(capped).as_py() or 0))
             self._upto = segment.end
 
     def __contains__(self, event_id: str) -> bool:
@@ -212,10 +233,11 @@ class SeenEventIds:
         """True when none of these ids is in the log (checked in C)."""
         return self._ids.isdisjoint(event_ids)
 
-    def remember(self, event_ids: Iterable[str], upto: int) -> None:
-        """Add the ids this process just appended, up to offset ``upto``."""
+    def remember(self, event_ids: Iterable[str], upto: int, newest_ms: int) -> None:
+        """Take in the segment this process just appended, ending at offset ``upto``."""
         self._ids.update(event_ids)
         self._upto = upto
+        self.watermark_ms = max(self.watermark_ms, newest_ms)
 
 
 class Ingestor:
@@ -224,7 +246,7 @@ class Ingestor:
     def __init__(self, log: EventLog, clock: Callable[[], int] = now_ms) -> None:
         self.log = log
         self.clock = clock
-        self._seen = SeenEventIds(log)
+        self._seen = LogTail(log)
 
     def ingest(self, inputs: Sequence[RawEvent]) -> IngestResult:
         """Validate and append a batch of decoded inputs (the RPC path)."""
@@ -261,13 +283,13 @@ class Ingestor:
         try:
             with self.log.writer_lock():
                 self._seen.catch_up()
-                staged = batch.events
+                staged, newest = batch.events, batch.newest_ms
                 if staged is not None and not self._seen.isdisjoint(batch.event_ids):
-                    staged, dropped = self._without_seen(staged, batch.event_ids)
+                    staged, dropped, newest = self._without_seen(staged, batch.event_ids)
                     result.duplicates += dropped
                 if staged is not None:
-                    segment = self.log.events.publish(staged)
-                    self._seen.remember(batch.event_ids, segment.end)
+                    segment = self.log.events.publish(staged, self._seen.watermark_ms)
+                    self._seen.remember(batch.event_ids, segment.end, newest)
                     result.segments.append(segment)
                     result.accepted = staged.count
                 if batch.quarantine is not None:
@@ -278,22 +300,25 @@ class Ingestor:
 
     def _without_seen(
         self, staged: StagedSegment, event_ids: list[str]
-    ) -> tuple[StagedSegment | None, int]:
+    ) -> tuple[StagedSegment | None, int, int]:
         """Re-stage a segment without the events the log already holds (retries)."""
         keep = [i for i, event_id in enumerate(event_ids) if event_id not in self._seen]
         dropped = len(event_ids) - len(keep)
         if not keep:
             staged.discard()
-            return None, dropped
-        lines = staged.path.read_bytes().split(b"\n")
-        columns = None
-        if staged.sidecar is not None:
-            with pa.memory_map(str(staged.sidecar)) as source:
-                columns = pa.ipc.open_file(source).read_all().take(keep)
-        fresh = self.log.events.stage([lines[i] for i in keep], columns)
+            return None, dropped, 0
+        if staged.sidecar is None:  # events segments always carry their columns
+            raise ComponentError(f"staged segment {staged.path} lost its Arrow copy")
+        with pa.memory_map(str(staged.sidecar)) as source:
+            rows = pa.ipc.open_file(source).read_all().take(keep)
+        ingest_ms = int(rows.column("ingest_ms")[0].as_py())
+        events = [Event(**row) for row in rows.drop_columns(["ingest_ms"]).to_pylist()]
+        # Re-rendered: each record's prior_ms must only count records that stay.
+        lines, table, newest = _lines_and_columns(events, ingest_ms)
+        fresh = self.log.events.stage(lines, table)
         staged.discard()
         event_ids[:] = [event_ids[i] for i in keep]
-        return fresh, dropped
+        return fresh, dropped, newest
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,9 @@ SPEED_FIELDS = (
 )
 
 
-def build(data_dir: Path) -> dict[str, Any]:
-    """Every Feast object of the repo for a data dir, by name."""
+def build(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
+    """Every Feast object of the repo for a data dir, by name; the batch sources point at
+    ``view_id`` (default: the current view)."""
     objects: dict[str, Any] = {}
     for spec in ENTITIES:
         entity = Entity(
@@ -45,7 +46,7 @@ def build(data_dir: Path) -> dict[str, Any]:
         )
         batch_source = FileSource(
             name=f"{spec.name}_batch_view",
-            path=str(batch_source_path(data_dir, spec.name)),
+            path=str(batch_source_path(data_dir, spec.name, view_id)),
             timestamp_field="event_timestamp",
             description="the current published batch view of saiki's batch layer",
         )

@@ -85,18 +85,21 @@ def open_store(config: SaikiConfig) -> Any:
         return store
 
 
-def feast_objects(data_dir: Path) -> dict[str, Any]:
+def feast_objects(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
     """The repo's Feast objects for this data dir, by name (see definitions.py)."""
     _import_feast()
     from feature_repo import definitions
 
-    return definitions.build(data_dir)
+    return definitions.build(data_dir, view_id)
 
 
-def apply(config: SaikiConfig) -> list[str]:
-    """Register the repo's objects (as ``feast apply`` does) and prepare the online store."""
+def apply(config: SaikiConfig, view_id: str | None = None) -> list[str]:
+    """Register the repo's objects (as ``feast apply`` does) and prepare the online store.
+
+    The batch sources point at ``view_id`` (default: the current view).
+    """
     store = open_store(config)
-    objects = feast_objects(config.data_dir)
+    objects = feast_objects(config.data_dir, view_id)
     try:
         store.apply(list(objects.values()))
     except Exception as exc:
@@ -118,7 +121,7 @@ def publish_batch_view(
     window) are written as zeros at the new cutoff, so no stale row survives.
     """
     store = open_store(config)
-    apply(config)  # the batch sources now point at the new view's folder
+    apply(config, manifest.view_id)  # the batch sources now point at the new view
     catalog = ViewCatalog(config.data_dir)
     written = 0
     for entity in ENTITIES:

@@ -66,9 +66,10 @@ def _seed(path: Path, schema: pa.Schema) -> Path:
     return path
 
 
-def batch_source_path(data_dir: Path, entity: str) -> Path:
-    """The current view's ``{entity}_features`` folder, or the seed before any view."""
-    current = ViewCatalog(data_dir).current_id()
+def batch_source_path(data_dir: Path, entity: str, view_id: str | None = None) -> Path:
+    """A view's ``{entity}_features`` folder (default: the current view's), or the seed
+    before any view exists."""
+    current = view_id or ViewCatalog(data_dir).current_id()
     if current is not None:
         return ViewCatalog(data_dir).path(current) / f"{entity}_features"
     return _seed(

@@ -13,9 +13,11 @@ Writers and readers are small protocols: Feast-backed implementations live in
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +27,8 @@ from feature_repo.spec import AGGREGATION_NAMES
 
 IntArray = npt.NDArray[np.int64]
 WIDTH = 1 + len(AGGREGATION_NAMES)
+# The speed layer publishes its SpeedStatus here, under <data>/speed/.
+STATUS_FILE = "status.json"
 
 
 def pack_tiles(minutes: IntArray, values: IntArray) -> bytes:
@@ -53,6 +57,37 @@ class SpeedRow:
     def unpacked(self) -> tuple[IntArray, IntArray]:
         """(minutes, values) of the row's tiles."""
         return unpack_tiles(self.tiles)
+
+
+@dataclass
+class SpeedStatus:
+    """What the job reports (``saiki speed status``, and GetFeatures' speed_watermark)."""
+
+    job_started_ms: int = 0
+    start_offset: int = 0
+    start_cutoff_ms: int = 0
+    keep_from_ms: int = 0
+    allowed_lateness_ms: int = 0
+    events_seen: int = 0
+    events_tiled: int = 0
+    late_events: int = 0
+    max_event_ms: int = 0
+    max_ingest_ms: int = 0
+    watermark_ms: int = 0
+    tiles_updated: int = 0
+    rows_written: int = 0
+    flushes: int = 0
+    last_flush_ms: int = 0
+    last_flush_seconds: float = 0.0
+    state: str = "starting"
+
+
+def read_status(speed_dir: Path) -> SpeedStatus | None:
+    """The last status the sink published, or None if the job never ran."""
+    try:
+        return SpeedStatus(**json.loads((speed_dir / STATUS_FILE).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
 
 
 class SpeedWriter(Protocol):

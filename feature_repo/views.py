@@ -128,15 +128,19 @@ class ViewCatalog:
         _fsync_tree(staging)
         final = self.path(manifest.view_id)
         os.rename(staging, final)
-        if not make_current:
-            _fsync_file(self.root)
-            return final
-        pointer = self.root / f".{CURRENT}.{os.getpid()}"
-        pointer.write_text(manifest.view_id + "\n")
-        _fsync_file(pointer)
-        os.rename(pointer, self.root / CURRENT)  # the one atomic step
         _fsync_file(self.root)
+        if make_current:
+            self.make_current(manifest.view_id)
         return final
+
+    def make_current(self, view_id: str) -> None:
+        """Swap the CURRENT pointer to a published view: the one atomic step."""
+        self.manifest(view_id)  # refuses an unknown view
+        pointer = self.root / f".{CURRENT}.{os.getpid()}"
+        pointer.write_text(view_id + "\n")
+        _fsync_file(pointer)
+        os.rename(pointer, self.root / CURRENT)
+        _fsync_file(self.root)
 
     def sweep_staging(self) -> int:
         """Remove folders of runs that died before publishing."""

@@ -11,15 +11,23 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from saiki.v1 import events_pb2, events_pb2_grpc
+from saiki.v1 import events_pb2, events_pb2_grpc, features_pb2, features_pb2_grpc
 
 from core.config import SaikiConfig
 from core.errors import ConfigError
 from core.eventlog import EventLog
 from core.ingest import Ingestor
+from feature_repo.feast_store import SqliteOnlineReader
+from feature_repo.views import ViewCatalog
 from serving.event_service import EventService
+from serving.feature_service import FeatureService
+from serving.merge import FeatureMerger
+from serving.speed_status import SpeedWatermark
 
-SERVICE_NAMES = (events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,)
+SERVICE_NAMES = (
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
+)
 
 
 @dataclass
@@ -49,6 +57,14 @@ def start_server(
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
         EventService(Ingestor(EventLog(config.log_dir))), server
+    )
+    merger = FeatureMerger(
+        ViewCatalog(config.data_dir),
+        SqliteOnlineReader(config),
+        reload_interval_ms=config.serving.reload_interval_ms,
+    )
+    features_pb2_grpc.add_FeatureServiceServicer_to_server(
+        FeatureService(merger, SpeedWatermark(config.data_dir), config.serving.max_ids), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

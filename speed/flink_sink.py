@@ -18,8 +18,9 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from core.config import SaikiConfig
 from core.timeutil import now_ms
+from feature_repo.online import SpeedStatus
 from speed.job import SpeedJobSpec
-from speed.sink import SpeedStatus, TileSink
+from speed.sink import TileSink
 
 _FLUSH_ROWS = 20_000
 

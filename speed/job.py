@@ -8,13 +8,13 @@ Shape (SQL for parsing and aggregation, Python only at the sink):
 * **tiles**: a continuously updating ``GROUP BY (entity, event-time minute)`` with
   mini-batches, so a tile is rewritten within about ``sink_flush_ms`` of its events —
   not when its minute closes, as a ``TUMBLE`` window would.
-* **lateness**: an event whose delay into the log (``ingest_ms - event_time``) exceeds the
-  allowed lateness is *left to the batch layer* and counted, never tiled. The rule looks
-  at each event alone, so it does not depend on the order in which Flink reads segments
-  (files seen in one directory scan are read in arbitrary order, which drops most of a
-  backlog under a watermark) and a replay after a restart decides exactly as before.
-  The status still reports an event-time watermark: newest (ingest-capped) event time
-  minus the lateness.
+* **lateness**: an event is late when its minute had ended more than the allowed lateness
+  before the *log watermark* it arrived at (the newest event time among all records
+  before it in the log; see ``core/eventlog.py``). Late events are *left to the batch
+  layer* and counted, never tiled. The log watermark is a property of the log, so the
+  decision does not depend on the order in which Flink reads segments (files found in
+  one directory scan are read in arbitrary order: under Flink's own watermark that drops
+  most of a backlog as late) and a replay after a restart decides exactly as before.
 * **sink**: one keyed Python function merges the updates (see :mod:`speed.sink`); pending
   rows live in Flink's ListState, so a checkpoint holds whatever was not yet written.
 * **state**: a tile can change only until ``lateness + 1 min`` after its minute; its
@@ -72,6 +72,12 @@ def source_ddl(spec: SpeedJobSpec) -> str:
             item_id STRING,
             event_type STRING,
             dwell_ms BIGINT,
+            prior_ms BIGINT,
+            src_path STRING NOT NULL METADATA FROM 'file.path' VIRTUAL,
+            log_wm AS GREATEST(
+                CAST(REGEXP_EXTRACT(src_path, '-([0-9]{{13}})[.]jsonl$', 1) AS BIGINT),
+                COALESCE(prior_ms, 0)
+            ),
             proc AS PROCTIME()
         ) WITH (
             'connector' = 'filesystem',
@@ -90,10 +96,8 @@ def union_query(spec: SpeedJobSpec) -> str:
         f"CAST({sql_contribution(a)} AS BIGINT) AS {c}"
         for a, c in zip(AGGREGATIONS, TILE_COLUMNS, strict=True)
     )
-    on_time = (
-        f"event_time >= {spec.epoch_cutoff_ms} AND event_type IS NOT NULL "
-        f"AND ingest_ms - event_time <= {lateness_ms}"
-    )
+    closed = f"event_time - MOD(event_time, 60000) + {60_000 + lateness_ms} <= log_wm"
+    on_time = f"event_time >= {spec.epoch_cutoff_ms} AND event_type IS NOT NULL AND NOT ({closed})"
     per_entity = " UNION ALL ".join(
         f"""SELECT '{e.name}' AS entity, {e.key} AS entity_id, event_time, ingest_ms,
                    event_time - MOD(event_time, 60000) AS minute_ms, {contributions}
@@ -112,11 +116,11 @@ def union_query(spec: SpeedJobSpec) -> str:
         SELECT 'late', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*), MAX(event_time),
                MAX(ingest_ms)
         FROM log_events
-        WHERE event_time >= {spec.epoch_cutoff_ms} AND ingest_ms - event_time > {lateness_ms}
+        WHERE event_time >= {spec.epoch_cutoff_ms} AND {closed}
         GROUP BY TUMBLE(proc, INTERVAL '1' SECOND)
         UNION ALL
         SELECT 'progress', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*),
-               MAX(LEAST(event_time, ingest_ms)), MAX(ingest_ms)
+               MAX(GREATEST(log_wm, LEAST(event_time, ingest_ms))), MAX(ingest_ms)
         FROM log_events
         GROUP BY TUMBLE(proc, INTERVAL '1' SECOND)
     """

@@ -26,6 +26,7 @@ from core.errors import ComponentError
 from core.eventlog import EventLog
 from core.ingest import SEGMENT_ARROW_SCHEMA
 from core.timeutil import now_ms
+from feature_repo.online import SpeedStatus, read_status
 from feature_repo.views import ViewCatalog
 from speed.job import (
     SpeedJobSpec,
@@ -35,7 +36,6 @@ from speed.job import (
     load_lineage,
     save_lineage,
 )
-from speed.sink import SpeedStatus, read_status
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,8 +116,16 @@ def run_speed(
     spec, checkpoint = resolve_spec(config, fresh)
     save_lineage(spec)
     stop = stop or threading.Event()
+    # The sink writes to the Feast views: register them (Feast's import takes seconds,
+    # so it overlaps with the JVM starting).
+    applied: list[BaseException] = []
+    feast = threading.Thread(target=_apply_feast, args=(config, applied), daemon=True)
+    feast.start()
     env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
     build_job(env, t_env, spec, config)
+    feast.join()
+    if applied:
+        raise ComponentError(f"cannot register the Feast repo: {applied[0]}") from applied[0]
     client = env.execute_async("saiki-speed")
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
@@ -152,16 +160,36 @@ def run_speed(
             signal.signal(signal.SIGTERM, previous)
 
 
+def _apply_feast(config: SaikiConfig, errors: list[BaseException]) -> None:
+    from feature_repo.feast_store import apply
+
+    try:
+        apply(config)
+    except BaseException as exc:  # reported by the caller's thread
+        errors.append(exc)
+
+
 def _raise_if_failed(client: Any) -> None:
     try:
         status = str(client.get_job_status().result())
     except Exception:  # the per-job mini-cluster is gone: the job ended
         status = "GONE"
-    if "FAILED" in status or status == "GONE":
-        raise ComponentError(
-            f"the Flink job stopped ({status}); see the Flink log under "
-            f"{Path(sys.executable).parent.parent}/lib/python*/site-packages/pyflink/log/"
-        )
+    if "FAILED" not in status and status != "GONE":
+        return
+    reason = "see the Flink log under " + str(
+        Path(sys.executable).parent.parent / "lib/python*/site-packages/pyflink/log/"
+    )
+    try:
+        client.get_job_execution_result().result()
+    except Exception as exc:  # the job's failure, with its Python cause inside
+        causes = [
+            line.strip()
+            for line in str(exc).splitlines()
+            if "PythonException" in line or line.strip().startswith("Caused by")
+        ]
+        if causes:
+            reason = causes[-1]
+    raise ComponentError(f"the Flink job stopped ({status}): {reason}")
 
 
 def _cancel(client: Any) -> None:

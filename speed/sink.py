@@ -21,49 +21,17 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from core.timeutil import MS_PER_MINUTE, now_ms
-from feature_repo.online import SpeedRow, SpeedWriter, pack_tiles
+from feature_repo.online import STATUS_FILE, SpeedRow, SpeedStatus, SpeedWriter, pack_tiles
 from feature_repo.spec import AGGREGATION_NAMES, ENTITIES
 
-STATUS_FILE = "status.json"
 Key = tuple[str, str]
-
-
-@dataclass
-class SpeedStatus:
-    """What the job reports (``saiki speed status``, and GetFeatures' speed_watermark)."""
-
-    job_started_ms: int = 0
-    start_offset: int = 0
-    start_cutoff_ms: int = 0
-    keep_from_ms: int = 0
-    allowed_lateness_ms: int = 0
-    events_seen: int = 0
-    events_tiled: int = 0
-    late_events: int = 0
-    max_event_ms: int = 0
-    max_ingest_ms: int = 0
-    watermark_ms: int = 0
-    tiles_updated: int = 0
-    rows_written: int = 0
-    flushes: int = 0
-    last_flush_ms: int = 0
-    last_flush_seconds: float = 0.0
-    state: str = "starting"
-
-
-def read_status(speed_dir: Path) -> SpeedStatus | None:
-    """The last status the sink published, or None if the job never ran."""
-    try:
-        return SpeedStatus(**json.loads((speed_dir / STATUS_FILE).read_text()))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
-        return None
 
 
 class TileSink:

@@ -26,8 +26,8 @@ def test_segments_are_named_by_offsets_and_read_with_them(tmp_path: Path) -> Non
     second = topic.append(lines(13, 14))
     assert (first.first, first.count, second.first, second.end) == (0, 3, 3, 5)
     assert [s.path.name for s in topic.segments()] == [
-        "seg-0000000000000000-00000003.jsonl",
-        "seg-0000000000000003-00000002.jsonl",
+        "seg-0000000000000000-00000003-0000000000000.jsonl",
+        "seg-0000000000000003-00000002-0000000000000.jsonl",
     ]
     rows = pa.concat_tables(t for _, t in topic.read_range(1, SCHEMA)).to_pylist()
     assert rows == [{"offset": o, "n": 10 + o} for o in range(1, 5)]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_repo.online import MemorySpeedStore, unpack_tiles
-from speed.sink import SpeedStatus, TileSink, read_status
+from feature_repo.online import MemorySpeedStore, SpeedStatus, read_status, unpack_tiles
+from speed.sink import TileSink
 
 M = 60_000
 T = 1_795_176_000_000

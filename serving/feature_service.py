@@ -1,0 +1,73 @@
+"""``FeatureService.GetFeatures``: validated requests into the lambda merge."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from saiki.v1 import features_pb2, features_pb2_grpc
+
+from core.errors import InvalidInputError
+from core.schema import MAX_ID_CHARS, MIN_EVENT_TIME_MS
+from feature_repo.spec import ENTITY_BY_NAME, FEATURE_NAMES
+from serving.merge import FeatureMerger
+from serving.speed_status import SpeedWatermark
+from serving.status import rpc
+
+
+def validate_ids(ids: list[str], field: str, limit: int) -> None:
+    """Ids must be present, non-empty, at most 128 characters, and not too many."""
+    if not ids:
+        raise InvalidInputError(field, "at least one id is required")
+    if len(ids) > limit:
+        raise InvalidInputError(field, f"{len(ids)} ids; at most {limit} per call")
+    for position, entity_id in enumerate(ids):
+        if not entity_id or len(entity_id) > MAX_ID_CHARS:
+            raise InvalidInputError(f"{field}[{position}]", f"must be 1..{MAX_ID_CHARS} characters")
+
+
+def timestamp_ms(value: Timestamp, field: str) -> int:
+    """A protobuf Timestamp as epoch ms, refusing ones outside the representable range."""
+    if value.nanos < 0 or value.nanos >= 1_000_000_000:
+        raise InvalidInputError(field, f"nanos must be within 0..999999999, got {value.nanos}")
+    millis = value.seconds * 1000 + value.nanos // 1_000_000
+    if millis < MIN_EVENT_TIME_MS or millis > 253_402_300_799_000:
+        raise InvalidInputError(field, f"not a plausible time: {value.seconds} s")
+    return millis
+
+
+def to_timestamp(ms: int) -> Timestamp:
+    """Epoch ms as a protobuf Timestamp."""
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[misc]
+    """Thin: converts messages, validates fields, delegates to the merger."""
+
+    def __init__(self, merger: FeatureMerger, watermark: SpeedWatermark, max_ids: int) -> None:
+        self._merger = merger
+        self._watermark = watermark
+        self._max_ids = max_ids
+
+    @rpc
+    def GetFeatures(  # noqa: N802 (gRPC method name)
+        self, request: features_pb2.GetFeaturesRequest, context: grpc.ServicerContext
+    ) -> features_pb2.GetFeaturesResponse:
+        if request.entity not in ENTITY_BY_NAME:
+            raise InvalidInputError(
+                "entity", f"must be one of {sorted(ENTITY_BY_NAME)}, got {request.entity!r}"
+            )
+        ids = list(request.ids)
+        validate_ids(ids, "ids", self._max_ids)
+        as_of = timestamp_ms(request.as_of, "as_of") if request.HasField("as_of") else None
+        merged = self._merger.features(request.entity, ids, as_of)
+        response = features_pb2.GetFeaturesResponse(
+            batch_cutoff=to_timestamp(merged.batch_cutoff_ms),
+            speed_watermark=to_timestamp(self._watermark.current_ms()),
+        )
+        names = FEATURE_NAMES
+        for entity_id, row in zip(merged.ids, merged.values.tolist(), strict=True):
+            entry = response.entities.add(id=entity_id)
+            entry.values.update(zip(names, row, strict=True))
+        return response

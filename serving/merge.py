@@ -1,0 +1,214 @@
+"""The lambda merge: batch view up to its cutoff T + speed tiles after T = exact windows.
+
+For an entity, window W and query time q (``floor_minute(q - W) <= event_time < q``):
+
+* the batch part sums the view's per-minute tiles over ``[floor_minute(q - W), T)``;
+* the speed part sums the entity's online speed row over ``[max(floor_minute(q - W), T),
+  q)`` — minutes are whole, so for a q inside a minute the tile of that minute is read
+  whole (events time-stamped later in the same minute can only be clock-skewed ones);
+* the sum is finalised with the spec's arithmetic (``feature_repo.tiles.finalise``).
+
+The batch view is immutable, so each server process indexes it once in memory
+(:class:`BatchViewIndex`) and swaps the index in one reference assignment when a newer
+view is published: a request sees either the old view with tiles from the old cutoff or
+the new view with tiles from the new one, never a mix. Speed rows are read once per
+entity kind per request. A speed row packed for a newer cutoff than the view being served
+(``tiles_from_ms > T``) proves a newer view exists: the merger switches first, then merges.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import InvalidInputError, PreconditionError
+from core.timeutil import MS_PER_MINUTE, ceil_minute, floor_minute, format_iso, now_ms
+from feature_repo.online import SpeedReader, SpeedRow, unpack_tiles
+from feature_repo.spec import AGGREGATION_NAMES, ENTITY_BY_NAME, FEATURE_NAMES, WINDOWS
+from feature_repo.tiles import ENTITY_ID, MINUTE, PrefixSums, encode, finalise
+from feature_repo.views import ViewCatalog, ViewManifest
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+_WINDOW_MINUTES = np.array([w.minutes for w in WINDOWS], dtype=np.int64)
+
+
+class _EntityTails:
+    """One entity kind's tiles of a batch view, indexed for window sums."""
+
+    def __init__(self, ids: list[str], sums: PrefixSums | None) -> None:
+        self.codes = {entity_id: code for code, entity_id in enumerate(ids)}
+        self.sums = sums
+
+
+@dataclass(frozen=True)
+class BatchViewIndex:
+    """A published batch view, in memory: per entity kind, prefix sums of its tiles."""
+
+    manifest: ViewManifest | None
+    tails: dict[str, _EntityTails]
+
+    @property
+    def cutoff_ms(self) -> int:
+        """The view's cutoff T (0 without a view: everything comes from the speed layer)."""
+        return self.manifest.cutoff_ms if self.manifest else 0
+
+    @property
+    def view_id(self) -> str:
+        """The view's id ("" without a view)."""
+        return self.manifest.view_id if self.manifest else ""
+
+    @classmethod
+    def load(cls, catalog: ViewCatalog, view_id: str | None) -> BatchViewIndex:
+        """Index a published view (or an empty index when there is none)."""
+        if view_id is None:
+            return cls(None, {e: _EntityTails([], None) for e in ENTITY_BY_NAME})
+        manifest = catalog.manifest(view_id)
+        tails = {}
+        for entity in ENTITY_BY_NAME:
+            table = catalog.read(view_id, f"{entity}_tiles")
+            ids, codes = encode(table.column(ENTITY_ID))
+            values = np.column_stack([table.column(n).to_numpy() for n in AGGREGATION_NAMES])
+            sums = PrefixSums(codes, table.column(MINUTE).to_numpy(), values.astype(np.int64))
+            tails[entity] = _EntityTails(ids.to_pylist(), sums)
+        return cls(manifest, tails)
+
+    def window_sums(self, entity: str, ids: Sequence[str], lower: IntArray) -> IntArray:
+        """(ids, windows, aggregations): the sums over [lower[w], T) in minutes."""
+        tails = self.tails[entity]
+        codes = np.fromiter((tails.codes.get(i, -1) for i in ids), np.int64, len(ids))
+        out = np.zeros((len(ids), len(WINDOWS), len(AGGREGATION_NAMES)), dtype=np.int64)
+        known = codes >= 0
+        if tails.sums is None or not known.any():
+            return out
+        cutoff = self.cutoff_ms // MS_PER_MINUTE
+        for w in range(len(WINDOWS)):
+            if lower[w] >= cutoff:
+                continue  # the whole window is after T: nothing from the batch view
+            count = int(known.sum())
+            out[known, w] = tails.sums.between(
+                codes[known], np.full(count, lower[w]), np.full(count, cutoff)
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class MergedFeatures:
+    """Features of many entities at one query time, with where they came from."""
+
+    ids: list[str]
+    values: FloatArray  # (ids, FEATURE_NAMES)
+    query_ms: int
+    batch_cutoff_ms: int
+    view_id: str
+
+
+class FeatureMerger:
+    """Answers features at any q >= T by merging the current view and the speed rows."""
+
+    def __init__(
+        self,
+        catalog: ViewCatalog,
+        speed: SpeedReader,
+        clock: Callable[[], int] = now_ms,
+        reload_interval_ms: int = 250,
+    ) -> None:
+        self._catalog = catalog
+        self._speed = speed
+        self._clock = clock
+        self._reload_interval_ms = reload_interval_ms
+        self._index = BatchViewIndex.load(catalog, catalog.current_id())
+        self._checked_ms = clock()
+        self._loading = threading.Lock()
+
+    @property
+    def index(self) -> BatchViewIndex:
+        """The view index in use now."""
+        return self._index
+
+    def refresh(self, wait: bool = False) -> BatchViewIndex:
+        """Switch to the current view if it changed (loading it outside the request path
+        unless ``wait``); returns the index in use."""
+        current = self._catalog.current_id()
+        if current is None or current == self._index.view_id:
+            return self._index
+        if wait:
+            with self._loading:
+                if self._catalog.current_id() != self._index.view_id:
+                    self._index = BatchViewIndex.load(self._catalog, self._catalog.current_id())
+            return self._index
+        if self._loading.acquire(blocking=False):
+            threading.Thread(target=self._load_in_background, daemon=True).start()
+        return self._index
+
+    def _load_in_background(self) -> None:
+        try:
+            self._index = BatchViewIndex.load(self._catalog, self._catalog.current_id())
+        finally:
+            self._loading.release()
+
+    def features(
+        self, entity: str, ids: Sequence[str], as_of_ms: int | None = None
+    ) -> MergedFeatures:
+        """Every feature of ``ids`` at q = now, or at q = ceil_minute(as_of)."""
+        if entity not in ENTITY_BY_NAME:
+            raise InvalidInputError("entity", f"must be one of {sorted(ENTITY_BY_NAME)}")
+        now = self._clock()
+        if now - self._checked_ms >= self._reload_interval_ms:
+            self._checked_ms = now
+            self.refresh()
+        q = now if as_of_ms is None else ceil_minute(as_of_ms)
+        index = self._index
+        rows = self._speed.read(entity, list(ids))
+        if any(row.tiles_from_ms > index.cutoff_ms for row in rows.values()):
+            # The speed layer already dropped tiles this view needs: a newer view exists.
+            index = self.refresh(wait=True)
+        if q < index.cutoff_ms:
+            raise PreconditionError(
+                f"as_of {format_iso(q)} is before the batch cutoff {format_iso(index.cutoff_ms)}"
+                "; features before the cutoff are not served online (use a training set)"
+            )
+        lower = (floor_minute(q) - _WINDOW_MINUTES * MS_PER_MINUTE) // MS_PER_MINUTE
+        upper = -(-q // MS_PER_MINUTE)  # minutes strictly before ceil_minute(q)
+        sums = index.window_sums(entity, ids, lower)
+        sums += _speed_sums(rows, ids, lower, upper, index.cutoff_ms // MS_PER_MINUTE)
+        values = np.empty((len(ids), len(FEATURE_NAMES)), dtype=np.float64)
+        position = {name: i for i, name in enumerate(FEATURE_NAMES)}
+        for w, window in enumerate(WINDOWS):
+            named = {n: sums[:, w, a] for a, n in enumerate(AGGREGATION_NAMES)}
+            for name, column in finalise(named, window).items():
+                values[:, position[name]] = column
+        return MergedFeatures(list(ids), values, q, index.cutoff_ms, index.view_id)
+
+
+def _speed_sums(
+    rows: Mapping[str, SpeedRow],
+    ids: Sequence[str],
+    lower: IntArray,
+    upper: int,
+    cutoff_minute: int,
+) -> IntArray:
+    """(ids, windows, aggregations) from speed rows: minutes in [max(lower, T), upper)."""
+    out = np.zeros((len(ids), len(WINDOWS), len(AGGREGATION_NAMES)), dtype=np.int64)
+    codes, minutes, values = [], [], []
+    for position, entity_id in enumerate(ids):
+        row = rows.get(entity_id)
+        if row is None or not row.tiles:
+            continue
+        row_minutes, row_values = unpack_tiles(row.tiles)
+        codes.append(np.full(len(row_minutes), position, dtype=np.int64))
+        minutes.append(row_minutes)
+        values.append(row_values)
+    if not codes:
+        return out
+    sums = PrefixSums(np.concatenate(codes), np.concatenate(minutes), np.concatenate(values))
+    everyone = np.arange(len(ids), dtype=np.int64)
+    top = np.full(len(ids), upper, dtype=np.int64)
+    for w in range(len(WINDOWS)):
+        start = np.full(len(ids), max(int(lower[w]), cutoff_minute), dtype=np.int64)
+        out[:, w] = sums.between(everyone, start, top)
+    return out

@@ -79,6 +79,7 @@ class SpeedStatus:
     flushes: int = 0
     last_flush_ms: int = 0
     last_flush_seconds: float = 0.0
+    pending_rows: int = 0  # entity rows changed but not yet written
     state: str = "starting"
 
 

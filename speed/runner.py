@@ -116,16 +116,15 @@ def run_speed(
     spec, checkpoint = resolve_spec(config, fresh)
     save_lineage(spec)
     stop = stop or threading.Event()
-    # The sink writes to the Feast views: register them (Feast's import takes seconds,
-    # so it overlaps with the JVM starting).
-    applied: list[BaseException] = []
-    feast = threading.Thread(target=_apply_feast, args=(config, applied), daemon=True)
-    feast.start()
+    # The sink writes to the Feast views: register them first. Not in a thread beside
+    # the JVM start: Feast's import churns the garbage collector, whose py4j finalisers
+    # then open a second gateway connection, and Flink's planner (which keeps state per
+    # Java thread) intermittently failed with "NullPointerException: metadataHandlerProvider".
+    from feature_repo.feast_store import apply
+
+    apply(config)
     env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
     build_job(env, t_env, spec, config)
-    feast.join()
-    if applied:
-        raise ComponentError(f"cannot register the Feast repo: {applied[0]}") from applied[0]
     client = env.execute_async("saiki-speed")
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
@@ -140,33 +139,25 @@ def run_speed(
             if not until_idle:
                 continue
             status = look.status
-            if status is None or look.lag_events:
+            # Idle: every record read and every changed row written, for a while...
+            if status is None or look.lag_events or status.pending_rows:
                 caught_up_at = None
                 continue
             if caught_up_at is None:
                 caught_up_at = now_ms()
-            flushed = status.last_flush_ms >= caught_up_at and status.flushes > 0
             quiet = now_ms() - caught_up_at >= idle_seconds * 1000
+            # ...and a checkpoint taken since, so that a later run resumes past it all.
             newest = latest_checkpoint(spec.speed_dir / "checkpoints")
             checkpointed = newest is not None and (
                 os.path.getmtime(newest / "_metadata") * 1000 > caught_up_at
             )
-            if flushed and quiet and checkpointed:
+            if quiet and checkpointed:
                 break
         return progress(config)
     finally:
         _cancel(client)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
-
-
-def _apply_feast(config: SaikiConfig, errors: list[BaseException]) -> None:
-    from feature_repo.feast_store import apply
-
-    try:
-        apply(config)
-    except BaseException as exc:  # reported by the caller's thread
-        errors.append(exc)
 
 
 def _raise_if_failed(client: Any) -> None:

@@ -148,6 +148,7 @@ class TileSink:
 
     def publish_status(self) -> None:
         """Write status.json atomically (readers never see half a file)."""
+        self.status.pending_rows = len(self._dirty)
         self._dir.mkdir(parents=True, exist_ok=True)
         temporary = self._dir / f".{STATUS_FILE}.{os.getpid()}"
         temporary.write_text(json.dumps(asdict(self.status)))

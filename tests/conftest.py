@@ -59,3 +59,56 @@ def ingested(
     ingest_files(Ingestor(log), [traffic[0]], workers=1)
     MasterDataset(config).load(log)
     yield config
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# The lambda environment's batch cutoff: 30 hours before the end of its traffic.
+LAMBDA_CUTOFF_MS = END_MS - 30 * 3_600_000
+
+
+def run_saiki(config: SaikiConfig, *argv: str, timeout: float = 300) -> str:
+    """Run the saiki command line in a subprocess (as a user would); returns stdout."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--data-dir", str(config.data_dir), *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"saiki {' '.join(argv)} failed:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaikiConfig]:
+    """Every real component once per session: three days of dirty traffic ingested into
+    the log and Iceberg, a Beam batch view at LAMBDA_CUTOFF_MS, and the Flink speed layer
+    run over the rest (until idle). Tests that change state work on a copy."""
+    from batch.master import MasterDataset
+    from batch.run import BatchRunRequest, run_batch_view
+    from core.eventlog import EventLog
+    from core.ingest import Ingestor, ingest_files
+
+    config = make_config(tmp_path_factory.mktemp("lambda") / "data")
+    traffic = config.data_dir.parent / "traffic.jsonl"
+    write_jsonl(
+        World(users=150, items=80, seed=21),
+        TrafficOptions(
+            days=3, end_ms=END_MS, malformed_rate=0.01, late_rate=0.04, duplicate_rate=0.01
+        ),
+        traffic,
+    )
+    log = EventLog(config.log_dir)
+    # Many small segments, as live traffic makes them.
+    ingest_files(Ingestor(log), [traffic], chunk_bytes=400_000, workers=1)
+    MasterDataset(config).load(log)
+    run_batch_view(config, BatchRunRequest(as_of_ms=LAMBDA_CUTOFF_MS))
+    run_saiki(config, "speed", "run", "--until-idle", "--fresh")
+    yield config

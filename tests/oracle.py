@@ -49,3 +49,31 @@ def master_events(config: object) -> pd.DataFrame:
     frame = catalog.load_table("saiki.events").scan().to_arrow().to_pandas()
     frame["event_time"] = frame["event_time"].astype("datetime64[us, UTC]").astype("int64") // 1000
     return frame
+
+
+def log_records(config: object) -> pd.DataFrame:
+    """Every record of the event log with its offset, in offset order (no saiki code)."""
+    import glob
+    import json
+    import re
+
+    log_dir = config.data_dir / "log" / "events"  # type: ignore[attr-defined]
+    rows = []
+    for path in sorted(glob.glob(str(log_dir / "seg-*.jsonl"))):
+        first = int(re.search(r"seg-(\d{16})-", path).group(1))  # type: ignore[union-attr]
+        with open(path) as handle:
+            for number, line in enumerate(handle):
+                record = json.loads(line)
+                record["offset"] = first + number
+                rows.append(record)
+    return pd.DataFrame(rows).sort_values("offset").reset_index(drop=True)
+
+
+def late_flags(records: pd.DataFrame, lateness_ms: int) -> pd.Series:
+    """The documented lateness rule, recomputed: an event is late when its minute ended
+    at least the lateness before the newest (ingest-capped) event time of all records
+    before it in the log."""
+    capped = records[["event_time", "ingest_ms"]].min(axis=1).to_numpy()
+    newest_before = pd.Series(capped).cummax().shift(1, fill_value=0).to_numpy()
+    minute_end = records["event_time"].to_numpy() // MINUTE * MINUTE + MINUTE
+    return pd.Series(minute_end + lateness_ms <= newest_before, index=records.index)

@@ -1,0 +1,154 @@
+"""The real PyFlink job: tiles against an independent recomputation, lateness, restarts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core.config import SaikiConfig
+from core.eventlog import EventLog
+from core.ingest import Ingestor, ingest_files
+from feature_repo.feast_store import SqliteOnlineReader
+from feature_repo.online import read_status, unpack_tiles
+from feature_repo.views import ViewCatalog
+from simulator import TrafficOptions, World, write_jsonl
+from speed.job import latest_checkpoint
+from tests.conftest import END_MS, ROOT, make_config, run_saiki
+from tests.oracle import MINUTE, late_flags, log_records
+
+pytestmark = pytest.mark.slow
+LATENESS = 300_000
+
+
+def expected(config: SaikiConfig) -> tuple[dict[tuple[str, str, int], tuple[int, ...]], int]:
+    """Tiles (entity, id, minute) → sums, and the late count, recomputed from the log."""
+    records = log_records(config)
+    cutoff = ViewCatalog(config.data_dir).current().cutoff_ms  # type: ignore[union-attr]
+    after = records["event_time"] >= cutoff
+    late = late_flags(records, LATENESS) & after
+    kept = records[after & ~late].copy()
+    kept["minute"] = kept["event_time"] // MINUTE
+    kept["imp"] = (kept["event_type"] == "IMPRESSION").astype(int)
+    kept["clk"] = (kept["event_type"] == "CLICK").astype(int)
+    kept["dwell"] = kept["dwell_ms"].fillna(0).where(kept["event_type"] == "CLICK", 0)
+    tiles = {}
+    for entity, key in (("user", "user_id"), ("item", "item_id")):
+        sums = kept.groupby([key, "minute"])[["imp", "clk", "dwell"]].sum()
+        for (entity_id, minute), row in zip(sums.index, sums.to_numpy(), strict=True):
+            tiles[(entity, entity_id, int(minute))] = tuple(int(v) for v in row)
+    return tiles, int(late.sum())
+
+
+def served_tiles(config: SaikiConfig) -> dict[tuple[str, str, int], tuple[int, ...]]:
+    cutoff = ViewCatalog(config.data_dir).current().cutoff_ms  # type: ignore[union-attr]
+    reader = SqliteOnlineReader(config)
+    tiles = {}
+    for entity in ("user", "item"):
+        for entity_id, row in reader.read_speed(entity, None).items():
+            minutes, values = unpack_tiles(row.tiles)
+            for minute, value in zip(minutes.tolist(), values.tolist(), strict=True):
+                if minute * MINUTE >= cutoff:
+                    tiles[(entity, entity_id, minute)] = tuple(value)
+    return tiles
+
+
+def test_tiles_equal_an_independent_recomputation(lambda_env: SaikiConfig) -> None:
+    want, _ = expected(lambda_env)
+    got = served_tiles(lambda_env)
+    assert len(want) > 1000
+    wrong = {
+        k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)
+    }
+    assert not wrong, list(wrong.items())[:5]
+
+
+def test_out_of_order_events_within_lateness_count_and_later_ones_are_left_to_batch(
+    lambda_env: SaikiConfig,
+) -> None:
+    records = log_records(lambda_env)
+    cutoff = ViewCatalog(lambda_env.data_dir).current().cutoff_ms  # type: ignore[union-attr]
+    newest_before = records["event_time"].cummax().shift(1, fill_value=0)
+    out_of_order = (records["event_time"] < newest_before) & (records["event_time"] >= cutoff)
+    late = late_flags(records, LATENESS) & (records["event_time"] >= cutoff)
+    assert (out_of_order & ~late).sum() > 50  # tiled although out of order
+    _, late_count = expected(lambda_env)
+    status = read_status(lambda_env.data_dir / "speed")
+    assert status is not None and late_count > 10
+    assert status.late_events == late_count
+    assert status.events_seen == EventLog(lambda_env.log_dir).events.head()
+
+
+def test_status_names_watermark_lag_and_counts(lambda_env: SaikiConfig) -> None:
+    text = run_saiki(lambda_env, "speed", "status")
+    head = EventLog(lambda_env.log_dir).events.head()
+    assert f"read {head}/{head} events, lag 0" in text
+    assert "late (left to batch)" in text and "watermark 2026-11-20T" in text
+
+
+def _wait(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
+    lambda_env: SaikiConfig, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(lambda_env.data_dir, root, ignore=shutil.ignore_patterns("speed"))
+    config = make_config(root)
+    extra = tmp_path / "more.jsonl"
+    write_jsonl(
+        World(users=150, items=80, seed=22),
+        TrafficOptions(days=0.1, end_ms=END_MS + 3_600_000, late_rate=0.05),
+        extra,
+    )
+    lines = extra.read_text().splitlines(keepends=True)
+    half_b, half_c = tmp_path / "b.jsonl", tmp_path / "c.jsonl"
+    half_b.write_text("".join(lines[: len(lines) // 2]))
+    half_c.write_text("".join(lines[len(lines) // 2 :]))
+    log = EventLog(config.log_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--data-dir", str(root), "speed", "run"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        speed_dir = root / "speed"
+
+        def caught_up() -> bool:
+            status = read_status(speed_dir)
+            return status is not None and status.events_seen == log.events.head()
+
+        _wait(caught_up, 180, "the first catch-up")
+        _wait(lambda: latest_checkpoint(speed_dir / "checkpoints") is not None, 60, "a checkpoint")
+        ingest_files(Ingestor(log), [half_b], chunk_bytes=20_000, workers=1)
+        time.sleep(1.5)  # part of it read, tiled, maybe written; not all checkpointed
+        os.killpg(job.pid, signal.SIGKILL)
+    finally:
+        job.wait(30)
+    ingest_files(Ingestor(log), [half_c], chunk_bytes=20_000, workers=1)
+    run_saiki(config, "speed", "run", "--until-idle")
+    want, late_count = expected(config)
+    got = served_tiles(config)
+    wrong = {
+        k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)
+    }
+    assert not wrong, list(wrong.items())[:5]
+    status = read_status(root / "speed")
+    assert status is not None and status.late_events == late_count
+    assert status.events_seen == log.events.head()
+    assert isinstance(pd.Timestamp(status.watermark_ms, unit="ms"), pd.Timestamp)

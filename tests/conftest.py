@@ -80,6 +80,7 @@ def run_saiki(config: SaikiConfig, *argv: str, timeout: float = 300) -> str:
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
     if done.returncode != 0:
         raise AssertionError(f"saiki {' '.join(argv)} failed:\n{done.stderr[-4000:]}")

@@ -2,11 +2,15 @@
 
 Shaped after Beam's own examples: the logic is composite ``PTransform``s that take their
 parameters in the constructor (:class:`ComputeBatchView`), I/O stays at the edges
-(:class:`ReadSnapshot`, :class:`WriteTables`), and bad rows leave through a tagged
-dead-letter output. Elements are Arrow tables, not events: each scan batch is reduced to
-per-minute tiles in C++, keyed by (entity, shard), and Beam's combiner merges them with
-the spec's arithmetic (``feature_repo.tiles.merge_tiles``), so the shuffle carries tiles
-rather than raw events.
+(:class:`ReadSnapshotByDay`, :class:`WriteTables`), and bad rows leave through a tagged
+dead-letter output.
+
+The shape follows the data: the master dataset is partitioned by day and a per-minute
+tile never spans two days, so the pipeline groups the (tiny) scan tasks by day, reads and
+tiles each day inside one step, and writes its tiles where they are. What crosses the
+shuffle is only each day's contribution to every entity's windows at the cutoff — a few
+numbers per entity — which Beam's combiner adds up with the spec's arithmetic. Moving the
+tiles themselves through the runner cost five times the work of computing them.
 """
 
 from __future__ import annotations
@@ -31,10 +35,8 @@ from feature_repo.tiles import (
     ENTITY_ID,
     MINUTE,
     MS_PER_MINUTE,
-    PrefixSums,
     encode,
     finalise,
-    merge_tiles,
     tiles,
 )
 
@@ -153,6 +155,43 @@ class ReadSnapshot(beam.PTransform):  # type: ignore[misc]
         )
 
 
+def task_day(task: Any) -> int:
+    """The day partition (days since the epoch) of a scan task's data file."""
+    return int(task.file.partition[0])
+
+
+class _ReadDay(_ReadTask):
+    """Read every scan task of one day into one table of that day's events."""
+
+    def process(self, element: tuple[int, Iterable[Any]]) -> Iterator[tuple[int, pa.Table]]:
+        day, tasks = element
+        table = self._arrow.to_table(list(tasks))
+        if table.num_rows == 0:
+            return
+        table = normalise_types(table)
+        beam.metrics.Metrics.counter("saiki", "events_read").inc(table.num_rows)
+        LOCAL_PROGRESS[self._token] = LOCAL_PROGRESS.get(self._token, 0) + table.num_rows
+        yield day, table
+
+
+class ReadSnapshotByDay(beam.PTransform):  # type: ignore[misc]
+    """Events of a pinned master snapshot as (day, all of that day's events)."""
+
+    def __init__(self, scan: SnapshotScan, token: str = "") -> None:
+        super().__init__()
+        self._scan = scan
+        self._token = token
+
+    def expand(self, begin: Any) -> Any:
+        return (
+            begin
+            | "PlanFiles" >> beam.Create(self._scan.plan())
+            | "KeyByDay" >> beam.Map(lambda task: (task_day(task), task))
+            | "GroupByDay" >> beam.GroupByKey()
+            | "ReadDays" >> beam.ParDo(_ReadDay(self._scan, self._token))
+        )
+
+
 def shard_of(entity_id: str, shards: int) -> int:
     """The stable shard of an entity id (crc32, the same in every process)."""
     return zlib.crc32(entity_id.encode()) % shards
@@ -182,9 +221,10 @@ def invalid_rows(batch: pa.Table) -> pa.Array:
 
 
 class _Validate(beam.DoFn):  # type: ignore[misc]
-    """Pass valid rows on; send the others, whole, to the dead-letter output."""
+    """Pass a day's valid rows on; send the others, whole, to the dead-letter output."""
 
-    def process(self, batch: pa.Table) -> Iterator[Any]:
+    def process(self, element: tuple[int, pa.Table]) -> Iterator[Any]:
+        day, batch = element
         bad = invalid_rows(batch)
         if pc.any(bad).as_py():
             rejected = batch.filter(bad)
@@ -192,124 +232,139 @@ class _Validate(beam.DoFn):  # type: ignore[misc]
             yield pvalue.TaggedOutput(DEAD_LETTER, rejected)
             batch = batch.filter(pc.invert(bad))
         if batch.num_rows:
-            yield batch
+            yield day, batch
 
 
-class _TileBatch(beam.DoFn):  # type: ignore[misc]
-    """A batch of events → per-minute tiles of one entity kind, keyed by (entity, shard)."""
+def window_parts(tile_table: pa.Table, cutoff_ms: int) -> pa.Table:
+    """What these tiles add to each entity's windows at q = T: ``entity_id`` plus one
+    column per (window, aggregation), named ``{aggregation}@{window}``."""
+    ids, codes = encode(tile_table.column(ENTITY_ID))
+    minutes = tile_table.column(MINUTE).to_numpy()
+    values = np.column_stack([tile_table.column(n).to_numpy() for n in AGGREGATION_NAMES])
+    columns: dict[str, Any] = {ENTITY_ID: ids.cast(pa.string())}
+    for window in WINDOWS:
+        inside = minutes >= (cutoff_ms - window.ms) // MS_PER_MINUTE
+        for a, name in enumerate(AGGREGATION_NAMES):
+            sums = np.bincount(codes[inside], weights=values[inside, a], minlength=len(ids))
+            columns[f"{name}@{window.name}"] = pa.array(np.rint(sums).astype(np.int64))
+    return pa.table(columns)
 
-    def __init__(self, entity: Entity, shards: int) -> None:
+
+class SumWindowsFn(beam.CombineFn):  # type: ignore[misc]
+    """Beam's combiner over days' window contributions: add them, then finalise.
+
+    The output is shaped as the Feast batch source: the entity's join key, every feature
+    of the spec, ``event_timestamp`` (T) and ``batch_cutoff_ms``.
+    """
+
+    def __init__(self, cutoff_ms: int, entity: Entity) -> None:
+        self._cutoff = cutoff_ms
         self._entity = entity
-        self._shards = shards
-
-    def process(self, batch: pa.Table) -> Iterator[Any]:
-        tiled = tiles(
-            batch.column(self._entity.key),
-            batch.column("event_time"),
-            batch.column("event_type"),
-            batch.column("dwell_ms"),
-        )
-        shard = shards_of(tiled.column(ENTITY_ID), self._shards)
-        for number in np.unique(shard).tolist():
-            yield (self._entity.name, number), tiled.filter(pa.array(shard == number))
-
-
-class MergeTilesFn(beam.CombineFn):  # type: ignore[misc]
-    """Beam's combiner over partial tiles: the spec's merge, compacted as inputs arrive."""
-
-    _COMPACT_ROWS: Final = 500_000
 
     def create_accumulator(self) -> list[pa.Table]:
         return []
 
     def add_input(self, accumulator: list[pa.Table], element: pa.Table) -> list[pa.Table]:
         accumulator.append(element)
-        if sum(t.num_rows for t in accumulator) > self._COMPACT_ROWS:
-            return [merge_tiles(accumulator)]
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[list[pa.Table]]) -> list[pa.Table]:
-        return [merge_tiles([t for acc in accumulators for t in acc])]
+        return [_sum_parts([t for acc in accumulators for t in acc])]
 
     def extract_output(self, accumulator: list[pa.Table]) -> pa.Table:
-        merged = merge_tiles(accumulator)
-        return merged.sort_by([(ENTITY_ID, "ascending"), (MINUTE, "ascending")])
+        summed = _sum_parts(accumulator).sort_by(ENTITY_ID)
+        columns: dict[str, Any] = {self._entity.key: summed.column(ENTITY_ID)}
+        for window in WINDOWS:
+            named = {n: summed.column(f"{n}@{window.name}").to_numpy() for n in AGGREGATION_NAMES}
+            for name, value in finalise(named, window).items():
+                columns[name] = pa.array(value)
+        count = summed.num_rows
+        columns["event_timestamp"] = pa.array(
+            np.full(count, self._cutoff * 1000, dtype=np.int64), pa.timestamp("us", tz="UTC")
+        )
+        columns["batch_cutoff_ms"] = pa.array(np.full(count, self._cutoff, dtype=np.int64))
+        return pa.table(columns)
 
 
-def collapse(tile_table: pa.Table, cutoff_ms: int, entity: Entity) -> pa.Table:
-    """Each entity's window aggregates at q = T, derived features included.
-
-    Shaped as the Feast batch source: the join key column, every feature of the spec,
-    ``event_timestamp`` (T) and ``batch_cutoff_ms`` (the tag serving matches tiles by).
-    """
-    ids, codes = encode(tile_table.column(ENTITY_ID))
-    values = np.column_stack([tile_table.column(n).to_numpy() for n in AGGREGATION_NAMES]).astype(
-        np.int64
+def _sum_parts(parts: list[pa.Table]) -> pa.Table:
+    if not parts:
+        return pa.table({ENTITY_ID: pa.array([], pa.string())})
+    table = pa.concat_tables(parts)
+    sums = [c for c in table.column_names if c != ENTITY_ID]
+    grouped = table.group_by(ENTITY_ID).aggregate([(c, "sum") for c in sums])
+    return pa.table(
+        {ENTITY_ID: grouped.column(ENTITY_ID), **{c: grouped.column(f"{c}_sum") for c in sums}}
     )
-    sums = PrefixSums(codes, tile_table.column(MINUTE).to_numpy(), values)
-    everyone = np.arange(len(ids), dtype=np.int64)
-    cutoff_minute = np.full(len(ids), cutoff_ms // MS_PER_MINUTE, dtype=np.int64)
-    columns: dict[str, Any] = {entity.key: ids.cast(pa.string())}
-    for window in WINDOWS:
-        start = cutoff_minute - window.minutes
-        window_sums = sums.between(everyone, start, cutoff_minute)
-        named = {n: window_sums[:, i] for i, n in enumerate(AGGREGATION_NAMES)}
-        for name, value in finalise(named, window).items():
-            columns[name] = pa.array(value)
-    columns["event_timestamp"] = pa.array(
-        np.full(len(ids), cutoff_ms * 1000, dtype=np.int64), pa.timestamp("us", tz="UTC")
-    )
-    columns["batch_cutoff_ms"] = pa.array(np.full(len(ids), cutoff_ms, dtype=np.int64))
-    return pa.table(columns)
 
 
 class ComputeBatchView(beam.PTransform):  # type: ignore[misc]
-    """Events before the cutoff → per entity kind and shard: (tiles, collapsed features)."""
+    """(day, that day's events before T) → per entity kind: tiles per day, and features.
 
-    def __init__(self, cutoff_ms: int, shards: int = 8) -> None:
+    Each input element must hold all of its day's events (as ReadSnapshotByDay gives them):
+    its tiles are then complete and are emitted as they are, keyed by day.
+    """
+
+    def __init__(self, cutoff_ms: int) -> None:
         super().__init__()
         if cutoff_ms % MS_PER_MINUTE:
             raise ValueError("the cutoff must be a whole minute")
         self._cutoff = cutoff_ms
-        self._shards = shards
 
-    def expand(self, events: Any) -> dict[str, Any]:
-        checked = events | "Validate" >> beam.ParDo(_Validate()).with_outputs(
+    def expand(self, days: Any) -> dict[str, Any]:
+        checked = days | "Validate" >> beam.ParDo(_Validate()).with_outputs(
             DEAD_LETTER, main="valid"
         )
         outputs: dict[str, Any] = {DEAD_LETTER: checked[DEAD_LETTER]}
         for entity in ENTITIES:
-            tiled = checked.valid | f"Tile{entity.name}" >> beam.ParDo(
-                _TileBatch(entity, self._shards)
+            tiled = checked.valid | f"Tile{entity.name}" >> beam.MapTuple(
+                lambda day, events, entity=entity: (
+                    day,
+                    tiles(
+                        events.column(entity.key),
+                        events.column("event_time"),
+                        events.column("event_type"),
+                        events.column("dwell_ms"),
+                    ),
+                )
             )
-            merged = tiled | f"Merge{entity.name}" >> beam.CombinePerKey(MergeTilesFn())
-            outputs[f"{entity.name}_tiles"] = merged
-            outputs[f"{entity.name}_features"] = merged | f"Collapse{entity.name}" >> beam.MapTuple(
-                lambda key, table, entity=entity: (key, collapse(table, self._cutoff, entity))
+            outputs[f"{entity.name}_tiles"] = tiled
+            outputs[f"{entity.name}_features"] = (
+                tiled
+                | f"Windows{entity.name}"
+                >> beam.MapTuple(
+                    lambda day, table, name=entity.name: (name, window_parts(table, self._cutoff))
+                )
+                | f"Sum{entity.name}" >> beam.CombinePerKey(SumWindowsFn(self._cutoff, entity))
             )
         return outputs
 
 
 class WriteTables(beam.PTransform):  # type: ignore[misc]
-    """Write keyed tables as ``<folder>/<part>/shard-NNNNN.parquet``, one file per key.
+    """Write keyed tables as ``<folder>/<part>/<prefix>-NNNNNN.parquet``, one file per key.
 
     Deterministic names (not Beam's sink naming) make two runs byte-comparable; the whole
     view folder is published atomically by the driver after the pipeline succeeds.
     """
 
-    def __init__(self, folder: Path, part: str) -> None:
+    def __init__(self, folder: Path, part: str, prefix: str) -> None:
         super().__init__()
         self._folder = folder
         self._part = part
+        self._prefix = prefix
 
     def expand(self, keyed: Any) -> Any:
         return keyed | f"Write{self._part}" >> beam.MapTuple(self._write)
 
-    def _write(self, key: tuple[str, int], table: pa.Table) -> str:
+    def _write(self, key: int | str, table: pa.Table) -> str:
         target = self._folder / self._part
         target.mkdir(parents=True, exist_ok=True)
-        path = target / f"shard-{key[1]:05d}.parquet"
-        pq.write_table(table, path, compression="zstd")
+        name = f"{self._prefix}-{key:06d}" if isinstance(key, int) else f"{self._prefix}-{key}"
+        path = target / f"{name}.parquet"
+        pq.write_table(
+            table.sort_by([(c, "ascending") for c in table.column_names[:2]]),
+            path,
+            compression="zstd",
+        )
         return str(path)
 
 

@@ -25,7 +25,7 @@ from batch.pipeline import (
     DEAD_LETTER,
     LOCAL_PROGRESS,
     ComputeBatchView,
-    ReadSnapshot,
+    ReadSnapshotByDay,
     SnapshotScan,
     WriteDeadLetters,
     WriteTables,
@@ -50,7 +50,6 @@ class BatchRunRequest:
     snapshot_id: int | None = None
     runner: str = EMBEDDED_RUNNER
     beam_args: tuple[str, ...] = ()
-    shards: int = 8
     load_first: bool = True
     make_current: bool = True
     # Materialise the view into Feast's online store before it becomes current.
@@ -171,12 +170,12 @@ def _run_pipeline(
     try:
         options = pipeline_options(request.runner, request.beam_args)
         with beam.Pipeline(options=options) as pipeline:
-            events = pipeline | "ReadMaster" >> ReadSnapshot(scan, token)
-            view = events | "BatchView" >> ComputeBatchView(pinned.cutoff_ms, request.shards)
+            days = pipeline | "ReadMaster" >> ReadSnapshotByDay(scan, token)
+            view = days | "BatchView" >> ComputeBatchView(pinned.cutoff_ms)
             for entity in ENTITIES:
-                for part in ("tiles", "features"):
+                for part, prefix in (("tiles", "day"), ("features", "part")):
                     name = f"{entity.name}_{part}"
-                    _ = view[name] | f"Write_{name}" >> WriteTables(staging, name)
+                    _ = view[name] | f"Write_{name}" >> WriteTables(staging, name, prefix)
             _ = view[DEAD_LETTER] | WriteDeadLetters(staging)
         query = pipeline.result.metrics().query(
             beam.metrics.MetricsFilter().with_namespace("saiki")

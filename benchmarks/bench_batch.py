@@ -13,7 +13,13 @@ from __future__ import annotations
 import time
 
 from batch.master import MasterDataset
-from batch.pipeline import SnapshotScan, collapse, normalise_types, window_lower_bound
+from batch.pipeline import (
+    SnapshotScan,
+    SumWindowsFn,
+    normalise_types,
+    window_lower_bound,
+    window_parts,
+)
 from batch.run import BatchRunRequest, catalog_properties, newest_cutoff, run_batch_view
 from benchmarks.common import DATA, conditions, traffic_file
 from core.config import load_config
@@ -62,7 +68,7 @@ def main() -> None:
             events.column("event_type"),
             events.column("dwell_ms"),
         )
-        collapse(tiled, cutoff, entity)
+        SumWindowsFn(cutoff, entity).extract_output([window_parts(tiled, cutoff)])
     floor_s = time.perf_counter() - started
 
     n = manifest.events_read

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+PROJECT = ROOT.parent
 DATA = Path(os.environ.get("SAIKI_BENCH_DATA", ROOT / ".data"))
 # 7 simulated days, so that a batch view (7-day windows) reads every event.
 USERS, ITEMS, DAYS, SEED = 51_000, 5_000, 7.0, 42

@@ -28,7 +28,6 @@ def add_parsers(subparsers: Any) -> None:
     run.add_argument("--as-of", default=None, help="cutoff T (default: newest whole minute)")
     run.add_argument("--snapshot", type=int, default=None, help="master snapshot (default: newest)")
     run.add_argument("--runner", default="DirectRunner", help="Beam runner (default: embedded)")
-    run.add_argument("--shards", type=int, default=8, help="entity shards of the pipeline")
     run.add_argument("--no-load", action="store_true", help="do not load the event log first")
     run.set_defaults(handler=run_batch, beam_passthrough=True)
 
@@ -63,7 +62,6 @@ def run_batch(args: argparse.Namespace) -> int:
         snapshot_id=args.snapshot,
         runner=args.runner,
         beam_args=tuple(args.beam_args),
-        shards=args.shards,
         load_first=not args.no_load,
     )
     with progress_bar(None, "ev", "batch view") as advance:

@@ -38,7 +38,7 @@ def features_of(entity: str, *names: str) -> Any:
     return beam.FlatMap(pick)
 
 
-def test_each_aggregation_sums_across_batches() -> None:
+def test_each_aggregation_sums_across_days() -> None:
     first = events(
         (T - 10 * MIN, "u1", "i1", "IMPRESSION", None),
         (T - 9 * MIN, "u1", "i1", "CLICK", 1500),
@@ -49,7 +49,7 @@ def test_each_aggregation_sums_across_batches() -> None:
         (T - 3 * MIN, "u2", "i2", "CLICK", None),
     )
     with BeamTestPipeline(runner="DirectRunner") as pipeline:
-        view = pipeline | beam.Create([first, second]) | ComputeBatchView(T, shards=2)
+        view = pipeline | beam.Create([(0, first), (1, second)]) | ComputeBatchView(T)
         users = view["user_features"] | features_of(
             "user", "impressions_1h", "clicks_1h", "dwell_ms_1h", "ctr_1h", "mean_dwell_ms_1h"
         )
@@ -80,7 +80,7 @@ def test_window_edges_at_the_cutoff() -> None:
         (T - 10080 * MIN, "u1", "i1", "IMPRESSION", None),
     )
     with BeamTestPipeline(runner="DirectRunner") as pipeline:
-        view = pipeline | beam.Create([batch]) | ComputeBatchView(T, shards=1)
+        view = pipeline | beam.Create([(0, batch)]) | ComputeBatchView(T)
         counts = view["user_features"] | features_of(
             "user", "impressions_1h", "impressions_1d", "impressions_7d"
         )
@@ -95,7 +95,7 @@ def test_bad_rows_go_to_the_dead_letter_output_not_the_view() -> None:
         (T - MIN, "u1", "i1", "CLICK", -5),
     )
     with BeamTestPipeline(runner="DirectRunner") as pipeline:
-        view = pipeline | beam.Create([batch]) | ComputeBatchView(T, shards=1)
+        view = pipeline | beam.Create([(0, batch)]) | ComputeBatchView(T)
         counts = view["item_features"] | features_of("item", "impressions_1h", "clicks_1h")
         assert_that(counts, equal_to([("i1", 1.0, 0.0)]))
         bad = view[DEAD_LETTER] | beam.Map(lambda t: t.num_rows) | beam.CombineGlobally(sum)
@@ -109,7 +109,7 @@ def test_tiles_are_per_minute_sums() -> None:
         (T - MIN, "u1", "i1", "CLICK", 200),
     )
     with BeamTestPipeline(runner="DirectRunner") as pipeline:
-        view = pipeline | beam.Create([batch]) | ComputeBatchView(T, shards=1)
+        view = pipeline | beam.Create([(0, batch)]) | ComputeBatchView(T)
         rows = view["user_tiles"] | beam.FlatMap(
             lambda kv: [
                 (r["minute"], r["impressions"], r["clicks"], r["dwell_ms"])

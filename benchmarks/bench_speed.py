@@ -1,0 +1,199 @@
+"""Speed-layer benchmark: freshness under a steady stream, throughput on a backlog.
+
+Side by side in one run:
+* JVM + job start: from ``saiki speed run`` starting to the sink's first status;
+* throughput: a backlog of simulated events through the real job and its Feast sink,
+  against the same per-minute aggregation in a plain Python loop over the same events;
+* freshness: 1,000 events/s offered through the ``Ingest`` RPC of a running server, each
+  batch for a fresh user; the time from the RPC's ack to the user's tile being readable
+  from the online store, p50/p95/p99.
+    python -m benchmarks.bench_speed
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pyarrow as pa
+from google.protobuf.timestamp_pb2 import Timestamp
+from saiki.v1 import events_pb2, events_pb2_grpc
+
+from benchmarks.common import PROJECT, conditions, fresh_dir
+from core.config import load_config
+from core.eventlog import EventLog
+from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor, ingest_files
+from core.timeutil import now_ms
+from feature_repo.feast_store import SqliteOnlineReader
+from feature_repo.online import read_status
+from simulator import TrafficOptions, World, write_jsonl
+
+BACKLOG_DAYS = 0.5
+RATE = 1_000  # events per second offered for the freshness run
+FRESHNESS_SECONDS = 30
+PORT = 50_932
+
+
+def saiki(data: Path, *argv: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--data-dir", str(data), *argv],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def python_loop(log: EventLog) -> tuple[int, float]:
+    """The reference: the same tiles in a plain Python loop over the same events."""
+    rows = pa.concat_tables(t for _, t in log.events.read_range(0, SEGMENT_ARROW_SCHEMA))
+    records = rows.select(
+        ["user_id", "item_id", "event_time", "event_type", "dwell_ms"]
+    ).to_pylist()
+    started = time.perf_counter()
+    tiles: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in records:
+        minute = r["event_time"] // 60_000
+        click = r["event_type"] == "CLICK"
+        for key in (("user", r["user_id"], minute), ("item", r["item_id"], minute)):
+            tile = tiles[key]
+            tile[0] += not click
+            tile[1] += click
+            tile[2] += (r["dwell_ms"] or 0) if click else 0
+    return len(records), time.perf_counter() - started
+
+
+def throughput(data: Path) -> tuple[int, float, float, float]:
+    """Events, JVM+job start seconds, processing seconds (job), reference seconds."""
+    config = load_config(data, environ={})
+    traffic = data.parent / "backlog.jsonl"
+    end = (now_ms() // 60_000) * 60_000
+    write_jsonl(
+        World(20_000, 2_000, seed=5), TrafficOptions(days=BACKLOG_DAYS, end_ms=end), traffic
+    )
+    log = EventLog(config.log_dir)
+    ingest_files(Ingestor(log), [traffic])
+    head = log.events.head()
+    started = time.perf_counter()
+    job = saiki(data, "speed", "run", "--until-idle", "--fresh")
+    first_status = None
+    while job.poll() is None:
+        status = read_status(data / "speed")
+        if status is not None and first_status is None:
+            first_status = time.perf_counter() - started
+        if status is not None and status.events_seen >= head and status.pending_rows == 0:
+            break
+        time.sleep(0.05)
+    done = time.perf_counter() - started
+    job.wait(120)
+    events, reference = python_loop(log)
+    assert first_status is not None
+    return events, first_status, done - first_status, reference
+
+
+def freshness(data: Path) -> list[float]:
+    """Seconds from Ingest ack to readable tile, one sample per batch."""
+    config = load_config(data, environ={})
+    server = saiki(data, "serve", "--port", str(PORT))
+    job = saiki(data, "speed", "run")
+    reader = SqliteOnlineReader(config)
+    samples: list[float] = []
+    waiting: dict[str, float] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with lock:
+                pending = dict(waiting)
+            if pending:
+                found = reader.read_speed("user", list(pending))
+                seen = time.perf_counter()
+                with lock:
+                    for user in found:
+                        if user in waiting:
+                            samples.append(seen - waiting.pop(user))
+            time.sleep(0.01)
+
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{PORT}")
+        grpc.channel_ready_future(channel).result(timeout=120)
+        stub = events_pb2_grpc.EventServiceStub(channel)
+        while read_status(data / "speed") is None:
+            time.sleep(0.2)
+        time.sleep(3)  # let the job settle on the existing log
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        batch, interval = RATE // 20, 1 / 20
+        deadline = time.perf_counter() + FRESHNESS_SECONDS
+        n = 0
+        while time.perf_counter() < deadline:
+            tick = time.perf_counter()
+            user = f"fresh-{n}"
+            when = Timestamp()
+            when.FromMilliseconds(now_ms())
+            events = [
+                events_pb2.Event(
+                    event_id=f"f{n}-{k}",
+                    event_time=when,
+                    user_id=user,
+                    item_id=f"i{k % 500}",
+                    event_type=events_pb2.IMPRESSION,
+                )
+                for k in range(batch)
+            ]
+            stub.Ingest(events_pb2.IngestRequest(events=events), timeout=10)
+            with lock:
+                waiting[user] = time.perf_counter()
+            n += 1
+            time.sleep(max(0.0, interval - (time.perf_counter() - tick)))
+        time.sleep(5)
+        stop.set()
+    finally:
+        for process in (job, server):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
+    return samples
+
+
+def main() -> None:
+    data = fresh_dir("speed") / "data"
+    events, start_s, job_s, reference_s = throughput(data)
+    samples = freshness(data)
+    lat = np.array(samples) * 1000
+    print(f"# speed benchmark — {conditions()}")
+    print(
+        f"JVM + job start (driver start to the sink's first status): {start_s:.1f}s (target <= 15s)"
+    )
+    print(
+        f"{'throughput on a backlog of ' + f'{events:,} events':<52}{'seconds':>9}{'events/s':>12}"
+    )
+    print(
+        f"{'Flink job, parallelism 1, thread mode, Feast sink':<52}{job_s:>9.1f}"
+        f"{events / job_s:>12,.0f}"
+    )
+    print(
+        f"{'plain Python loop, same tiles (no I/O)':<52}{reference_s:>9.1f}"
+        f"{events / reference_s:>12,.0f}"
+    )
+    print(
+        f"freshness, {RATE} events/s offered for {FRESHNESS_SECONDS}s ({len(samples)} batches "
+        f"of {RATE // 20}): Ingest ack -> tile readable p50 {np.percentile(lat, 50):.0f} ms, "
+        f"p95 {np.percentile(lat, 95):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms "
+        "(target p95 <= 2000 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

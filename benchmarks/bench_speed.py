@@ -163,7 +163,11 @@ def freshness(data: Path) -> list[float]:
     finally:
         for process in (job, server):
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait(60)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
     return samples
 
 

@@ -19,10 +19,14 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Start the server and block until interrupted."""
-    from serving.server import serve_forever, start_server
+    from serving.server import serve_processes
 
     config = load_config(args.data_dir)
-    running = start_server(config, host=args.host, port=args.port)
-    print(f"saiki serving on {args.host or config.serving.host}:{running.port}", flush=True)
-    serve_forever(running)
+    workers = args.workers or config.serving.workers
+    host = args.host or config.serving.host
+
+    def ready(port: int) -> None:
+        print(f"saiki serving on {host}:{port} ({workers} process(es); Ctrl-C stops)", flush=True)
+
+    serve_processes(config, args.host, args.port, workers, ready)
     return 0

@@ -227,22 +227,26 @@ class SqliteOnlineReader:
         return cached
 
     def _rows(
-        self, table: str, entity: str, ids: Sequence[str] | None
+        self,
+        table: str,
+        entity: str,
+        ids: Sequence[str] | None,
+        features: Sequence[str] | None = None,
     ) -> dict[str, dict[str, Any]]:
         if not self._path.exists():
             return {}
-        sql = f'SELECT entity_key, feature_name, value FROM "{self._project}_{table}"'
+        sql = f'SELECT entity_key, feature_name, value FROM "{self._project}_{table}" WHERE 1'
+        parameters: list[Any] = []
+        if features is not None:
+            sql += f" AND feature_name IN ({','.join('?' * len(features))})"
+            parameters += list(features)
+        by_key: dict[bytes, str] = {}
+        if ids is not None:
+            by_key = {self._key(entity, i): i for i in ids}
+            sql += f" AND entity_key IN ({','.join('?' * len(by_key))})"
+            parameters += list(by_key)
         try:
-            if ids is None:
-                cursor = self._connection().execute(sql)
-                by_key = {}
-            else:
-                by_key = {self._key(entity, i): i for i in ids}
-                marks = ",".join("?" * len(by_key))
-                cursor = self._connection().execute(
-                    f"{sql} WHERE entity_key IN ({marks})", list(by_key)
-                )
-            rows = cursor.fetchall()
+            rows = self._connection().execute(sql, parameters).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return {}
@@ -264,7 +268,7 @@ class SqliteOnlineReader:
 
     def read_speed(self, entity: str, ids: Sequence[str] | None) -> dict[str, SpeedRow]:
         """Speed rows of these ids (all rows when ids is None)."""
-        rows = self._rows(f"{entity}_speed", entity, ids)
+        rows = self._rows(f"{entity}_speed", entity, ids, ("tiles", "tiles_from_ms"))
         return {
             i: SpeedRow(
                 i,

@@ -67,7 +67,11 @@ class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[
             speed_watermark=to_timestamp(self._watermark.current_ms()),
         )
         names = FEATURE_NAMES
+        add = response.entities.add
         for entity_id, row in zip(merged.ids, merged.values.tolist(), strict=True):
-            entry = response.entities.add(id=entity_id)
-            entry.values.update(zip(names, row, strict=True))
+            # Item assignment is the fastest way into a protobuf map (measured: half the
+            # time of map.update(), which loops in Python, or of building from a dict).
+            values = add(id=entity_id).values
+            for name, value in zip(names, row, strict=True):
+                values[name] = value
         return response

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from core.errors import InvalidInputError, PreconditionError
 from core.timeutil import MS_PER_MINUTE, ceil_minute, floor_minute, format_iso, now_ms
+from feature_repo.online import WIDTH as TILE_WIDTH
 from feature_repo.online import SpeedReader, SpeedRow, unpack_tiles
 from feature_repo.spec import AGGREGATION_NAMES, ENTITY_BY_NAME, FEATURE_NAMES, WINDOWS
 from feature_repo.tiles import ENTITY_ID, MINUTE, PrefixSums, encode, finalise
@@ -194,18 +195,19 @@ def _speed_sums(
 ) -> IntArray:
     """(ids, windows, aggregations) from speed rows: minutes in [max(lower, T), upper)."""
     out = np.zeros((len(ids), len(WINDOWS), len(AGGREGATION_NAMES)), dtype=np.int64)
-    codes, minutes, values = [], [], []
+    positions, blobs = [], []
     for position, entity_id in enumerate(ids):
         row = rows.get(entity_id)
-        if row is None or not row.tiles:
-            continue
-        row_minutes, row_values = unpack_tiles(row.tiles)
-        codes.append(np.full(len(row_minutes), position, dtype=np.int64))
-        minutes.append(row_minutes)
-        values.append(row_values)
-    if not codes:
+        if row is not None and row.tiles:
+            positions.append(position)
+            blobs.append(row.tiles)
+    if not blobs:
         return out
-    sums = PrefixSums(np.concatenate(codes), np.concatenate(minutes), np.concatenate(values))
+    # Every row has the same layout: decode them all at once.
+    minutes, values = unpack_tiles(b"".join(blobs))
+    counts = np.array([len(b) // (8 * TILE_WIDTH) for b in blobs], dtype=np.int64)
+    codes = np.repeat(np.array(positions, dtype=np.int64), counts)
+    sums = PrefixSums(codes, minutes, values)
     everyone = np.arange(len(ids), dtype=np.int64)
     top = np.full(len(ids), upper, dtype=np.int64)
     for w in range(len(WINDOWS)):

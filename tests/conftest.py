@@ -113,3 +113,34 @@ def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaikiConfig
     run_batch_view(config, BatchRunRequest(as_of_ms=LAMBDA_CUTOFF_MS))
     run_saiki(config, "speed", "run", "--until-idle", "--fresh")
     yield config
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SaikiConfig, Path]]:
+    """A world big enough to learn from: six days ingested, a batch view, a training set
+    of the last five days, and model v1 registered and in production."""
+    from batch.master import MasterDataset
+    from batch.run import BatchRunRequest, run_batch_view
+    from batch.training import build_training_set
+    from core.eventlog import EventLog
+    from core.ingest import Ingestor, ingest_files
+    from serving.model import ModelConfig
+    from serving.registry import ModelRegistry
+    from serving.training import train_and_evaluate
+
+    config = make_config(tmp_path_factory.mktemp("trained") / "data")
+    traffic = config.data_dir.parent / "traffic.jsonl"
+    write_jsonl(
+        World(users=600, items=150, seed=31), TrafficOptions(days=6, end_ms=END_MS), traffic
+    )
+    log = EventLog(config.log_dir)
+    ingest_files(Ingestor(log), [traffic], workers=1)
+    MasterDataset(config).load(log)
+    run_batch_view(config, BatchRunRequest(as_of_ms=END_MS))
+    training_set = config.data_dir / "training.parquet"
+    lineage = build_training_set(config, END_MS - 5 * 86_400_000, END_MS, training_set)
+    model, quantised, report = train_and_evaluate(training_set)
+    registry = ModelRegistry(config.data_dir)
+    entry = registry.register(model, quantised, ModelConfig(), lineage.__dict__, report.as_dict())
+    registry.promote(entry.version)
+    yield config, training_set

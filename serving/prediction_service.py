@@ -1,0 +1,42 @@
+"""``PredictionService.Predict``: validated requests into the predictor."""
+
+from __future__ import annotations
+
+import grpc
+from saiki.v1 import prediction_pb2, prediction_pb2_grpc
+
+from serving.predictor import Predictor, validate_predict
+from serving.status import rpc
+
+
+def _expired(context: grpc.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+class PredictionService(prediction_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    """Thin: converts messages, checks the deadline, delegates to the predictor."""
+
+    def __init__(self, predictor: Predictor, max_candidates: int) -> None:
+        self._predictor = predictor
+        self._max_candidates = max_candidates
+
+    @rpc
+    def Predict(  # noqa: N802 (gRPC method name)
+        self, request: prediction_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> prediction_pb2.PredictResponse:
+        items = list(request.item_ids)
+        validate_predict(request.user_id, items, request.device_id, self._max_candidates)
+        if _expired(context):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before scoring")
+        result = self._predictor.predict(
+            request.user_id, items, request.device_id, request.request_id
+        )
+        if _expired(context):  # never a late answer
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while scoring")
+        return prediction_pb2.PredictResponse(
+            request_id=result.request_id,
+            model_version=result.model_version,
+            variant=result.variant,
+            items=[prediction_pb2.ScoredItem(item_id=i, score=s) for i, s in result.items],
+        )

@@ -1,0 +1,227 @@
+"""Ranking a user's candidates: merged features → one batched forward pass → sorted scores.
+
+The models in use (production, and any A/B variant's version) form an immutable
+:class:`ModelSet`. When ``registry.json`` or ``experiment.json`` changes, a new set is
+loaded beside the old one and swapped in with one assignment: requests in flight finish
+on the set they started with, and none fails during the switch. A version whose artifact
+fails its checksum is refused and the old set stays.
+
+Before any model is in production, candidates are ranked by the item's smoothed CTR
+(``ctr_7d``) under the version name ``baseline``, so a fresh system serves sensibly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.errors import ArtifactError, InvalidInputError
+from core.schema import MAX_ID_CHARS
+from core.timeutil import now_ms
+from feature_repo.spec import FEATURE_NAMES
+from serving.experiment import FILE as EXPERIMENT_FILE
+from serving.experiment import Experiment, load_experiment
+from serving.merge import FeatureMerger
+from serving.model import ModelConfig, model_inputs
+from serving.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+BASELINE = "baseline"
+_ITEM_CTR = FEATURE_NAMES.index("ctr_7d")
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """Everything one request needs to pick and run a model, frozen together."""
+
+    experiment: Experiment
+    production: int | None
+    models: dict[int, tuple[Any, ModelConfig]]
+    stamp: tuple[float, float]
+
+    def model_for(self, user_id: str) -> tuple[str, int | None]:
+        """(variant name, version) serving this user; None: the baseline."""
+        variant = self.experiment.assign(user_id)
+        version = variant.version if variant.version is not None else self.production
+        return variant.name, version
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A ranked answer."""
+
+    request_id: str
+    model_version: str
+    variant: str
+    items: list[tuple[str, float]]
+
+
+def validate_predict(
+    user_id: str, item_ids: Sequence[str], device_id: str, max_candidates: int
+) -> None:
+    """Field rules of a Predict request; a broken one raises, naming the field."""
+    if not user_id or len(user_id) > MAX_ID_CHARS:
+        raise InvalidInputError("user_id", f"required: 1..{MAX_ID_CHARS} characters")
+    if not item_ids:
+        raise InvalidInputError("item_ids", "at least one candidate is required")
+    if len(item_ids) > max_candidates:
+        raise InvalidInputError(
+            "item_ids", f"{len(item_ids)} candidates; at most {max_candidates} per call"
+        )
+    for position, item in enumerate(item_ids):
+        if not item or len(item) > MAX_ID_CHARS:
+            raise InvalidInputError(f"item_ids[{position}]", f"must be 1..{MAX_ID_CHARS} chars")
+    if len(device_id) > MAX_ID_CHARS:
+        raise InvalidInputError("device_id", f"at most {MAX_ID_CHARS} characters")
+
+
+class PredictionLog:
+    """Every served ranking, as JSON lines: what attributes later clicks to variants."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"predictions-{os.getpid()}-{now_ms()}.jsonl"
+        self._handle = open(self.path, "a", buffering=1 << 16)  # noqa: SIM115 (kept open)
+        self._lock = threading.Lock()
+        self._flushed = time.monotonic()
+
+    def write(self, user_id: str, prediction: Prediction) -> None:
+        """Append one record; flushed at least every half second."""
+        record = {
+            "time_ms": now_ms(),
+            "request_id": prediction.request_id,
+            "user_id": user_id,
+            "variant": prediction.variant,
+            "model_version": prediction.model_version,
+            "items": [i for i, _ in prediction.items[:20]],
+            "scores": [round(s, 5) for _, s in prediction.items[:20]],
+            "candidates": len(prediction.items),
+        }
+        with self._lock:
+            self._handle.write(json.dumps(record) + "\n")
+            if time.monotonic() - self._flushed > 0.5:
+                self._handle.flush()
+                self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and close."""
+        with self._lock:
+            self._handle.close()
+
+
+class Predictor:
+    """Predict's logic, independent of gRPC."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        merger: FeatureMerger,
+        *,
+        precision: str = "int8",
+        prediction_log: PredictionLog | None = None,
+        reload_interval_ms: int = 500,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        torch.set_num_threads(1)  # one core per process: scale out with processes
+        self._registry = registry
+        self._merger = merger
+        self._precision = precision
+        self._log = prediction_log
+        self._reload_ms = reload_interval_ms
+        self._clock = clock
+        self._checked = clock()
+        self._loading = threading.Lock()
+        self.last_error: str | None = None
+        self.models = self._build(ModelSet(load_experiment(registry.root), None, {}, (0, 0)))
+
+    def _stamp(self) -> tuple[float, float]:
+        stamps = []
+        for name in ("registry.json", EXPERIMENT_FILE):
+            try:
+                stamps.append(os.stat(self._registry.root / name).st_mtime)
+            except FileNotFoundError:
+                stamps.append(0.0)
+        return stamps[0], stamps[1]
+
+    def _build(self, current: ModelSet) -> ModelSet:
+        stamp = self._stamp()
+        experiment = load_experiment(self._registry.root)
+        production = self._registry.production()
+        wanted = {production} | {v.version for v in experiment.variants}
+        models = {}
+        for version in sorted(v for v in wanted if v is not None):
+            models[version] = current.models.get(version) or self._registry.load(
+                version, self._precision
+            )
+        return ModelSet(experiment, production, models, stamp)
+
+    def refresh(self, wait: bool = False) -> None:
+        """Pick up promotions and experiments (in the background unless ``wait``)."""
+        if self._stamp() == self.models.stamp:
+            return
+        if wait:
+            self._reload()
+        elif self._loading.acquire(blocking=False):
+            threading.Thread(target=self._reload, args=(True,), daemon=True).start()
+
+    def _reload(self, release: bool = False) -> None:
+        try:
+            self.models = self._build(self.models)
+            self.last_error = None
+        except (ArtifactError, OSError, ValueError) as exc:
+            # Keep serving what we have; say why once per change.
+            self.last_error = str(exc)
+            self.models = ModelSet(
+                self.models.experiment, self.models.production, self.models.models, self._stamp()
+            )
+            log.error("model reload refused: %s", exc)
+        finally:
+            if release:
+                self._loading.release()
+
+    def predict(
+        self, user_id: str, item_ids: Sequence[str], device_id: str = "", request_id: str = ""
+    ) -> Prediction:
+        """Rank candidates by predicted click probability, highest first."""
+        now = self._clock()
+        if now - self._checked >= self._reload_ms:
+            self._checked = now
+            self.refresh()
+        models = self.models
+        variant, version = models.model_for(user_id)
+        user = self._merger.features("user", [user_id])
+        items = self._merger.features("item", list(item_ids))
+        loaded = models.models.get(version) if version is not None else None
+        if loaded is None:
+            scores = items.values[:, _ITEM_CTR]
+            name = BASELINE
+        else:
+            model, config = loaded
+            dense = np.hstack([np.repeat(user.values, len(item_ids), axis=0), items.values])
+            inputs = model_inputs(
+                config,
+                dense,
+                [user_id] * len(item_ids),
+                list(item_ids),
+                [device_id or None] * len(item_ids),
+            )
+            with torch.no_grad():
+                scores = model(*inputs).numpy().astype(np.float64)
+            name = f"v{version}"
+        order = np.argsort(-scores, kind="stable")
+        ranked = [(item_ids[i], float(scores[i])) for i in order.tolist()]
+        result = Prediction(request_id or uuid.uuid4().hex, name, variant, ranked)
+        if self._log is not None:
+            self._log.write(user_id, result)
+        return result

@@ -1,0 +1,225 @@
+"""The model registry: immutable, numbered versions with lineage, metrics and checksums.
+
+Layout under ``<data>/models/``::
+
+    v0003/meta.json      lineage (training set: snapshot, range, spec), metrics, config,
+                         artifacts with their sha256
+    v0003/fp32.pt        state_dict, loaded with torch.load(weights_only=True)
+    v0003/int8.pt        the quantised model as a TorchScript archive (no pickle)
+    registry.json        stages: which version is in production, and its predecessors
+    experiment.json      optional A/B split (see serving/experiment.py)
+
+A version folder is written under a hidden name and renamed into place; nothing in it is
+ever rewritten. Stages change by rewriting ``registry.json`` atomically under a lock.
+Loading verifies the checksum first: a tampered or truncated artifact is refused
+(:class:`~core.errors.ArtifactError`) and a server keeps the model it has.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import ArtifactError, NotFoundError
+from core.timeutil import now_ms
+from feature_repo.spec import SPEC_VERSION
+from serving.model import ModelConfig, RankingModel, script
+
+CANDIDATE, PRODUCTION, ARCHIVED = "candidate", "production", "archived"
+PRECISIONS = ("int8", "fp32")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version, as ``meta.json`` describes it."""
+
+    version: int
+    created_ms: int
+    spec_version: str
+    lineage: dict[str, Any]
+    metrics: dict[str, Any]
+    config: dict[str, int]
+    artifacts: dict[str, dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        """``v3``."""
+        return f"v{self.version}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelRegistry:
+    """Versions, stages and verified loading."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "models"
+
+    def _folder(self, version: int) -> Path:
+        return self.root / f"v{version:04d}"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _stages(self) -> dict[str, Any]:
+        try:
+            stages: dict[str, Any] = json.loads((self.root / "registry.json").read_text())
+        except FileNotFoundError:
+            stages = {"production": None, "history": [], "stages": {}}
+        return stages
+
+    def _write_stages(self, stages: dict[str, Any]) -> None:
+        temporary = self.root / f".registry.{os.getpid()}.json"
+        temporary.write_text(json.dumps(stages, indent=2, sort_keys=True))
+        os.replace(temporary, self.root / "registry.json")
+
+    def versions(self) -> list[ModelVersion]:
+        """Every registered version, oldest first."""
+        if not self.root.exists():
+            return []
+        found = []
+        for folder in sorted(self.root.glob("v[0-9]*")):
+            meta = folder / "meta.json"
+            if meta.exists():
+                found.append(ModelVersion(**json.loads(meta.read_text())))
+        return found
+
+    def get(self, version: int) -> ModelVersion:
+        """One version's metadata."""
+        meta = self._folder(version) / "meta.json"
+        if not meta.exists():
+            raise NotFoundError(f"no model version v{version}")
+        return ModelVersion(**json.loads(meta.read_text()))
+
+    def stage_of(self, version: int) -> str:
+        """candidate, production or archived."""
+        return str(self._stages()["stages"].get(str(version), CANDIDATE))
+
+    def production(self) -> int | None:
+        """The version in production, if any."""
+        value = self._stages()["production"]
+        return int(value) if value is not None else None
+
+    def register(
+        self,
+        model: RankingModel,
+        quantised: Any,
+        config: ModelConfig,
+        lineage: dict[str, Any],
+        metrics: dict[str, Any],
+    ) -> ModelVersion:
+        """Store a trained model (fp32 and int8) as the next version, a candidate."""
+        with self._locked():
+            existing = [v.version for v in self.versions()]
+            version = max(existing, default=0) + 1
+            staging = self.root / f".staging-v{version:04d}-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            torch.save(model.state_dict(), staging / "fp32.pt")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit deprecation (see serving/model.py)
+                torch.jit.save(quantised, str(staging / "int8.pt"))
+            artifacts = {
+                precision: {
+                    "file": f"{precision}.pt",
+                    "sha256": _sha256(staging / f"{precision}.pt"),
+                    "bytes": (staging / f"{precision}.pt").stat().st_size,
+                }
+                for precision in PRECISIONS
+            }
+            entry = ModelVersion(
+                version=version,
+                created_ms=now_ms(),
+                spec_version=SPEC_VERSION,
+                lineage=lineage,
+                metrics=metrics,
+                config=config.as_dict(),
+                artifacts=artifacts,
+            )
+            (staging / "meta.json").write_text(json.dumps(entry.__dict__, indent=2))
+            os.rename(staging, self._folder(version))
+            stages = self._stages()
+            stages["stages"][str(version)] = CANDIDATE
+            self._write_stages(stages)
+            return entry
+
+    def promote(self, version: int) -> int | None:
+        """Make a version production; the previous one is archived. Returns the previous."""
+        self.get(version)
+        with self._locked():
+            stages = self._stages()
+            previous = stages["production"]
+            if previous == version:
+                return version
+            if previous is not None:
+                stages["stages"][str(previous)] = ARCHIVED
+                stages["history"].append(previous)
+            stages["production"] = version
+            stages["stages"][str(version)] = PRODUCTION
+            self._write_stages(stages)
+            return int(previous) if previous is not None else None
+
+    def rollback(self) -> int:
+        """Put the previous production version back; returns it."""
+        with self._locked():
+            stages = self._stages()
+            if not stages["history"]:
+                raise NotFoundError("no earlier production version to roll back to")
+            restored = stages["history"].pop()
+            current = stages["production"]
+            if current is not None:
+                stages["stages"][str(current)] = ARCHIVED
+            stages["production"] = restored
+            stages["stages"][str(restored)] = PRODUCTION
+            self._write_stages(stages)
+            return int(restored)
+
+    def load(self, version: int, precision: str = "int8") -> tuple[Any, ModelConfig]:
+        """A servable model (scripted) and its config, after verifying its checksum."""
+        if precision not in PRECISIONS:
+            raise ArtifactError(f"unknown precision {precision!r}: int8 or fp32")
+        entry = self.get(version)
+        artifact = entry.artifacts[precision]
+        path = self._folder(version) / artifact["file"]
+        if not path.exists() or _sha256(path) != artifact["sha256"]:
+            raise ArtifactError(f"model v{version} {precision} artifact fails its checksum")
+        if entry.spec_version != SPEC_VERSION:
+            raise ArtifactError(
+                f"model v{version} was trained on feature spec {entry.spec_version}, "
+                f"serving runs {SPEC_VERSION}"
+            )
+        config = ModelConfig(**entry.config)
+        try:
+            if precision == "fp32":
+                model = RankingModel(config)
+                model.load_state_dict(torch.load(path, weights_only=True))
+                return script(model), config
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.jit.load(str(path)), config
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ArtifactError(f"model v{version} {precision} cannot be loaded: {exc}") from exc

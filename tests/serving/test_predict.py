@@ -1,0 +1,174 @@
+"""PredictionService.Predict over real gRPC: ranking, validation, deadlines, hot reload,
+A/B routing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from saiki.v1 import prediction_pb2, prediction_pb2_grpc
+
+from core.config import SaikiConfig
+from serving.experiment import Experiment, Variant, write_experiment
+from serving.model import ModelConfig, RankingModel, quantise
+from serving.registry import ModelRegistry
+from serving.server import RunningServer, start_server
+from tests.conftest import make_config
+
+pytestmark = pytest.mark.slow
+ITEMS = [f"i{n}" for n in range(100)]
+
+
+@pytest.fixture
+def served(
+    trained: tuple[SaikiConfig, Path], tmp_path: Path
+) -> Iterator[tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub]]:
+    root = tmp_path / "data"
+    shutil.copytree(trained[0].data_dir, root)
+    config = make_config(root)
+    running = start_server(config, host="127.0.0.1", port=0)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield config, running, prediction_pb2_grpc.PredictionServiceStub(channel)
+    running.stop(0)
+
+
+def register_untrained(config: SaikiConfig) -> int:
+    model = RankingModel(ModelConfig()).eval()
+    registry = ModelRegistry(config.data_dir)
+    metrics = registry.get(1).metrics
+    return registry.register(
+        model, quantise(model), ModelConfig(), {"note": "test"}, metrics
+    ).version
+
+
+def test_predict_ranks_every_candidate_by_click_probability(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    _, _, stub = served
+    response = stub.Predict(
+        prediction_pb2.PredictRequest(
+            user_id="u7", item_ids=[*ITEMS, "never-seen"], device_id="ios", request_id="req-1"
+        )
+    )
+    scores = [i.score for i in response.items]
+    assert response.request_id == "req-1"
+    assert (response.model_version, response.variant) == ("v1", "production")
+    assert sorted(i.item_id for i in response.items) == sorted([*ITEMS, "never-seen"])
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 < s < 1.0 for s in scores) and scores[0] > scores[-1]
+    generated = stub.Predict(prediction_pb2.PredictRequest(user_id="u7", item_ids=ITEMS[:3]))
+    assert len(generated.request_id) == 32
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"user_id": "", "item_ids": ["i1"]}, "user_id"),
+        ({"user_id": "u1", "item_ids": []}, "item_ids"),
+        ({"user_id": "u1", "item_ids": [f"i{n}" for n in range(1001)]}, "item_ids"),
+        ({"user_id": "u1", "item_ids": ["i1", "", "i2"]}, "item_ids[1]"),
+        ({"user_id": "u" * 129, "item_ids": ["i1"]}, "user_id"),
+        ({"user_id": "u1", "item_ids": ["i1"], "device_id": "d" * 200}, "device_id"),
+    ],
+)
+def test_bad_requests_name_the_field(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+    fields: dict[str, object],
+    field: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        served[2].Predict(prediction_pb2.PredictRequest(**fields))  # type: ignore[arg-type]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(field)
+
+
+def test_an_expired_deadline_gets_deadline_exceeded_not_a_late_answer(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    items = [f"i{n % 150}" for n in range(1000)]
+    with pytest.raises(grpc.RpcError) as caught:
+        served[2].Predict(
+            prediction_pb2.PredictRequest(user_id="u1", item_ids=items), timeout=0.002
+        )
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_promotion_is_picked_up_under_load_without_a_failed_request(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    config, _, stub = served
+    versions: list[str] = []
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                reply = stub.Predict(
+                    prediction_pb2.PredictRequest(user_id="u3", item_ids=ITEMS), timeout=5
+                )
+                versions.append(reply.model_version)
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        version = register_untrained(config)
+        ModelRegistry(config.data_dir).promote(version)
+        promoted_at = time.monotonic()
+        while f"v{version}" not in versions[-5:] and time.monotonic() - promoted_at < 10:
+            time.sleep(0.05)
+        switch = time.monotonic() - promoted_at
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not errors
+    assert versions[0] == "v1" and versions[-1] == f"v{version}"
+    assert switch < 5
+    first_new = versions.index(f"v{version}")
+    assert set(versions[first_new:]) == {f"v{version}"}  # no flapping back
+
+
+def test_a_corrupt_version_is_refused_and_serving_goes_on(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    config, running, stub = served
+    version = register_untrained(config)
+    artifact = config.data_dir / "models" / f"v{version:04d}" / "int8.pt"
+    artifact.write_bytes(artifact.read_bytes()[:-100])
+    ModelRegistry(config.data_dir).promote(version)  # bypassing the CLI's check
+    running.predictor.refresh(wait=True)
+    reply = stub.Predict(prediction_pb2.PredictRequest(user_id="u3", item_ids=ITEMS))
+    assert reply.model_version == "v1"
+    assert "checksum" in (running.predictor.last_error or "")
+
+
+def test_ab_variants_follow_the_experiment(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    config, running, stub = served
+    version = register_untrained(config)
+    experiment = Experiment(
+        "ab-test", (Variant("control", 1, 0.5), Variant("treatment", version, 0.5))
+    )
+    write_experiment(config.data_dir / "models", experiment)
+    running.predictor.refresh(wait=True)
+    seen = {"control": 0, "treatment": 0}
+    for n in range(400):
+        user = f"u{n}"
+        reply = stub.Predict(prediction_pb2.PredictRequest(user_id=user, item_ids=ITEMS[:5]))
+        expected = experiment.assign(user)
+        assert reply.variant == expected.name
+        assert reply.model_version == f"v{expected.version}"
+        seen[reply.variant] += 1
+    assert 150 < seen["control"] < 250
+    logged = "".join(p.read_text() for p in (config.data_dir / "serving").glob("*.jsonl"))
+    assert '"variant": "treatment"' in logged and '"request_id"' in logged

@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
 
-## demo: run the main job end to end on the embedded defaults (data in .saiki/)
+## demo: run the whole loop end to end on the embedded defaults (starts .saiki/ afresh)
 demo: $(STAMP)
-	$(BIN)/saiki demo
+	$(BIN)/saiki demo --reset
 
 ## test: run the whole test suite (unit and end-to-end tiers)
 test: $(STAMP)

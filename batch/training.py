@@ -295,3 +295,43 @@ def read_lineage(path: Path) -> TrainingSetLineage:
     if LINEAGE_KEY not in metadata:
         raise InvalidInputError("--training-set", f"{path} has no saiki lineage")
     return TrainingSetLineage(**json.loads(metadata[LINEAGE_KEY]))
+
+
+def features_at(
+    events: pa.Table, entity: Entity, ids: list[str], q_ms: int
+) -> dict[str, dict[str, float]]:
+    """Every feature of ``ids`` at query time q, from raw events, with the same prefix-sum
+    arithmetic as training sets (``saiki consistency`` compares serving against this)."""
+    mine = events.filter(pc.is_in(events.column(entity.key), pa.array(ids, pa.string())))
+    dictionary, codes = (
+        encode(mine.column(entity.key))
+        if mine.num_rows
+        else (pa.array([], pa.string()), np.zeros(0, np.int64))
+    )
+    position = {entity_id: n for n, entity_id in enumerate(dictionary.to_pylist())}
+    added = contributions(mine.column("event_type"), mine.column("dwell_ms"))
+    values = (
+        np.column_stack([added[n].to_numpy() for n in AGGREGATION_NAMES]).astype(np.int64)
+        if mine.num_rows
+        else np.zeros((0, len(AGGREGATION_NAMES)), np.int64)
+    )
+    sums = (
+        PrefixSums(codes, mine.column("event_time").to_numpy(), values) if mine.num_rows else None
+    )
+    query = np.array([position.get(i, -1) for i in ids], dtype=np.int64)
+    known = query >= 0
+    out: dict[str, dict[str, float]] = {i: {} for i in ids}
+    for window in WINDOWS:
+        lower = q_ms - window.ms
+        lower -= lower % MS_PER_MINUTE
+        window_sums = np.zeros((len(ids), len(AGGREGATION_NAMES)), dtype=np.int64)
+        if sums is not None and known.any():
+            count = int(known.sum())
+            window_sums[known] = sums.between(
+                query[known], np.full(count, lower), np.full(count, q_ms)
+            )
+        named = {n: window_sums[:, a] for a, n in enumerate(AGGREGATION_NAMES)}
+        for name, column in finalise(named, window).items():
+            for entity_id, value in zip(ids, column.tolist(), strict=True):
+                out[entity_id][name] = value
+    return out

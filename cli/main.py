@@ -12,10 +12,26 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import batch_commands, data_commands, demo, model_commands, serve_commands, speed_commands
+from cli import (
+    batch_commands,
+    data_commands,
+    demo,
+    model_commands,
+    ops_commands,
+    serve_commands,
+    speed_commands,
+)
 from core.errors import SaikiError
 
-_MODULES = (data_commands, batch_commands, speed_commands, serve_commands, model_commands, demo)
+_MODULES = (
+    data_commands,
+    batch_commands,
+    speed_commands,
+    serve_commands,
+    model_commands,
+    ops_commands,
+    demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,11 @@ def add_parsers(subparsers: Any) -> None:
     )
     train.add_argument("--from", dest="from_", default=None, help="when building one")
     train.add_argument("--to", default=None, help="when building one")
+    train.add_argument(
+        "--holdout-from",
+        default=None,
+        help="evaluate on rows from this time on (default: the last day of the set)",
+    )
     train.add_argument("--epochs", type=int, default=6)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
@@ -99,12 +104,16 @@ def run_train(args: argparse.Namespace) -> int:
         parse_iso(args.from_, "--from") if args.from_ else None,
         parse_iso(args.to, "--to") if args.to else None,
     )
-    model, quantised, report = train_and_evaluate(path, epochs=args.epochs, seed=args.seed)
+    holdout = parse_iso(args.holdout_from, "--holdout-from") if args.holdout_from else None
+    model, quantised, report = train_and_evaluate(
+        path, epochs=args.epochs, seed=args.seed, holdout_from_ms=holdout
+    )
     registry = ModelRegistry(config.data_dir)
     production = registry.production()
     metrics = report.as_dict()
     if production is not None:
-        metrics["production_backtest"] = backtest(registry, production, path)
+        # The model in production, scored on exactly the rows the new one is judged on.
+        metrics["production_backtest"] = backtest(registry, production, path, holdout)
     lineage = {"training_set": str(path), **read_lineage(path).__dict__}
     from serving.model import ModelConfig
 
@@ -119,15 +128,18 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"promoted {entry.name} to production")
         else:
             print(f"{entry.name} does not beat production v{production}: kept as candidate")
+    args.registered = entry.version  # for callers in-process (saiki demo)
     return 0
 
 
-def backtest(registry: Any, version: int, path: Path) -> dict[str, float]:
+def backtest(
+    registry: Any, version: int, path: Path, holdout_from_ms: int | None = None
+) -> dict[str, float]:
     """A registered model's AUC and log loss on the held-out days of a training set."""
     from serving.training import auc, load_rows, log_loss, predict, split_by_time
 
     model, config = registry.load(version, "fp32")
-    _, test, _ = split_by_time(load_rows(path))
+    _, test, _ = split_by_time(load_rows(path), holdout_from_ms)
     scores = predict(model, config, test)
     return {
         "version": version,

@@ -135,14 +135,16 @@ def load_rows(path: Path) -> Rows:
     )
 
 
-def split_by_time(rows: Rows) -> tuple[Rows, Rows, int]:
-    """Train on earlier days, hold out the last day (or the last quarter, if shorter)."""
+def split_by_time(rows: Rows, boundary: int | None = None) -> tuple[Rows, Rows, int]:
+    """Train on earlier rows, hold out rows from ``boundary`` on (default: the last day,
+    or the last quarter of the span if it is shorter than two days)."""
     if len(rows) < 200:
         raise InvalidInputError("--training-set", f"only {len(rows)} rows: too few to train")
     newest = int(rows.times.max())
     span = newest - int(rows.times.min())
-    boundary = newest - MS_PER_DAY if span >= 2 * MS_PER_DAY else newest - span // 4
-    boundary -= boundary % MS_PER_DAY if span >= 2 * MS_PER_DAY else 0
+    if boundary is None:
+        boundary = newest - MS_PER_DAY if span >= 2 * MS_PER_DAY else newest - span // 4
+        boundary -= boundary % MS_PER_DAY if span >= 2 * MS_PER_DAY else 0
     order = np.argsort(rows.times, kind="stable")
     train = order[rows.times[order] < boundary]
     test = order[rows.times[order] >= boundary]
@@ -235,13 +237,17 @@ def latency_ms(
 
 
 def train_and_evaluate(
-    path: Path, config: ModelConfig | None = None, epochs: int = 6, seed: int = 0
+    path: Path,
+    config: ModelConfig | None = None,
+    epochs: int = 6,
+    seed: int = 0,
+    holdout_from_ms: int | None = None,
 ) -> tuple[RankingModel, Any, TrainingReport]:
     """Train on a training set; returns the fp32 model, its int8 form and the report."""
     started = time.perf_counter()
     config = config or ModelConfig()
     rows = load_rows(path)
-    train, test, boundary = split_by_time(rows)
+    train, test, boundary = split_by_time(rows, holdout_from_ms)
     if len(test) == 0 or test.labels.min() == test.labels.max():
         raise InvalidInputError("--training-set", "the held-out days need clicks and non-clicks")
     model = fit(train, config, epochs, seed)

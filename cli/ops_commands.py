@@ -1,0 +1,135 @@
+"""``saiki consistency``, ``saiki monitor`` and ``saiki report``: checks for operators."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cli.progress import print_table
+from core.config import SaikiConfig, load_config
+from core.timeutil import floor_minute, format_iso, now_ms, parse_iso
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register consistency, monitor and report."""
+    consistency = subparsers.add_parser(
+        "consistency", help="served features against a recomputation from the master dataset"
+    )
+    consistency.add_argument("--sample", type=int, default=200, help="entities per kind")
+    consistency.add_argument("--as-of", default=None, help="query time (default: now)")
+    consistency.set_defaults(handler=run_consistency)
+    monitor = subparsers.add_parser(
+        "monitor", help="feature drift and live CTR; exits 1 when a retrain is due"
+    )
+    monitor.add_argument("--window", default="1h", help="how far back to look (e.g. 1h, 30m)")
+    monitor.set_defaults(handler=run_monitor)
+    report = subparsers.add_parser("report", help="write the HTML report and its PNG plots")
+    report.set_defaults(handler=run_report)
+
+
+def merger_for(config: SaikiConfig) -> Any:
+    """The serving path's merger, in this process."""
+    from feature_repo.feast_store import SqliteOnlineReader
+    from feature_repo.views import ViewCatalog
+    from serving.merge import FeatureMerger
+
+    return FeatureMerger(ViewCatalog(config.data_dir), SqliteOnlineReader(config))
+
+
+def consistency_report(config: SaikiConfig, sample: int, q_ms: int) -> Any:
+    """Run the check with the serving path's merger."""
+    from batch.consistency import check
+
+    merger = merger_for(config)
+
+    def served(entity: str, ids: list[str], q: int) -> dict[str, dict[str, float]]:
+        from feature_repo.spec import FEATURE_NAMES
+
+        merged = merger.features(entity, ids, q)
+        return {
+            i: dict(zip(FEATURE_NAMES, row, strict=True))
+            for i, row in zip(merged.ids, merged.values.tolist(), strict=True)
+        }
+
+    return check(config, served, q_ms, sample)
+
+
+def run_consistency(args: argparse.Namespace) -> int:
+    """``saiki consistency [--sample N]``."""
+    from feature_repo.online import read_status
+
+    config = load_config(args.data_dir)
+    q = floor_minute(parse_iso(args.as_of, "--as-of") if args.as_of else now_ms())
+    report = consistency_report(config, args.sample, q)
+    print(
+        f"consistency at {format_iso(q)}: {report.sampled} sampled, {report.compared} values "
+        f"compared, {sum(report.mismatches.values())} mismatched"
+    )
+    if report.mismatches:
+        print_table(("feature", "mismatches"), sorted(report.mismatches.items()))
+        for kind, ids in report.mismatched_entities.items():
+            print(
+                f"  {kind}s off: {len(ids)} (e.g. {', '.join(ids[:5])}); events the speed "
+                "layer left to the batch layer come back with the next `saiki batch run`"
+            )
+    status = read_status(config.data_dir / "speed")
+    if status is not None and status.max_ingest_ms:
+        age = (now_ms() - status.last_flush_ms) / 1000
+        print(
+            f"freshness: speed rows last written {age:.1f}s ago; newest event processed "
+            f"{format_iso(status.max_event_ms)}; watermark {format_iso(status.watermark_ms)}"
+        )
+    return 0 if report.consistent else 1
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    """``saiki monitor``: exits 1 when a retrain is due."""
+    from core.eventlog import EventLog
+    from core.timeutil import parse_duration
+    from serving.monitor import PSI_LIMIT, monitor
+
+    config = load_config(args.data_dir)
+    found = monitor(
+        config.data_dir,
+        merger_for(config),
+        EventLog(config.log_dir),
+        now_ms(),
+        parse_duration(args.window, "--window"),
+    )
+    if found.production is None:
+        print("no model in production yet: nothing to monitor")
+        return 0
+    print(
+        f"production v{found.production}: {found.requests} rankings in the window; "
+        f"{found.impressions} impressions, {found.clicks} clicks: live CTR "
+        f"{found.live_ctr:.3f} vs expected {found.expected_ctr:.3f} "
+        f"(ratio {found.ctr_ratio:.2f})"
+    )
+    worst = sorted(found.psi.items(), key=lambda kv: -kv[1])[:8]
+    if worst:
+        print_table(
+            ("feature", "PSI", f"drift (> {PSI_LIMIT})"),
+            [(f, f"{v:.3f}", "yes" if v > PSI_LIMIT else "") for f, v in worst],
+        )
+    if found.retrain_due:
+        reasons = []
+        if found.drifted:
+            reasons.append(
+                f"{len(found.drifted)} feature(s) drifted: {', '.join(found.drifted[:5])}"
+            )
+        if found.ctr_ratio < 0.8 and found.impressions:
+            reasons.append(f"live CTR at {found.ctr_ratio:.0%} of expectation")
+        print("retrain due: " + "; ".join(reasons))
+        return 1
+    print("no retrain due")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``saiki report``."""
+    from cli.report import write_report
+
+    config = load_config(args.data_dir)
+    path = write_report(config)
+    print(f"report: {path}")
+    return 0

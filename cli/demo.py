@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import threading
 import time
@@ -153,7 +152,6 @@ def _history(config: SaikiConfig, plan: DemoPlan, seed: int) -> int:
     _batch_run(config)
     _stage(f"4. train model v1 on the days before {format_iso(shift_at)} (yesterday's model)")
     model_commands.run_train(_train_args(common, to=format_iso(shift_at)))
-    model_commands.run_promote(argparse.Namespace(**common, version="1"))
     return shift_at
 
 
@@ -185,16 +183,17 @@ def _live(
             "v1 in production, reactions flow back through Ingest"
         )
         first = _live_phase(population, plan, services)
-        _monitor(config, "v1 after the change")
+        monitored = {"v1": _monitor(config, "v1 after the change")}
 
         _stage("7. batch layer recomputes; v2 trains and is backtested against v1")
         _batch_run(config)
-        train = _train_args(common, to=None, holdout_from=format_iso(live_from))
+        # Everything up to now, the live phase included; judged on the live phase alone.
+        train = _train_args(common, to=format_iso(now_ms()), holdout_from=format_iso(live_from))
         model_commands.run_train(train)
         v2 = int(train.registered)
         promoted = registry.production() == v2
         if promoted:
-            _wait_for_model(population, f"v{v2}")
+            _wait_until(population, lambda stats: f"v{v2}" in stats.model_of.values())
             print(f"the server hot-reloaded v{v2}")
 
         _stage(f"8. A/B: v1 against v{v2}, half the users each, {plan.live_seconds:g}s")
@@ -203,15 +202,25 @@ def _live(
                 **common, end=False, name="v1-vs-v2", split=f"control=1:0.5,treatment={v2}:0.5"
             )
         )
-        time.sleep(1.5)  # servers re-read the experiment file every half second
+        _wait_until(population, lambda stats: "production" not in stats.model_of)
         population.reset()
         second = _live_phase(population, plan, services)
         model_commands.run_experiment(argparse.Namespace(**common, end=True, name="", split=None))
         if promoted:
-            _monitor(config, f"v{v2} after retraining")
+            monitored[f"v{v2}"] = _monitor(config, f"v{v2} after retraining")
     finally:
         population.close(drain_s=5)
-    return _closing_checks(config, registry, (first, second), promoted=promoted, v2=v2)
+    summary = _closing_checks(
+        config,
+        registry,
+        (first, second),
+        promoted=promoted,
+        v2=v2,
+        events_acked=population.events_acked,
+    )
+    summary["monitor"] = monitored
+    (config.data_dir / "demo" / SUMMARY_FILE).write_text(json.dumps(summary))
+    return summary
 
 
 def _train_args(
@@ -270,17 +279,20 @@ def _live_phase(population: Any, plan: DemoPlan, services: DemoServices) -> Any:
     return population.snapshot()
 
 
-def _wait_for_model(population: Any, name: str, timeout_s: float = 30) -> None:
+def _wait_until(population: Any, done: Any, timeout_s: float = 30) -> None:
+    """Visit until one visit's answer satisfies ``done(stats)`` (servers re-read the
+    registry and the experiment every half second)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        population.reset()  # judge by this visit's answer alone
         population.visit()
-        if name in population.snapshot().model_of.values():
+        if done(population.snapshot()):
             return
-        time.sleep(0.2)
-    raise PreconditionError(f"the server did not switch to {name} within {timeout_s:.0f}s")
+        time.sleep(0.1)
+    raise PreconditionError(f"the server did not switch models within {timeout_s:.0f}s")
 
 
-def _monitor(config: SaikiConfig, label: str) -> None:
+def _monitor(config: SaikiConfig, label: str) -> dict[str, Any]:
     from cli.ops_commands import merger_for
     from core.eventlog import EventLog
     from serving.monitor import monitor
@@ -296,10 +308,23 @@ def _monitor(config: SaikiConfig, label: str) -> None:
         f"features: {drifted} → {verdict}",
         flush=True,
     )
+    return {
+        "production": found.production,
+        "live_ctr": found.live_ctr,
+        "expected_ctr": found.expected_ctr,
+        "drifted": found.drifted,
+        "retrain_due": found.retrain_due,
+    }
 
 
 def _closing_checks(
-    config: SaikiConfig, registry: Any, phases: tuple[Any, Any], *, promoted: bool, v2: int
+    config: SaikiConfig,
+    registry: Any,
+    phases: tuple[Any, Any],
+    *,
+    promoted: bool,
+    v2: int,
+    events_acked: int,
 ) -> dict[str, Any]:
     first, second = phases
     from batch.master import MasterDataset
@@ -311,8 +336,9 @@ def _closing_checks(
     snapshot = master.resolve_snapshot()
     if snapshot is None:
         raise PreconditionError("the master dataset is empty after the demo's ingest")
-    served = master.read(snapshot, ("event_id", "request_id"))
-    served = served.filter(served.column("request_id").is_valid())
+    # Live events carry the variant that served them; simulated history does not.
+    served = master.read(snapshot, ("event_id", "variant"))
+    served = served.filter(served.column("variant").is_valid())
     distinct = len(set(served.column("event_id").to_pylist()))
     consistency = consistency_report(config, 100, floor_minute(now_ms()))
     versions = registry.versions()
@@ -343,7 +369,7 @@ def _closing_checks(
             }
             for v in sorted(second.impressions)
         },
-        "events_sent": first.events_sent + second.events_sent,
+        "events_sent": events_acked,
         "served_events_in_master": served.num_rows,
         "served_events_distinct": distinct,
         "predict_ms": first.predict_ms + second.predict_ms,
@@ -354,7 +380,6 @@ def _closing_checks(
             "mismatched": sum(consistency.mismatches.values()),
         },
     }
-    (config.data_dir / "demo" / SUMMARY_FILE).write_text(json.dumps(summary))
     return summary
 
 

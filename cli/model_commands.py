@@ -222,7 +222,10 @@ def run_promote(args: argparse.Namespace) -> int:
     version = _version(args.version)
     registry.load(version)  # refuse to promote an artifact that fails its checksum
     previous = registry.promote(version)
-    print(f"v{version} is in production" + (f" (v{previous} archived)" if previous else ""))
+    if previous == version:
+        print(f"v{version} is already in production")
+    else:
+        print(f"v{version} is in production" + (f" (v{previous} archived)" if previous else ""))
     return 0
 
 

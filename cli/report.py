@@ -26,8 +26,6 @@ from core.eventlog import EventLog
 from core.ingest import SEGMENT_ARROW_SCHEMA
 from core.timeutil import floor_minute, format_iso, now_ms
 
-SUMMARY = "summary.json"
-
 
 def _models_plot(versions: list[Any], out: Path) -> None:
     names = [v.name for v in versions]
@@ -62,35 +60,53 @@ def _variant_events(config: SaikiConfig) -> pa.Table:
     return table.filter(pa.compute.is_valid(table.column("variant")))
 
 
-def _ctr_plot(events: pa.Table, out: Path) -> dict[str, tuple[int, int]]:
-    by_minute: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+def _served_models(config: SaikiConfig) -> dict[str, str]:
+    """request_id → the model version that ranked it, from the servers' prediction logs."""
+    from serving.monitor import read_predictions
+
+    return {
+        str(p["request_id"]): str(p["model_version"])
+        for p in read_predictions(config.data_dir / "serving", 0)
+    }
+
+
+def _ctr_plot(events: pa.Table, models: dict[str, str], out: Path) -> dict[str, tuple[int, int]]:
+    """CTR over time per (variant, model) on one time axis; returns totals per series."""
+    names = [
+        f"{variant} ({models.get(str(request), '?')})"
+        for variant, request in zip(
+            events.column("variant").to_pylist(),
+            events.column("request_id").to_pylist(),
+            strict=True,
+        )
+    ]
+    times = np.array(events.column("event_time").to_pylist() or [0], dtype=np.int64)
+    origin = int(times.min())
+    # About 40 points over the whole span, never finer than 5 s.
+    step = max(5_000, int(times.max() - origin) // 40)
+    cells: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for variant, time, kind in zip(
-        events.column("variant").to_pylist(),
-        events.column("event_time").to_pylist(),
-        events.column("event_type").to_pylist(),
-        strict=True,
+    for name, time, kind in zip(
+        names, times.tolist(), events.column("event_type").to_pylist(), strict=False
     ):
-        cell = by_minute[variant][floor_minute(time)]
         index = 0 if kind == "IMPRESSION" else 1
-        cell[index] += 1
-        totals[variant][index] += 1
+        cells[name][(time - origin) // step][index] += 1
+        totals[name][index] += 1
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    for variant, minutes in sorted(by_minute.items()):
-        keys = sorted(minutes)
-        ctr = [minutes[k][1] / minutes[k][0] if minutes[k][0] else 0 for k in keys]
-        start = keys[0] if keys else 0
+    for name, buckets in sorted(cells.items()):
+        # A bucket with few impressions (the ragged end of a phase) says nothing.
+        keys = [k for k in sorted(buckets) if buckets[k][0] >= 30]
         ax.plot(
-            [(k - start) / 60_000 for k in keys],
-            ctr,
+            [k * step / 1000 for k in keys],
+            [buckets[k][1] / buckets[k][0] for k in keys],
             marker="o",
             markersize=3,
-            label=f"{variant} (CTR {totals[variant][1] / max(totals[variant][0], 1):.3f})",
+            label=f"{name}: CTR {totals[name][1] / max(totals[name][0], 1):.3f}",
         )
-    ax.set_xlabel("minutes since the variant's first served ranking")
+    ax.set_xlabel(f"seconds since the first served ranking ({step / 1000:.0f} s buckets)")
     ax.set_ylabel("clicks per impression")
-    ax.set_title("Click-through of served rankings, per variant")
-    if by_minute:
+    ax.set_title("Click-through of served rankings, per A/B variant (model)")
+    if cells:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -127,8 +143,10 @@ def write_report(config: SaikiConfig) -> Path:
     versions = registry.versions()
     if versions:
         _models_plot(versions, folder / "models.png")
-    totals = _ctr_plot(_variant_events(config), folder / "ctr.png")
-    summary_path = config.data_dir / "demo" / SUMMARY
+    totals = _ctr_plot(_variant_events(config), _served_models(config), folder / "ctr.png")
+    from cli.demo import SUMMARY_FILE
+
+    summary_path = config.data_dir / "demo" / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     _histogram(
         summary.get("freshness_ms", []),

@@ -106,6 +106,7 @@ class LivePopulation:
         self._prober = threading.Thread(target=self._watch_probes, daemon=True)
         self._prober.start()
         self.stats = LiveStats()
+        self.events_acked = 0  # over the population's whole life, across phases
         self._lock = threading.Lock()
 
     def _probe_value(self, user: str, as_of: Timestamp) -> float:
@@ -189,6 +190,7 @@ class LivePopulation:
             stats = self.stats
             stats.visits += 1
             stats.events_sent += len(events)
+            self.events_acked += len(events)
             stats.impressions[reply.variant] += len(shown)
             stats.clicks[reply.variant] += int(clicked.sum())
             stats.model_of[reply.variant] = reply.model_version

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import threading
 import time

@@ -37,12 +37,18 @@ ITEMS = [f"i{i}" for i in range(1000)]
 
 def cli(data: Path, *argv: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
-    subprocess.run([sys.executable, "-m", "cli.main", "--data-dir", str(data), *argv],
-                   cwd=PROJECT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cli.main", "--data-dir", str(data), *argv],
+        cwd=PROJECT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
-async def load(stub: prediction_pb2_grpc.PredictionServiceStub, in_flight: int
-               ) -> tuple[list[float], int]:
+async def load(
+    stub: prediction_pb2_grpc.PredictionServiceStub, in_flight: int
+) -> tuple[list[float], int]:
     rng = np.random.default_rng(1)
     latencies: list[float] = []
     deadline = time.perf_counter() + SECONDS
@@ -50,8 +56,7 @@ async def load(stub: prediction_pb2_grpc.PredictionServiceStub, in_flight: int
     async def caller(n: int) -> None:
         while time.perf_counter() < deadline:
             items = [ITEMS[i] for i in rng.choice(len(ITEMS), 100, replace=False)]
-            request = prediction_pb2.PredictRequest(user_id=USERS[n % len(USERS)],
-                                                    item_ids=items)
+            request = prediction_pb2.PredictRequest(user_id=USERS[n % len(USERS)], item_ids=items)
             started = time.perf_counter()
             await stub.Predict(request, timeout=5)
             latencies.append(time.perf_counter() - started)
@@ -78,9 +83,23 @@ def run_server(data: Path, precision: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     env["SAIKI_SERVING_PRECISION"] = precision
     server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--data-dir", str(data), "serve", "--port",
-         str(PORT), "--workers", "2"],
-        cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "--data-dir",
+            str(data),
+            "serve",
+            "--port",
+            str(PORT),
+            "--workers",
+            "2",
+        ],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert server.stdout is not None
     server.stdout.readline()
@@ -108,10 +127,12 @@ def feast_fetch(data: Path) -> list[float]:
     for n in range(1050):
         chosen = [ITEMS[i] for i in np.random.default_rng(n).choice(len(ITEMS), 100, False)]
         started = time.perf_counter()
-        store.get_online_features(features=users, entity_rows=[{"user_id": USERS[n % 500]}]
-                                  ).to_dict()
-        store.get_online_features(features=items, entity_rows=[{"item_id": i} for i in chosen]
-                                  ).to_dict()
+        store.get_online_features(
+            features=users, entity_rows=[{"user_id": USERS[n % 500]}]
+        ).to_dict()
+        store.get_online_features(
+            features=items, entity_rows=[{"item_id": i} for i in chosen]
+        ).to_dict()
         if n >= 50:
             samples.append(time.perf_counter() - started)
     return samples
@@ -145,22 +166,32 @@ def main() -> None:
         return float(np.percentile(np.array(samples) * 1000, q))
 
     print(f"# Predict benchmark — {conditions()}")
-    print(f"server: saiki serve --workers 2 (one torch thread each); client: one asyncio "
-          f"process; {SECONDS}s per row; 100 candidates per call; model v{version}")
+    print(
+        f"server: saiki serve --workers 2 (one torch thread each); client: one asyncio "
+        f"process; {SECONDS}s per row; 100 candidates per call; model v{version}"
+    )
     print(f"{'call':<44}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}")
     for name, (samples, rate) in results.items():
         print(f"{'Predict ' + name:<44}{ms(samples, 50):>8.2f}{ms(samples, 99):>8.2f}{rate:>9}")
-    print(f"{'stock Feast fetch, 1 user + 100 items':<44}{ms(feast, 50):>8.2f}"
-          f"{ms(feast, 99):>8.2f}{len(feast) / sum(feast):>9.0f}")
-    print(f"{'trivial gRPC call (health check)':<44}{ms(echo, 50):>8.2f}{ms(echo, 99):>8.2f}"
-          f"{len(echo) / sum(echo):>9.0f}")
-    print(f"forward pass at batch 100, one thread: int8 {forward['int8']:.3f} ms, fp32 "
-          f"{forward['fp32']:.3f} ms ({forward['fp32'] / forward['int8']:.1f}x; target >= 1.5x)")
+    print(
+        f"{'stock Feast fetch, 1 user + 100 items':<44}{ms(feast, 50):>8.2f}"
+        f"{ms(feast, 99):>8.2f}{len(feast) / sum(feast):>9.0f}"
+    )
+    print(
+        f"{'trivial gRPC call (health check)':<44}{ms(echo, 50):>8.2f}{ms(echo, 99):>8.2f}"
+        f"{len(echo) / sum(echo):>9.0f}"
+    )
+    print(
+        f"forward pass at batch 100, one thread: int8 {forward['int8']:.3f} ms, fp32 "
+        f"{forward['fp32']:.3f} ms ({forward['fp32'] / forward['int8']:.1f}x; target >= 1.5x)"
+    )
     one = results["int8, 1 in flight"]
     eight = results["int8, 8 in flight"]
-    print(f"targets: p99 at 1 in flight {ms(one[0], 99):.2f} ms (<= 8 ms); {eight[1]} "
-          f"predictions/s at 8 in flight (>= 400); Predict p50 {ms(one[0], 50):.2f} ms vs Feast "
-          f"fetch alone {ms(feast, 50):.2f} ms")
+    print(
+        f"targets: p99 at 1 in flight {ms(one[0], 99):.2f} ms (<= 8 ms); {eight[1]} "
+        f"predictions/s at 8 in flight (>= 400); Predict p50 {ms(one[0], 50):.2f} ms vs Feast "
+        f"fetch alone {ms(feast, 50):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

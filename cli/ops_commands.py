@@ -29,11 +29,11 @@ def add_parsers(subparsers: Any) -> None:
 
 def merger_for(config: SaikiConfig) -> Any:
     """The serving path's merger, in this process."""
-    from feature_repo.feast_store import SqliteOnlineReader
+    from feature_repo.feast_store import online_reader
     from feature_repo.views import ViewCatalog
     from serving.merge import FeatureMerger
 
-    return FeatureMerger(ViewCatalog(config.data_dir), SqliteOnlineReader(config))
+    return FeatureMerger(ViewCatalog(config.data_dir), online_reader(config))
 
 
 def consistency_report(config: SaikiConfig, sample: int, q_ms: int) -> Any:

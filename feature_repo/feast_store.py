@@ -286,3 +286,43 @@ class SqliteOnlineReader:
     def read_batch(self, entity: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Batch rows (collapsed features at the cutoff, with ``batch_cutoff_ms``)."""
         return self._rows(f"{entity}_batch", entity, ids)
+
+
+class FeastOnlineReader:
+    """Speed rows through Feast's generic ``get_online_features``: works with any online
+    store Feast supports (Redis in cluster mode), at Feast's own read cost."""
+
+    def __init__(self, config: SaikiConfig) -> None:
+        self._store = open_store(config)
+
+    def read(self, entity: str, ids: Sequence[str]) -> Mapping[str, SpeedRow]:
+        """The SpeedReader protocol."""
+        if not ids:
+            return {}
+        key = ENTITY_BY_NAME[entity].key
+        fields = ("tiles", "tiles_from_ms", "updated_ms")
+        found = self._store.get_online_features(
+            features=[f"{entity}_speed:{name}" for name in fields],
+            entity_rows=[{key: entity_id} for entity_id in ids],
+        ).to_dict()
+        rows = {}
+        for n, entity_id in enumerate(found[key]):
+            tiles = found["tiles"][n]
+            if tiles is None:
+                continue  # no speed row for this entity
+            rows[entity_id] = SpeedRow(
+                entity_id,
+                tiles,
+                int(found["tiles_from_ms"][n] or 0),
+                int(found["updated_ms"][n] or 0),
+            )
+        return rows
+
+
+def online_reader(config: SaikiConfig) -> SqliteOnlineReader | FeastOnlineReader:
+    """The fastest reader for the configured online store: SQLite is read directly, any
+    other store through Feast."""
+    if config.feast.online_store == "sqlite":
+        return SqliteOnlineReader(config)
+    return FeastOnlineReader(config)
+

@@ -25,7 +25,7 @@ from core.config import SaikiConfig
 from core.errors import ConfigError
 from core.eventlog import EventLog
 from core.ingest import Ingestor
-from feature_repo.feast_store import SqliteOnlineReader
+from feature_repo.feast_store import online_reader
 from feature_repo.views import ViewCatalog
 from serving.event_service import EventService
 from serving.feature_service import FeatureService
@@ -73,7 +73,7 @@ def start_server(
     )
     merger = FeatureMerger(
         ViewCatalog(config.data_dir),
-        SqliteOnlineReader(config),
+        online_reader(config),
         reload_interval_ms=config.serving.reload_interval_ms,
     )
     features_pb2_grpc.add_FeatureServiceServicer_to_server(

@@ -79,6 +79,8 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
         checkpoint_interval_ms=config.speed.checkpoint_interval_ms,
         sink_flush_ms=config.speed.sink_flush_ms,
         state_ttl_s=max(config.speed.state_ttl_s, 2 * config.speed.allowed_lateness_s + 120),
+        kafka_bootstrap=config.log.kafka_bootstrap if config.log.backend == "kafka" else "",
+        kafka_topic=config.log.kafka_topic,
     )
     return spec, None
 

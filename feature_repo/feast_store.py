@@ -325,4 +325,3 @@ def online_reader(config: SaikiConfig) -> SqliteOnlineReader | FeastOnlineReader
     if config.feast.online_store == "sqlite":
         return SqliteOnlineReader(config)
     return FeastOnlineReader(config)
-

@@ -8,7 +8,9 @@ Two signals, over the last hour of serving:
 * **live CTR against expectation**: the clicks the production model's rankings earned,
   against the clicks its own scores predicted for the items users were shown (the sum
   of their scores). Falling below 0.8 of expectation means the model's picture of the
-  users is out of date.
+  users is out of date. The items shown are the ones the model scored highest, so even
+  a well-calibrated model over-promises on them a little (the winner's curse: in the
+  quick demo a freshly trained model's ratio was 0.85); the limit leaves room for that.
 
 A retrain is due when either fires; ``saiki monitor`` then exits non-zero, so that a
 scheduler (cron, Airflow) can run ``saiki train --promote-if-better``.

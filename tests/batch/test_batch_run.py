@@ -191,3 +191,26 @@ def test_rows_that_should_not_exist_go_to_dead_letters(
     assert manifest.dead_letters == 1
     refused = ViewCatalog(config.data_dir).read(manifest.view_id, "dead_letter")
     assert refused.column("event_type").to_pylist() == ["PURCHASE"]
+
+
+def test_views_and_backfill_on_the_command_line(
+    viewed: tuple[SaikiConfig, ViewManifest, pd.DataFrame],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cli.main import main
+    from core.timeutil import format_iso
+
+    config, first, _ = viewed
+    before = {m.view_id for m in ViewCatalog(config.data_dir).list()}
+    start = CUTOFF - 2 * MS_PER_DAY
+    argv = ["--data-dir", str(config.data_dir), "batch", "backfill"]
+    assert main([*argv, "--from", format_iso(start), "--to", format_iso(CUTOFF - MS_PER_DAY)]) == 0
+    assert "backfilled 2 view(s)" in capsys.readouterr().out
+    catalog = ViewCatalog(config.data_dir)
+    added = [m for m in catalog.list() if m.view_id not in before]
+    assert sorted(m.cutoff_ms for m in added) == [start, CUTOFF - MS_PER_DAY]
+    assert catalog.current_id() == first.view_id  # a backfill never changes what is served
+    assert main(["--data-dir", str(config.data_dir), "batch", "views"]) == 0
+    listed = capsys.readouterr().out
+    assert f"* {first.view_id}" in listed
+    assert all(m.view_id in listed for m in added)

@@ -189,3 +189,21 @@ def test_a_loader_killed_between_writing_and_committing_loses_and_repeats_nothin
     assert isinstance(ids, list)
     assert len(ids) == len(set(ids)) == traffic[1].valid_events
     assert seen["snapshots"] == 1
+
+
+def test_the_stock_pyiceberg_cli_describes_the_table(ingested: SaikiConfig) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYICEBERG_HOME"] = str(ingested.data_dir)
+    cli = Path(sys.executable).parent / "pyiceberg"
+    out = subprocess.run(
+        [str(cli), "--catalog", "saiki", "describe", "saiki.events"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "day(2)" in out  # partitioned by day of event_time (field 2)
+    for column in ("event_id: required string", "event_time: required timestamptz"):
+        assert column in out

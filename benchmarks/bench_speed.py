@@ -105,6 +105,7 @@ def throughput(data: Path) -> tuple[int, float, float, float]:
 def freshness(data: Path) -> list[float]:
     """Seconds from Ingest ack to readable tile, one sample per batch."""
     config = load_config(data, environ={})
+    launched = now_ms()
     server = saiki(data, "serve", "--port", str(PORT))
     job = saiki(data, "speed", "run")
     reader = SqliteOnlineReader(config)
@@ -130,7 +131,10 @@ def freshness(data: Path) -> list[float]:
         channel = grpc.insecure_channel(f"127.0.0.1:{PORT}")
         grpc.channel_ready_future(channel).result(timeout=120)
         stub = events_pb2_grpc.EventServiceStub(channel)
-        while read_status(data / "speed") is None:
+        # The previous run's status is still on disk: wait for this job's sink to open.
+        while (status := read_status(data / "speed")) is None or (status.job_started_ms < launched):
+            if job.poll() is not None:
+                raise RuntimeError("saiki speed run exited before its sink opened")
             time.sleep(0.2)
         time.sleep(3)  # let the job settle on the existing log
         watcher = threading.Thread(target=watch, daemon=True)

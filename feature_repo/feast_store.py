@@ -13,6 +13,7 @@ speed row with the time it is complete from, and serving checks both itself.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import warnings
@@ -27,7 +28,7 @@ from core.config import SaikiConfig
 from core.errors import ComponentError, ConfigError
 from feature_repo.layout import feast_dir, online_store_path, registry_path
 from feature_repo.online import SpeedRow
-from feature_repo.spec import ENTITIES, ENTITY_BY_NAME
+from feature_repo.spec import ENTITIES, ENTITY_BY_NAME, SPEC_VERSION
 from feature_repo.views import ViewCatalog, ViewManifest
 
 
@@ -93,11 +94,33 @@ def feast_objects(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
     return definitions.build(data_dir, view_id)
 
 
+_APPLIED = "applied.json"
+
+
+def _applied_stamp(config: SaikiConfig, view_id: str | None) -> str:
+    current = view_id or ViewCatalog(config.data_dir).current_id()
+    return json.dumps({"spec": SPEC_VERSION, "view": current, "project": config.feast.project})
+
+
+def is_applied(config: SaikiConfig) -> bool:
+    """True when this process's spec and the current view are what the registry holds
+    (saiki's last apply said so): callers may then skip importing Feast (~8 s)."""
+    stamp = feast_dir(config.data_dir) / _APPLIED
+    registry = registry_path(config.data_dir)
+    if config.feast.registry or not registry.exists() or not stamp.exists():
+        return False
+    if registry.stat().st_mtime > stamp.stat().st_mtime:
+        return False  # someone applied since (e.g. the stock feast CLI): check for real
+    return stamp.read_text() == _applied_stamp(config, None)
+
+
 def apply(config: SaikiConfig, view_id: str | None = None) -> list[str]:
     """Register the repo's objects (as ``feast apply`` does) and prepare the online store.
 
     The batch sources point at ``view_id`` (default: the current view).
     """
+    stamp = feast_dir(config.data_dir) / _APPLIED
+    stamp.unlink(missing_ok=True)
     store = open_store(config)
     objects = feast_objects(config.data_dir, view_id)
     try:
@@ -109,6 +132,7 @@ def apply(config: SaikiConfig, view_id: str | None = None) -> list[str]:
         # them proceed without blocking each other. The setting persists in the file.
         with sqlite3.connect(online_store_path(config.data_dir)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
+    stamp.write_text(_applied_stamp(config, view_id))
     return sorted(objects)
 
 

@@ -156,3 +156,15 @@ class PrefixSums:
         """For each (code, lower, upper): the sums of rows with lower <= key < upper."""
         result: IntArray = self.before(codes, upper) - self.before(codes, lower)
         return result
+
+    def between_each(self, codes: IntArray, lowers: IntArray, upper: int) -> IntArray:
+        """(codes, len(lowers), values): for each code and each lower bound, the sums of
+        rows with lower <= key < upper. All windows of a request in one call: the cost
+        of a query is mostly numpy's per-call overhead, not the searches."""
+        count = len(lowers)
+        every = np.repeat(codes.astype(np.int64), count)
+        bounds = np.tile(np.asarray(lowers, dtype=np.int64), len(codes))
+        top = np.full(len(every), upper, dtype=np.int64)
+        sums = self.between(every, np.minimum(bounds, upper), top)
+        result: IntArray = sums.reshape(len(codes), count, -1)
+        return result

@@ -87,13 +87,10 @@ class BatchViewIndex:
         if tails.sums is None or not known.any():
             return out
         cutoff = self.cutoff_ms // MS_PER_MINUTE
-        for w in range(len(WINDOWS)):
-            if lower[w] >= cutoff:
-                continue  # the whole window is after T: nothing from the batch view
-            count = int(known.sum())
-            out[known, w] = tails.sums.between(
-                codes[known], np.full(count, lower[w]), np.full(count, cutoff)
-            )
+        # Every window in one pair of binary searches; a window wholly after T sums
+        # [cutoff, cutoff): nothing from the batch view.
+        mine = codes[known]
+        out[known] = tails.sums.between_each(mine, np.minimum(lower, cutoff), cutoff)
         return out
 
 
@@ -209,8 +206,4 @@ def _speed_sums(
     codes = np.repeat(np.array(positions, dtype=np.int64), counts)
     sums = PrefixSums(codes, minutes, values)
     everyone = np.arange(len(ids), dtype=np.int64)
-    top = np.full(len(ids), upper, dtype=np.int64)
-    for w in range(len(WINDOWS)):
-        start = np.full(len(ids), max(int(lower[w]), cutoff_minute), dtype=np.int64)
-        out[:, w] = sums.between(everyone, start, top)
-    return out
+    return sums.between_each(everyone, np.maximum(lower, cutoff_minute), upper)

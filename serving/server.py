@@ -61,11 +61,11 @@ class RunningServer:
 
 
 def start_server(
-    config: SaikiConfig, host: str | None = None, port: int | None = None, threads: int = 8
+    config: SaikiConfig, host: str | None = None, port: int | None = None
 ) -> RunningServer:
     """Build and start the server; ``port=0`` picks a free port (tests)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads),
+        futures.ThreadPoolExecutor(max_workers=config.serving.threads),
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)],
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(

@@ -122,9 +122,10 @@ def run_speed(
     # the JVM start: Feast's import churns the garbage collector, whose py4j finalisers
     # then open a second gateway connection, and Flink's planner (which keeps state per
     # Java thread) intermittently failed with "NullPointerException: metadataHandlerProvider".
-    from feature_repo.feast_store import apply
+    from feature_repo.feast_store import apply, is_applied
 
-    apply(config)
+    if not is_applied(config):
+        apply(config)
     env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
     build_job(env, t_env, spec, config)
     client = env.execute_async("saiki-speed")

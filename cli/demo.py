@@ -164,6 +164,11 @@ def _live(
     services.wait_speed_caught_up(speed)
     print(f"speed layer caught up with the log {time.monotonic() - begin:.0f}s after start")
 
+    import torch
+
+    # From here on Flink and the server share the cores: one torch thread trains v2
+    # faster than two contending with them (with two, v2 once took 320 s instead of ~60).
+    torch.set_num_threads(1)
     from serving.registry import ModelRegistry
     from simulator import World
     from simulator.live import LivePopulation

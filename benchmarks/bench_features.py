@@ -10,7 +10,6 @@ features of the batch views (which Feast can only serve as of the batch cutoff).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import grpc
 import numpy as np
 from saiki.v1 import features_pb2, features_pb2_grpc
 
-from benchmarks.common import DATA, PROJECT, conditions, fresh_dir
+from benchmarks.common import DATA, conditions, fresh_dir, start_server
 from core.config import load_config
 from feature_repo.spec import FEATURE_NAMES
 
@@ -86,27 +85,8 @@ def main() -> None:
         fresh_dir("features")
         prepare(data)
     config = load_config(data, environ={})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "--data-dir",
-            str(data),
-            "serve",
-            "--port",
-            str(SERVE_PORT),
-        ],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    server = start_server(data, SERVE_PORT)
     try:
-        assert server.stdout is not None
-        server.stdout.readline()  # "saiki serving on …"
         channel = grpc.insecure_channel(f"127.0.0.1:{SERVE_PORT}")
         grpc.channel_ready_future(channel).result(timeout=60)
         stub = features_pb2_grpc.FeatureServiceStub(channel)

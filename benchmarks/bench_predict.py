@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 
 from benchmarks.bench_features import prepare
-from benchmarks.common import DATA, PROJECT, conditions, fresh_dir
+from benchmarks.common import DATA, PROJECT, conditions, fresh_dir, start_server
 from core.config import load_config
 from feature_repo.spec import FEATURE_NAMES
 
@@ -98,30 +98,7 @@ async def floor(address: str) -> list[float]:
 
 
 def run_server(data: Path, precision: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
-    env["SAIKI_SERVING_PRECISION"] = precision
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "--data-dir",
-            str(data),
-            "serve",
-            "--port",
-            str(PORT),
-            "--workers",
-            "2",
-        ],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert server.stdout is not None
-    server.stdout.readline()
-    return server
+    return start_server(data, PORT, workers=2, SERVING_PRECISION=precision)
 
 
 async def measure(precision: str, data: Path) -> dict[str, tuple[list[float], int]]:

@@ -71,3 +71,35 @@ def fresh_dir(name: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def start_server(data: Path, port: int, workers: int = 1, **settings: str) -> subprocess.Popen[str]:
+    """``saiki serve`` in a child process, returned once it says it is serving.
+
+    ``settings`` become ``SAIKI_…`` environment variables (e.g. SERVING_PRECISION="fp32");
+    the caller's own SAIKI_ variables are left out so that runs are comparable.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    env.update({f"SAIKI_{key}": value for key, value in settings.items()})
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "--data-dir",
+            str(data),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    if server.stdout is not None:
+        server.stdout.readline()  # "saiki serving on …"
+    return server

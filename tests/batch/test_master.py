@@ -44,9 +44,15 @@ STOCK_READER = textwrap.dedent(
 )
 
 
-def stock_read(config: SaikiConfig) -> dict[str, object]:
+def stock_env(config: SaikiConfig) -> dict[str, str]:
+    """The environment of a stock tool: no PYTHON* settings, the data dir's catalog file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYICEBERG_HOME"] = str(config.data_dir)
+    return env
+
+
+def stock_read(config: SaikiConfig) -> dict[str, object]:
+    env = stock_env(config)
     out = subprocess.run(
         [sys.executable, "-I", "-c", STOCK_READER],  # -I: no saiki code on sys.path
         capture_output=True,
@@ -192,8 +198,7 @@ def test_a_loader_killed_between_writing_and_committing_loses_and_repeats_nothin
 
 
 def test_the_stock_pyiceberg_cli_describes_the_table(ingested: SaikiConfig) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYICEBERG_HOME"] = str(ingested.data_dir)
+    env = stock_env(ingested)
     cli = Path(sys.executable).parent / "pyiceberg"
     out = subprocess.run(
         [str(cli), "--catalog", "saiki", "describe", "saiki.events"],

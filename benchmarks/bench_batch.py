@@ -24,7 +24,8 @@ from batch.run import BatchRunRequest, catalog_properties, newest_cutoff, run_ba
 from benchmarks.common import DATA, conditions, traffic_file
 from core.config import load_config
 from core.eventlog import EventLog
-from core.ingest import Ingestor, ingest_files
+from core.ingest import Ingestor
+from core.ingest_files import ingest_files
 from feature_repo.spec import ENTITIES
 from feature_repo.tiles import tiles
 

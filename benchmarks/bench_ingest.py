@@ -17,7 +17,8 @@ from batch.master import MasterDataset, _events_to_iceberg
 from benchmarks.common import conditions, fresh_dir, traffic_file
 from core.config import load_config
 from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor, ingest_files
+from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
+from core.ingest_files import ingest_files
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ from saiki.v1 import events_pb2, events_pb2_grpc
 from benchmarks.common import PROJECT, conditions, fresh_dir
 from core.config import load_config
 from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor, ingest_files
+from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
+from core.ingest_files import ingest_files
 from core.timeutil import now_ms
 from feature_repo.feast_store import SqliteOnlineReader
 from feature_repo.online import read_status

@@ -90,7 +90,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_ingest(args: argparse.Namespace) -> int:
     """``saiki ingest FILE...``: validate → event log → master dataset, exactly once."""
     from core.eventlog import EventLog
-    from core.ingest import Ingestor, ingest_files
+    from core.ingest import Ingestor
+    from core.ingest_files import ingest_files
 
     for path in args.files:
         if not path.is_file():

@@ -52,7 +52,8 @@ def ingested(
     """A data directory holding ``traffic`` in the event log and the master dataset."""
     from batch.master import MasterDataset
     from core.eventlog import EventLog
-    from core.ingest import Ingestor, ingest_files
+    from core.ingest import Ingestor
+    from core.ingest_files import ingest_files
 
     config = make_config(tmp_path_factory.mktemp("ingested") / "data")
     log = EventLog(config.log_dir)
@@ -95,7 +96,8 @@ def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaikiConfig
     from batch.master import MasterDataset
     from batch.run import BatchRunRequest, run_batch_view
     from core.eventlog import EventLog
-    from core.ingest import Ingestor, ingest_files
+    from core.ingest import Ingestor
+    from core.ingest_files import ingest_files
 
     config = make_config(tmp_path_factory.mktemp("lambda") / "data")
     traffic = config.data_dir.parent / "traffic.jsonl"
@@ -123,7 +125,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SaikiCon
     from batch.run import BatchRunRequest, run_batch_view
     from batch.training import build_training_set
     from core.eventlog import EventLog
-    from core.ingest import Ingestor, ingest_files
+    from core.ingest import Ingestor
+    from core.ingest_files import ingest_files
     from serving.model import ModelConfig
     from serving.registry import ModelRegistry
     from serving.training import train_and_evaluate

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 from batch.master import MasterDataset
 from core.config import SaikiConfig
 from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor, ingest_files
+from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
+from core.ingest_files import ingest_files
 from simulator import TrafficOptions, TrafficSummary, World, write_jsonl
 from tests.conftest import END_MS, make_config
 

@@ -15,8 +15,8 @@ from core.ingest import (
     SEGMENT_ARROW_SCHEMA,
     Ingestor,
     RawEvent,
-    ingest_files,
 )
+from core.ingest_files import ingest_files
 from simulator import MALFORMED_KINDS, TrafficSummary, World
 from tests.conftest import END_MS
 

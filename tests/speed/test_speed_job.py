@@ -15,7 +15,8 @@ import pytest
 
 from core.config import SaikiConfig
 from core.eventlog import EventLog
-from core.ingest import Ingestor, ingest_files
+from core.ingest import Ingestor
+from core.ingest_files import ingest_files
 from feature_repo.feast_store import SqliteOnlineReader
 from feature_repo.online import read_status, unpack_tiles
 from feature_repo.views import ViewCatalog

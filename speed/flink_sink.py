@@ -23,6 +23,7 @@ from speed.job import SpeedJobSpec
 from speed.sink import TileSink
 
 _FLUSH_ROWS = 20_000
+_MAX_FLUSH_DELAY_MS = 1_000
 
 
 class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
@@ -98,10 +99,18 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         if not self._armed:
             timers = ctx.timer_service()
             timers.register_processing_time_timer(
-                timers.current_processing_time() + self._spec.sink_flush_ms
+                timers.current_processing_time() + self._flush_delay_ms()
             )
             self._armed = True
         return []
+
+    def _flush_delay_ms(self) -> int:
+        """Flush every ``sink_flush_ms`` while flushes are cheap; when they are not (a
+        backlog: every changed row is rewritten whole at each flush), wait four times as
+        long as the last one took, up to a second, so that writing cannot crowd out
+        reading."""
+        last_ms = int(self._sink.status.last_flush_seconds * 1000)
+        return max(self._spec.sink_flush_ms, min(4 * last_ms, _MAX_FLUSH_DELAY_MS))
 
     def _save_counters(self) -> None:
         status = self._sink.status

@@ -90,6 +90,9 @@ class ServingConfig:
     max_candidates: int = 1000
     max_ids: int = 10_000
     reload_interval_ms: int = 500
+    # Keep merged features in memory while the view, the online store's data version and
+    # the query minute stay the same (SQLite online store only; off: merge every call).
+    feature_cache: bool = True
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,23 @@ class SqliteOnlineReader:
         self._project = config.feast.project
         self._local = threading.local()
         self._keys: dict[tuple[str, str], bytes] = {}
+        self._versions: sqlite3.Connection | None = None
+        self._versions_lock = threading.Lock()
+
+    def data_version(self) -> int | None:
+        """SQLite's ``data_version`` seen from one connection of this reader: it changes
+        whenever another connection (the speed layer's sink, a batch publish, another
+        process) commits. One connection for it, since the numbers of two connections
+        are not comparable."""
+        with self._versions_lock:
+            if self._versions is None:
+                if not self._path.exists():
+                    return None
+                self._versions = sqlite3.connect(
+                    f"file:{self._path}?mode=ro", uri=True, check_same_thread=False
+                )
+            version: int = self._versions.execute("PRAGMA data_version").fetchone()[0]
+            return version
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -318,6 +335,10 @@ class FeastOnlineReader:
 
     def __init__(self, config: SaikiConfig) -> None:
         self._store = open_store(config)
+
+    def data_version(self) -> None:
+        """Feast's generic read path cannot tell when rows change: nothing is cached."""
+        return None
 
     def read(self, entity: str, ids: Sequence[str]) -> Mapping[str, SpeedRow]:
         """The SpeedReader protocol."""

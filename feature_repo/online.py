@@ -107,6 +107,10 @@ class SpeedReader(Protocol):
     def read(self, entity: str, ids: Sequence[str]) -> Mapping[str, SpeedRow]:
         """The rows of these ids that exist (missing ids: no tiles yet)."""
 
+    def data_version(self) -> int | None:
+        """A number that changes whenever the store's rows may have changed, for caches
+        of what was read from it; None when the store cannot tell (nothing is cached)."""
+
 
 class MemorySpeedStore:
     """An in-memory writer and reader, for unit tests of the sink and the merge."""
@@ -127,6 +131,11 @@ class MemorySpeedStore:
         """Every row of one entity kind."""
         with self._lock:
             return [row for (kind, _), row in self._rows.items() if kind == entity]
+
+    def data_version(self) -> int:
+        """The number of writes so far."""
+        with self._lock:
+            return self.writes
 
     def read(self, entity: str, ids: Iterable[str]) -> dict[str, SpeedRow]:
         """Rows of the given ids that exist."""

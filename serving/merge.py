@@ -18,9 +18,10 @@ entity kind per request. A speed row packed for a newer cutoff than the view bei
 
 from __future__ import annotations
 
+import collections
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,9 @@ from feature_repo.views import ViewCatalog, ViewManifest
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 _WINDOW_MINUTES = np.array([w.minutes for w in WINDOWS], dtype=np.int64)
+_POSITION = {name: i for i, name in enumerate(FEATURE_NAMES)}
+# Merged rows kept per entity kind and generation; beyond this, rows are computed but not kept.
+CACHE_LIMIT = 200_000
 
 
 class _EntityTails:
@@ -103,6 +107,16 @@ class MergedFeatures:
     query_ms: int
     batch_cutoff_ms: int
     view_id: str
+    # What the values are a function of (see FeatureMerger); None when not cacheable.
+    generation: Hashable | None = None
+
+
+@dataclass
+class _Generation:
+    """Merged rows that hold while the view, the online store and q's minute stay put."""
+
+    key: Hashable
+    rows: dict[str, FloatArray] = field(default_factory=dict)
 
 
 class FeatureMerger:
@@ -114,14 +128,17 @@ class FeatureMerger:
         speed: SpeedReader,
         clock: Callable[[], int] = now_ms,
         reload_interval_ms: int = 250,
+        cache: bool = True,
     ) -> None:
         self._catalog = catalog
+        self._cache = cache
         self._speed = speed
         self._clock = clock
         self._reload_interval_ms = reload_interval_ms
         self._index = BatchViewIndex.load(catalog, catalog.current_id())
         self._checked_ms = clock()
         self._loading = threading.Lock()
+        self._generations: dict[str, _Generation] = {}
 
     @property
     def index(self) -> BatchViewIndex:
@@ -160,27 +177,64 @@ class FeatureMerger:
             self._checked_ms = now
             self.refresh()
         q = now if as_of_ms is None else ceil_minute(as_of_ms)
+        # Read before the rows: a write in between makes the cache conservative, not stale.
+        version = self._speed.data_version() if self._cache else None
         index = self._index
+        _check_cutoff(q, index)
+        if version is None:
+            return self._merge(entity, ids, q, index)
+        # A merged row is a function of the view, the speed rows, floor_minute(q) and
+        # whether q is on a minute (see the module doc): while none of them changes, a
+        # row is served from memory.
+        key = (index.view_id, version, q // MS_PER_MINUTE, q % MS_PER_MINUTE == 0)
+        generation = self._generations.get(entity)
+        if generation is None or generation.key != key:
+            generation = _Generation(key)
+            self._generations[entity] = generation
+        rows: Mapping[str, FloatArray] = generation.rows
+        missing = [i for i in dict.fromkeys(ids) if i not in rows]
+        if missing:
+            merged = self._merge(entity, missing, q, index)
+            if merged.view_id != index.view_id:  # switched views on the way: start over
+                return self._merge(entity, ids, q, self._index)
+            fresh = dict(zip(missing, merged.values, strict=True))
+            if len(generation.rows) + len(fresh) <= CACHE_LIMIT:
+                generation.rows.update(fresh)
+            else:  # full: serve these without keeping them
+                rows = collections.ChainMap(fresh, generation.rows)
+        values = np.vstack([rows[i] for i in ids]) if ids else _no_rows()
+        return MergedFeatures(list(ids), values, q, index.cutoff_ms, index.view_id, key)
+
+    def _merge(
+        self, entity: str, ids: Sequence[str], q: int, index: BatchViewIndex
+    ) -> MergedFeatures:
         rows = self._speed.read(entity, list(ids))
         if any(row.tiles_from_ms > index.cutoff_ms for row in rows.values()):
             # The speed layer already dropped tiles this view needs: a newer view exists.
             index = self.refresh(wait=True)
-        if q < index.cutoff_ms:
-            raise PreconditionError(
-                f"as_of {format_iso(q)} is before the batch cutoff {format_iso(index.cutoff_ms)}"
-                "; features before the cutoff are not served online (use a training set)"
-            )
+            _check_cutoff(q, index)
         lower = (floor_minute(q) - _WINDOW_MINUTES * MS_PER_MINUTE) // MS_PER_MINUTE
         upper = -(-q // MS_PER_MINUTE)  # minutes strictly before ceil_minute(q)
         sums = index.window_sums(entity, ids, lower)
         sums += _speed_sums(rows, ids, lower, upper, index.cutoff_ms // MS_PER_MINUTE)
         values = np.empty((len(ids), len(FEATURE_NAMES)), dtype=np.float64)
-        position = {name: i for i, name in enumerate(FEATURE_NAMES)}
         for w, window in enumerate(WINDOWS):
             named = {n: sums[:, w, a] for a, n in enumerate(AGGREGATION_NAMES)}
             for name, column in finalise(named, window).items():
-                values[:, position[name]] = column
+                values[:, _POSITION[name]] = column
         return MergedFeatures(list(ids), values, q, index.cutoff_ms, index.view_id)
+
+
+def _check_cutoff(q: int, index: BatchViewIndex) -> None:
+    if q < index.cutoff_ms:
+        raise PreconditionError(
+            f"as_of {format_iso(q)} is before the batch cutoff {format_iso(index.cutoff_ms)}"
+            "; features before the cutoff are not served online (use a training set)"
+        )
+
+
+def _no_rows() -> FloatArray:
+    return np.empty((0, len(FEATURE_NAMES)), dtype=np.float64)
 
 
 def _speed_sums(

@@ -75,6 +75,7 @@ def start_server(
         ViewCatalog(config.data_dir),
         online_reader(config),
         reload_interval_ms=config.serving.reload_interval_ms,
+        cache=config.serving.feature_cache,
     )
     features_pb2_grpc.add_FeatureServiceServicer_to_server(
         FeatureService(merger, SpeedWatermark(config.data_dir), config.serving.max_ids), server

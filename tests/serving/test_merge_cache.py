@@ -1,0 +1,130 @@
+"""The merger's cache: served rows equal a fresh merge, and any change that could alter a
+value (a write to the online store, a new minute, a new view) is seen on the next call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from feature_repo.online import MemorySpeedStore, SpeedRow, pack_tiles
+from feature_repo.spec import FEATURE_NAMES
+from feature_repo.tiles import tiles
+from feature_repo.views import ViewCatalog
+from serving.merge import FeatureMerger
+from tests.oracle import window_features
+
+M = 60_000
+START = 1_795_176_000_000  # a whole hour
+ITEMS = ["i1", "i2", "i3"]
+
+
+class CountingStore(MemorySpeedStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read(self, entity: str, ids: object) -> dict[str, SpeedRow]:
+        self.reads += 1
+        return super().read(entity, ids)  # type: ignore[arg-type]
+
+
+def publish(store: CountingStore, events: pd.DataFrame) -> None:
+    """Speed rows for the events, as the sink writes them (no batch view: T = 0)."""
+    table = tiles(
+        pa.array(events["item_id"]),
+        pa.array(events["event_time"], pa.int64()),
+        pa.array(events["event_type"]),
+        pa.array(events["dwell_ms"], pa.int64()),
+    ).to_pandas()
+    rows = []
+    for item_id, part in table.sort_values("minute").groupby("entity_id"):
+        values = part.drop(columns=["entity_id", "minute"]).to_numpy(np.int64)
+        rows.append(SpeedRow(str(item_id), pack_tiles(part["minute"].to_numpy(), values), 0, 1))
+    store.write("item", rows)
+
+
+def traffic(rng: np.random.Generator, count: int, until: int) -> pd.DataFrame:
+    kinds = rng.choice(["IMPRESSION", "CLICK"], count, p=[0.8, 0.2])
+    return pd.DataFrame(
+        {
+            "item_id": rng.choice(ITEMS[:2], count),  # i3 never seen
+            "event_time": rng.integers(START, until, count),
+            "event_type": kinds,
+            "dwell_ms": np.where(kinds == "CLICK", rng.integers(100, 9_000, count), 0),
+        }
+    )
+
+
+def served(merger: FeatureMerger) -> np.ndarray:
+    merged = merger.features("item", ITEMS)
+    assert merged.ids == ITEMS
+    return merged.values
+
+
+def expected(events: pd.DataFrame, q: int) -> np.ndarray:
+    truth = [window_features(events, "item_id", i, q) for i in ITEMS]
+    return np.array([[row[name] for name in FEATURE_NAMES] for row in truth])
+
+
+@pytest.fixture
+def setting(tmp_path: Path) -> tuple[CountingStore, list[int], pd.DataFrame]:
+    store = CountingStore()
+    events = traffic(np.random.default_rng(4), 400, START + 90 * M)
+    publish(store, events)
+    return store, [START + 90 * M + 30_000], events
+
+
+def test_cached_rows_follow_every_write_and_every_minute(
+    tmp_path: Path, setting: tuple[CountingStore, list[int], pd.DataFrame]
+) -> None:
+    store, clock, events = setting
+    merger = FeatureMerger(ViewCatalog(tmp_path), store, clock=lambda: clock[-1])
+    np.testing.assert_allclose(served(merger), expected(events, clock[-1]))
+    reads = store.reads
+    np.testing.assert_allclose(served(merger), expected(events, clock[-1]))
+    assert store.reads == reads  # nothing changed: served from memory
+
+    clicks = traffic(np.random.default_rng(5), 50, clock[-1] - 1)
+    clicks["event_type"] = "CLICK"
+    events = pd.concat([events, clicks], ignore_index=True)
+    publish(store, events)  # the speed layer flushed
+    np.testing.assert_allclose(served(merger), expected(events, clock[-1]))
+    assert store.reads == reads + 1
+
+    before = served(merger)
+    clock.append(clock[-1] + 35 * M)  # the 1h window's lower end moved past tiles
+    after = served(merger)
+    np.testing.assert_allclose(after, expected(events, clock[-1]))
+    assert not np.allclose(after, before)
+
+
+def test_a_query_on_a_minute_and_one_inside_it_are_told_apart(
+    tmp_path: Path, setting: tuple[CountingStore, list[int], pd.DataFrame]
+) -> None:
+    store, clock, events = setting
+    on_minute = START + 60 * M
+    merger = FeatureMerger(ViewCatalog(tmp_path), store, clock=lambda: clock[-1])
+    inside = merger.features("item", ITEMS, on_minute - 10_000)  # ceil_minute: q = on_minute
+    clock.append(on_minute + 1)  # now: its own minute's tile counts
+    now = merger.features("item", ITEMS)
+    np.testing.assert_allclose(inside.values, expected(events, on_minute))
+    # For a q inside a minute the minute's tile is read whole: as if its events came first.
+    times = events["event_time"]
+    whole = events.assign(event_time=times.where(times // M != on_minute // M, on_minute))
+    np.testing.assert_allclose(now.values, expected(whole, on_minute + 1))
+    assert not np.allclose(inside.values, now.values)
+
+
+def test_without_the_cache_every_call_reads_the_store(
+    tmp_path: Path, setting: tuple[CountingStore, list[int], pd.DataFrame]
+) -> None:
+    store, clock, events = setting
+    merger = FeatureMerger(ViewCatalog(tmp_path), store, clock=lambda: clock[-1], cache=False)
+    for _ in range(3):
+        np.testing.assert_allclose(served(merger), expected(events, clock[-1]))
+    assert store.reads == 3
+    assert merger.features("item", ITEMS).generation is None

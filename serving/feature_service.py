@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, MutableMapping
+import collections
+from collections.abc import Hashable, Mapping
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,9 +12,10 @@ from saiki.v1 import features_pb2, features_pb2_grpc
 from core.errors import InvalidInputError
 from core.schema import MAX_ID_CHARS, MIN_EVENT_TIME_MS
 from feature_repo.spec import ENTITY_BY_NAME, FEATURE_NAMES
-from serving.merge import CACHE_LIMIT, FeatureMerger, MergedFeatures
+from serving.merge import CACHE_LIMIT, FeatureMerger
 from serving.speed_status import SpeedWatermark
 from serving.status import rpc
+from serving.wire import EntityEncoder
 
 
 def validate_ids(ids: list[str], field: str, limit: int) -> None:
@@ -51,8 +53,9 @@ class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[
         self._merger = merger
         self._watermark = watermark
         self._max_ids = max_ids
-        # Per entity kind: the merger's generation and the messages built for it.
-        self._messages: dict[str, tuple[Hashable, dict[str, features_pb2.EntityFeatures]]] = {}
+        self._encoder = EntityEncoder(FEATURE_NAMES)
+        # Per entity kind: the merger's generation and the entities encoded for it.
+        self._encoded: dict[str, tuple[Hashable, dict[str, bytes]]] = {}
 
     @rpc
     def GetFeatures(  # noqa: N802 (gRPC method name)
@@ -71,35 +74,21 @@ class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[
             speed_watermark=to_timestamp(self._watermark.current_ms()),
         )
         if merged.generation is None:
-            _add_entities(response, merged)
+            response.MergeFromString(b"".join(self._encoder.encode(merged.ids, merged.values)))
             return response
-        # The merger says when its rows still hold; so do the messages built from them
-        # (copying a built message into the response costs a third of building it).
-        generation, built = self._messages.get(request.entity, (None, {}))
+        # The merger says when its rows still hold; so do the bytes encoded from them.
+        generation, encoded = self._encoded.get(request.entity, (None, {}))
         if generation != merged.generation:
-            built = {}
-            self._messages[request.entity] = (merged.generation, built)
-        messages = []
-        for entity_id, row in zip(merged.ids, merged.values, strict=True):
-            message = built.get(entity_id)
-            if message is None:
-                message = features_pb2.EntityFeatures(id=entity_id)
-                _fill(message.values, row.tolist())
-                if len(built) < CACHE_LIMIT:
-                    built[entity_id] = message
-            messages.append(message)
-        response.entities.extend(messages)
+            encoded = {}
+            self._encoded[request.entity] = (merged.generation, encoded)
+        lookup: Mapping[str, bytes] = encoded
+        missing = [n for n, entity_id in enumerate(merged.ids) if entity_id not in encoded]
+        if missing:
+            fresh = self._encoder.encode([merged.ids[n] for n in missing], merged.values[missing])
+            fresh_by_id = dict(zip((merged.ids[n] for n in missing), fresh, strict=True))
+            if len(encoded) + len(fresh_by_id) <= CACHE_LIMIT:
+                encoded.update(fresh_by_id)
+            else:  # full: serve these without keeping them
+                lookup = collections.ChainMap(fresh_by_id, encoded)
+        response.MergeFromString(b"".join([lookup[entity_id] for entity_id in merged.ids]))
         return response
-
-
-def _fill(values: MutableMapping[str, float], row: list[float]) -> None:
-    # Item assignment is the fastest way into a protobuf map (measured: half the time of
-    # map.update(), which loops in Python, or of building from a dict).
-    for name, value in zip(FEATURE_NAMES, row, strict=True):
-        values[name] = value
-
-
-def _add_entities(response: features_pb2.GetFeaturesResponse, merged: MergedFeatures) -> None:
-    add = response.entities.add
-    for entity_id, row in zip(merged.ids, merged.values.tolist(), strict=True):
-        _fill(add(id=entity_id).values, row)

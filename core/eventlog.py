@@ -122,15 +122,23 @@ class Topic:
         """
         if not lines:
             raise ValueError("an empty segment is never written")
+        return self.stage_payload(b"\n".join(lines) + b"\n", len(lines), columns)
+
+    def stage_payload(
+        self, payload: bytes, count: int, columns: pa.Table | None = None
+    ) -> StagedSegment:
+        """:meth:`stage` for lines already joined: ``count`` lines, each ending in a newline."""
+        if count <= 0:
+            raise ValueError("an empty segment is never written")
         self.directory.mkdir(parents=True, exist_ok=True)
         token = f".staged-{os.getpid()}-{next(_STAGE_COUNTER)}-{time.time_ns()}"
         path = self.directory / f"{token}.jsonl"
-        _write_synced(path, b"\n".join(lines) + b"\n")
+        _write_synced(path, payload)
         sidecar = None
         if columns is not None:
             sidecar = self.directory / f"{token}.arrow"
             _write_synced(sidecar, _arrow_bytes(columns))
-        return StagedSegment(len(lines), path, sidecar)
+        return StagedSegment(count, path, sidecar)
 
     def publish(self, staged: StagedSegment, watermark_ms: int = 0) -> Segment:
         """Make a staged segment the next one of the topic; the caller holds the writer lock.

@@ -27,7 +27,14 @@ import pyarrow.compute as pc
 
 from core.errors import ComponentError
 from core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
-from core.schema import EVENT_ARROW_SCHEMA, FIELDS, Event, Rejection, validate_event
+from core.schema import (
+    EVENT_ARROW_SCHEMA,
+    FIELDS,
+    Event,
+    Rejection,
+    check_json_lines,
+    validate_event,
+)
 from core.timeutil import now_ms
 
 # A log record of the events topic: the event and its ingest time. Its offset is implicit
@@ -47,8 +54,8 @@ QUARANTINE_RECORD_SCHEMA = pa.schema(
 QUARANTINE_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *QUARANTINE_RECORD_SCHEMA])
 _RECORD_KEYS = ("ingest_ms", "prior_ms", *FIELDS)
 # orjson renders a list of records as `[{"ingest_ms":…},{"ingest_ms":…}]`. Inside a JSON
-# string every `"` is escaped, so `},{"` occurs only between two objects: splitting on it
-# turns one fast bulk dump into per-record lines.
+# string every `"` is escaped, so `},{"` occurs only between two objects: replacing it
+# turns one fast bulk dump into JSON lines.
 _BOUNDARY = b'},{"'
 
 
@@ -129,8 +136,8 @@ def stage_batch(
     staged_events = None
     newest = 0
     if events:
-        lines, table, newest = _lines_and_columns(events, ingest_ms)
-        staged_events = log.events.stage(lines, table)
+        payload, table, newest = _lines_and_columns(events, ingest_ms)
+        staged_events = log.events.stage_payload(payload, len(events), table)
     staged_quarantine = None
     if rejected:
         records = []
@@ -152,47 +159,49 @@ def stage_batch(
     )
 
 
-def _lines_and_columns(events: list[Event], ingest_ms: int) -> tuple[list[bytes], pa.Table, int]:
-    """Canonical JSON lines (with each record's ``prior_ms``) and their Arrow columns."""
+def _lines_and_columns(events: list[Event], ingest_ms: int) -> tuple[bytes, pa.Table, int]:
+    """Canonical JSON lines (with each record's ``prior_ms``), joined, and their Arrow
+    columns; also the newest capped event time."""
     with _gc_paused():
         # One pass per field with itemgetter: three times faster than zip(*events).
         columns = [list(map(itemgetter(i), events)) for i in range(len(FIELDS))]
         capped = np.minimum(np.fromiter(columns[1], np.int64, len(events)), ingest_ms)
         prior = np.zeros(len(events), dtype=np.int64)
         np.maximum.accumulate(capped[:-1], out=prior[1:])
-        keys = _RECORD_KEYS
+        # Dict displays, not dict(zip(...)): a third of the time. Keys in _RECORD_KEYS order.
         blob = orjson.dumps(
             [
-                dict(zip(keys, (ingest_ms, before, *event), strict=True))
-                for before, event in zip(prior.tolist(), events, strict=True)
+                {
+                    "ingest_ms": ingest_ms,
+                    "prior_ms": before,
+                    "event_id": e0,
+                    "event_time": e1,
+                    "user_id": e2,
+                    "item_id": e3,
+                    "device_id": e4,
+                    "event_type": e5,
+                    "dwell_ms": e6,
+                    "request_id": e7,
+                    "variant": e8,
+                }
+                for before, (e0, e1, e2, e3, e4, e5, e6, e7, e8) in zip(
+                    prior.tolist(), events, strict=True
+                )
             ]
         )
-        # Strip `[{"` and `}]`; each piece then reads `ingest_ms":…` up to its last value.
-        lines = [b'{"%b}' % piece for piece in blob[3:-2].split(_BOUNDARY)]
+        # `[{"a":…},{"a":…}]` into `{"a":…}\n{"a":…}\n` in one replace (see _BOUNDARY).
+        payload = b'{"' + blob[3:-2].replace(_BOUNDARY, b'}\n{"') + b"}\n"
     arrays = [pa.array([ingest_ms] * len(events), pa.int64())] + [
         pa.array(column, type=f.type) for column, f in zip(columns, EVENT_ARROW_SCHEMA, strict=True)
     ]
     table = pa.Table.from_arrays(arrays, schema=SEGMENT_ARROW_SCHEMA)
-    return lines, table, int(capped.max())
+    return payload, table, int(capped.max())
 
 
 def check_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rejection]:
     """Decode and validate raw JSON lines; a broken line is a Rejection, never an error."""
-    loads, decode_error, validate = orjson.loads, orjson.JSONDecodeError, validate_event
-    checked: list[Event | Rejection] = []
-    append = checked.append
     with _gc_paused():
-        for line in lines:
-            try:
-                raw = loads(line)
-            except decode_error as exc:
-                append(Rejection("", f"malformed JSON: {exc}"))
-                continue
-            if type(raw) is dict:
-                append(validate(raw, ingest_ms))
-            else:
-                append(Rejection("", f"expected a JSON object, got {type(raw).__name__}"))
-    return checked
+        return check_json_lines(lines, ingest_ms)
 
 
 class LogTail:
@@ -313,8 +322,8 @@ class Ingestor:
         ingest_ms = int(rows.column("ingest_ms")[0].as_py())
         events = [Event(**row) for row in rows.drop_columns(["ingest_ms"]).to_pylist()]
         # Re-rendered: each record's prior_ms must only count records that stay.
-        lines, table, newest = _lines_and_columns(events, ingest_ms)
-        fresh = self.log.events.stage(lines, table)
+        payload, table, newest = _lines_and_columns(events, ingest_ms)
+        fresh = self.log.events.stage_payload(payload, len(events), table)
         staged.discard()
         event_ids[:] = [event_ids[i] for i in keep]
         return fresh, dropped, newest

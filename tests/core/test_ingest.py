@@ -11,6 +11,7 @@ import pytest
 
 from core.eventlog import EventLog, Topic
 from core.ingest import (
+    _RECORD_KEYS,
     QUARANTINE_RECORD_SCHEMA,
     SEGMENT_ARROW_SCHEMA,
     Ingestor,
@@ -151,3 +152,26 @@ def test_decoded_inputs_keep_their_payload_and_source_in_quarantine(tmp_path: Pa
         '{"payload": 1}',
         "x",
     )
+
+
+def test_log_records_are_the_events_in_canonical_order_with_their_columns(
+    tmp_path: Path,
+) -> None:
+    log = EventLog(tmp_path)
+    lines = [
+        event_line("a", event_time=END_MS - 5000, device_id="d\n\"x\"", request_id="r"),
+        event_line("b", event_type="CLICK", dwell_ms=1200, variant="treatment"),
+        event_line("c", event_time=END_MS - 9000, user_id="ü},{\"", item_id="i9"),
+    ]
+    Ingestor(log, clock=lambda: NOW).ingest_lines(lines, "test")
+    (segment,) = log.events.segments(0)
+    records = [orjson.loads(line) for line in segment.path.read_bytes().splitlines()]
+    assert [list(r) for r in records] == [list(_RECORD_KEYS)] * 3
+    for record, line in zip(records, lines, strict=True):
+        sent = orjson.loads(line)
+        assert {k: record[k] for k in sent} == sent
+        assert record["ingest_ms"] == NOW
+    assert [r["prior_ms"] for r in records] == [0, END_MS - 5000, END_MS - 1000]
+    columns = all_events(log).drop_columns(["offset"]).to_pylist()
+    # The Arrow copy holds the same rows (prior_ms lives in the JSON lines only).
+    assert columns == [{k: v for k, v in r.items() if k != "prior_ms"} for r in records]

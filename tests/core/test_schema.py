@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
-from core.schema import Event, Rejection, parse_json_line, validate_event
+from core.schema import Event, Rejection, check_json_lines, parse_json_line, validate_event
 
 NOW = 1_795_176_000_000
 
@@ -91,3 +92,89 @@ def test_broken_json_is_a_rejection_not_an_exception() -> None:
     assert isinstance(parse_json_line(b'{"event_id": "e1", '), Rejection)
     assert isinstance(parse_json_line(b"[1, 2]"), Rejection)
     assert parse_json_line(b'{"a": 1}') == {"a": 1}
+
+
+def _slow(line: bytes) -> Event | Rejection:
+    decoded = parse_json_line(line)
+    return decoded if isinstance(decoded, Rejection) else validate_event(decoded, NOW)
+
+
+def _edge_cases() -> list[bytes]:
+    raw = [
+        b'{"event_id":"e1","event_id":"e2","event_time":1795176000000,"user_id":"u",'
+        b'"item_id":"i","event_type":"CLICK"}',  # a repeated key
+        b'{"event_id":"e1","event_time":1795176000000,"user_id":"u","user_id":5,'
+        b'"item_id":"i","event_type":"CLICK"}',
+        b"[1, 2]",
+        b"null",
+        b'"a string"',
+        b'{"event_id": "e1", ',
+        b'{"event_id":"e1"}',
+        b'{"event_id":"\xff\xfe","event_time":1795176000000,"user_id":"u","item_id":"i",'
+        b'"event_type":"CLICK"}',  # not UTF-8
+        b'{"event_id":"e1","event_time":1180591620717411303424,"user_id":"u","item_id":"i",'
+        b'"event_type":"CLICK"}',  # beyond 64 bits
+        b'{"event_id":"e1","event_time":-1180591620717411303424,"user_id":"u","item_id":"i",'
+        b'"event_type":"IMPRESSION"}',
+    ]
+    changes: list[dict[str, Any]] = [
+        {},
+        {"event_time": 1_795_169_730_123},
+        {"event_time": "2026-11-20T11:15:30.123+01:00"},
+        {"event_time": "2026-11-20T10:15:30.123456789Z"},
+        {"event_time": "2026-11-20t10:15:30z"},
+        {"event_time": "2026-11-20"},
+        {"event_time": "2026-11-20T10:15:30"},
+        {"event_time": "2026-11-20T10:15:60Z"},
+        {"event_time": "20261120T101530Z"},
+        {"event_time": " 2026-11-20T10:15:30Z"},
+        {"event_time": 1.7e12},
+        {"event_time": True},
+        {"event_time": None},
+        {"event_time": ...},
+        {"event_time": 12},
+        {"event_time": NOW + 5 * 60_000},
+        {"event_time": NOW + 5 * 60_000 + 1},
+        {"event_time": "9999-12-31T23:59:59Z"},
+        {"event_id": ""},
+        {"event_id": "é" * 128},
+        {"event_id": "é" * 129},
+        {"event_id": 7},
+        {"user_id": "u" * 128},
+        {"user_id": "u" * 129},
+        {"item_id": ""},
+        {"item_id": None},
+        {"event_type": "click"},
+        {"event_type": "IMPRESSION"},
+        {"event_type": "IMPRESSION", "dwell_ms": None},
+        {"dwell_ms": 0},
+        {"dwell_ms": 86_400_000},
+        {"dwell_ms": 86_400_001},
+        {"dwell_ms": -1},
+        {"dwell_ms": 1.5},
+        {"dwell_ms": True},
+        {"dwell_ms": "15"},
+        {"device_id": "", "request_id": "", "variant": ""},
+        {"device_id": None, "variant": "treatment"},
+        {"device_id": 0},
+        {"device_id": False},
+        {"device_id": 3},
+        {"request_id": "r" * 129},
+        {"variant": ["a"]},
+        {"colour": "red"},
+    ]
+    return raw + [orjson.dumps(good(**change)) for change in changes]
+
+
+def test_the_fast_path_decides_every_line_as_the_rules_do() -> None:
+    """check_json_lines on lines of every kind, valid and not, against the slow path."""
+    from simulator.traffic import MALFORMED_KINDS, malformed_line
+
+    lines = _edge_cases() + [
+        malformed_line(kind, n, NOW - 60_000, "t").encode()
+        for n, kind in enumerate(MALFORMED_KINDS)
+    ]
+    fast = check_json_lines(lines, NOW)
+    assert fast == [_slow(line) for line in lines]
+    accepted = sum(isinstance(outcome, Event) for outcome in fast)
+    assert 10 < accepted < len(lines) - 30  # both kinds of outcome were exercised

@@ -159,9 +159,9 @@ def test_log_records_are_the_events_in_canonical_order_with_their_columns(
 ) -> None:
     log = EventLog(tmp_path)
     lines = [
-        event_line("a", event_time=END_MS - 5000, device_id="d\n\"x\"", request_id="r"),
+        event_line("a", event_time=END_MS - 5000, device_id='d\n"x"', request_id="r"),
         event_line("b", event_type="CLICK", dwell_ms=1200, variant="treatment"),
-        event_line("c", event_time=END_MS - 9000, user_id="ü},{\"", item_id="i9"),
+        event_line("c", event_time=END_MS - 9000, user_id='ü},{"', item_id="i9"),
     ]
     Ingestor(log, clock=lambda: NOW).ingest_lines(lines, "test")
     (segment,) = log.events.segments(0)

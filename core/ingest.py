@@ -142,7 +142,7 @@ def stage_batch(
     if rejected:
         records = []
         for index, why in rejected:
-            payload, source = describe(index)
+            raw, source = describe(index)
             records.append(
                 {
                     "ingest_ms": ingest_ms,
@@ -150,7 +150,7 @@ def stage_batch(
                     "event_id": why.event_id,
                     "field": why.field,
                     "reason": why.reason,
-                    "raw": payload,
+                    "raw": raw,
                 }
             )
         staged_quarantine = log.quarantine.stage([orjson.dumps(r) for r in records])

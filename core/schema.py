@@ -221,12 +221,14 @@ def check_json_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rej
     for line in lines:
         try:
             wire = decode(line)
-            when = wire.event_time
-            if type(when) is str:
-                parsed = fromiso(when)
+            stamp = wire.event_time
+            if type(stamp) is str:
+                parsed = fromiso(stamp)
                 if parsed.tzinfo is None:
-                    raise ValueError(when)  # refused (or a bare date): the slow path says
-                when = (parsed - epoch) // one_ms
+                    raise ValueError(stamp)  # refused (or a bare date): the slow path says
+                when: int = (parsed - epoch) // one_ms
+            else:
+                when = stamp  # type: ignore[assignment]
             if (
                 when < earliest
                 or when > latest
@@ -235,14 +237,15 @@ def check_json_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rej
                 raise ValueError(when)
         except (refused, ValueError, OverflowError):
             decoded = parse_json_line(line)
-            if type(decoded) is not Rejection:
-                decoded = validate_event(decoded, ingest_ms)  # type: ignore[arg-type]
-            append(decoded)  # type: ignore[arg-type]
+            if isinstance(decoded, Rejection):
+                append(decoded)
+            else:
+                append(validate_event(decoded, ingest_ms))
             continue
         append(
             Event(
                 wire.event_id,
-                when,  # type: ignore[arg-type]
+                when,
                 wire.user_id,
                 wire.item_id,
                 wire.device_id or None,

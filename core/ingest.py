@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -53,10 +54,25 @@ QUARANTINE_RECORD_SCHEMA = pa.schema(
 )
 QUARANTINE_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *QUARANTINE_RECORD_SCHEMA])
 _RECORD_KEYS = ("ingest_ms", "prior_ms", *FIELDS)
-# orjson renders a list of records as `[{"ingest_ms":…},{"ingest_ms":…}]`. Inside a JSON
-# string every `"` is escaped, so `},{"` occurs only between two objects: replacing it
-# turns one fast bulk dump into JSON lines.
-_BOUNDARY = b'},{"'
+
+
+class _LogRecord(msgspec.Struct, gc=False):
+    """A record of the events topic as rendered: the envelope, then the event."""
+
+    ingest_ms: int
+    prior_ms: int
+    event_id: str
+    event_time: int
+    user_id: str
+    item_id: str
+    device_id: str | None
+    event_type: str
+    dwell_ms: int | None
+    request_id: str | None
+    variant: str | None
+
+
+_RECORD_ENCODER = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,29 +184,16 @@ def _lines_and_columns(events: list[Event], ingest_ms: int) -> tuple[bytes, pa.T
         capped = np.minimum(np.fromiter(columns[1], np.int64, len(events)), ingest_ms)
         prior = np.zeros(len(events), dtype=np.int64)
         np.maximum.accumulate(capped[:-1], out=prior[1:])
-        # Dict displays, not dict(zip(...)): a third of the time. Keys in _RECORD_KEYS order.
-        blob = orjson.dumps(
+        # Structs encoded as JSON lines by msgspec in C: a third of the time of building
+        # dicts for orjson. Fields in _RECORD_KEYS order (a test reads them back).
+        payload = _RECORD_ENCODER.encode_lines(
             [
-                {
-                    "ingest_ms": ingest_ms,
-                    "prior_ms": before,
-                    "event_id": e0,
-                    "event_time": e1,
-                    "user_id": e2,
-                    "item_id": e3,
-                    "device_id": e4,
-                    "event_type": e5,
-                    "dwell_ms": e6,
-                    "request_id": e7,
-                    "variant": e8,
-                }
+                _LogRecord(ingest_ms, before, e0, e1, e2, e3, e4, e5, e6, e7, e8)
                 for before, (e0, e1, e2, e3, e4, e5, e6, e7, e8) in zip(
                     prior.tolist(), events, strict=True
                 )
             ]
         )
-        # `[{"a":…},{"a":…}]` into `{"a":…}\n{"a":…}\n` in one replace (see _BOUNDARY).
-        payload = b'{"' + blob[3:-2].replace(_BOUNDARY, b'}\n{"') + b"}\n"
     arrays = [pa.array([ingest_ms] * len(events), pa.int64())] + [
         pa.array(column, type=f.type) for column, f in zip(columns, EVENT_ARROW_SCHEMA, strict=True)
     ]

@@ -134,14 +134,12 @@ def stage_batch(
     ``describe(i)`` gives the raw payload and source of input i (for quarantine only).
     Pure CPU plus staged writes: it runs in worker processes for files.
     """
-    events: list[Event] = []
+    # Two comprehensions: faster than one loop that appends to either list.
+    events: list[Event] = [o for o in checked if type(o) is not Rejection]  # type: ignore[misc]
     rejected: list[tuple[int, Rejection]] = []
-    for index, outcome in enumerate(checked):
-        if type(outcome) is Rejection:
-            rejected.append((index, outcome))
-        else:
-            events.append(outcome)  # type: ignore[arg-type]
-    ids = [event.event_id for event in events]
+    if len(events) < len(checked):
+        rejected = [(i, o) for i, o in enumerate(checked) if isinstance(o, Rejection)]
+    ids = list(map(itemgetter(0), events))  # event_id
     # id -> index of its first occurrence, built in C (later keys overwrite earlier ones).
     first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
     duplicates = len(ids) - len(first)

@@ -51,14 +51,17 @@ def _stage_range(task: tuple[str, _Range, int, int]) -> tuple[StagedBatch, int]:
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     # Blank lines are skipped but counted, so that sources name the right line.
-    numbered = [(n, line.strip()) for n, line in enumerate(raw_lines) if line.strip()]
-    lines = [line for _, line in numbered]
+    lines = [line.strip() for line in raw_lines]
+    numbers = list(range(len(lines)))
+    if b"" in lines:
+        numbers = [n for n, line in enumerate(lines) if line]
+        lines = [lines[n] for n in numbers]
     name = Path(piece.path).name
     staged = stage_batch(
         EventLog(Path(log_root)),
         check_lines(lines, ingest_ms),
         ingest_ms,
-        lambda i: (lines[i].decode("utf-8", "replace"), f"{name}:+{numbered[i][0]}"),
+        lambda i: (lines[i].decode("utf-8", "replace"), f"{name}:+{numbers[i]}"),
     )
     return staged, len(raw_lines)
 

@@ -32,6 +32,51 @@ from feature_repo.online import STATUS_FILE, SpeedRow, SpeedStatus, SpeedWriter,
 from feature_repo.spec import AGGREGATION_NAMES, ENTITIES
 
 Key = tuple[str, str]
+IntArray = npt.NDArray[np.int64]
+
+
+class _HeldTiles:
+    """One entity's tiles: rows of ``(minute, *aggregations, events)`` kept sorted by
+    minute, so that a flush packs them with one slice instead of sorting and stacking
+    hundreds of small arrays per row (most of a flush's own time on a backlog)."""
+
+    __slots__ = ("_index", "_rows", "_size", "_sorted")
+
+    def __init__(self) -> None:
+        self._rows: IntArray = np.zeros((4, 2 + len(AGGREGATION_NAMES)), dtype=np.int64)
+        self._size = 0
+        self._index: dict[int, int] = {}
+        self._sorted = True
+
+    def merge(self, minute: int, update: IntArray) -> tuple[IntArray | None, IntArray]:
+        """Max-merge ``(*aggregations, events)`` into a minute; returns (old, merged)."""
+        position = self._index.get(minute)
+        if position is not None:
+            row = self._rows[position, 1:]
+            old = row.copy()
+            np.maximum(row, update, out=row)
+            return old, row
+        if self._size == len(self._rows):
+            self._rows = np.concatenate([self._rows, np.zeros_like(self._rows)])
+        if self._size and minute < self._rows[self._size - 1, 0]:
+            self._sorted = False
+        self._rows[self._size, 0] = minute
+        self._rows[self._size, 1:] = update
+        self._index[minute] = self._size
+        self._size += 1
+        return None, self._rows[self._size - 1, 1:]
+
+    def packed(self, keep_minute: int) -> bytes:
+        """Drop minutes before ``keep_minute``; the rest as packed online tiles."""
+        rows = self._rows[: self._size]
+        if not self._sorted or (self._size and rows[0, 0] < keep_minute):
+            rows = rows[np.argsort(rows[:, 0], kind="stable")]
+            rows = rows[rows[:, 0] >= keep_minute]
+            self._rows = np.concatenate([rows, np.zeros_like(rows[:1])])
+            self._size = len(rows)
+            self._index = {minute: n for n, minute in enumerate(rows[:, 0].tolist())}
+            self._sorted = True
+        return pack_tiles(rows[:, 0], rows[:, 1:-1])
 
 
 class TileSink:
@@ -50,7 +95,7 @@ class TileSink:
         self._current_cutoff = current_cutoff
         self._clock = clock
         self.status = status
-        self._tiles: dict[Key, dict[int, npt.NDArray[np.int64]]] = {}
+        self._tiles: dict[Key, _HeldTiles] = {}
         self._dirty: set[Key] = set()
         self._cutoffs: list[int] = []
         self._lock = threading.Lock()
@@ -62,12 +107,11 @@ class TileSink:
         for entity in ENTITIES:
             for row in self._writer.read_all(entity.name):
                 minutes, values = row.unpacked()
-                held = self._tiles.setdefault((entity.name, row.entity_id), {})
+                held = self._tiles.setdefault((entity.name, row.entity_id), _HeldTiles())
                 for minute, value in zip(minutes.tolist(), values, strict=True):
                     # The event count is not stored online; a restored tile counts 0 until
                     # Flink replays it.
-                    restored = np.append(value, 0)
-                    held[minute] = np.maximum(held.get(minute, restored), restored)
+                    held.merge(minute, np.append(value, 0))
                 count += 1
         return count
 
@@ -87,12 +131,11 @@ class TileSink:
         with self._lock:
             key = (entity, entity_id)
             minute = minute_ms // MS_PER_MINUTE
-            held = self._tiles.setdefault(key, {})
+            held = self._tiles.get(key)
+            if held is None:
+                held = self._tiles[key] = _HeldTiles()
             # Held internally with the tile's event count last (it is not written online).
-            update = np.asarray((*values, events), dtype=np.int64)
-            old = held.get(minute)
-            merged = update if old is None else np.maximum(old, update)
-            held[minute] = merged
+            old, merged = held.merge(minute, np.array((*values, events), dtype=np.int64))
             self._dirty.add(key)
             self.status.tiles_updated += 1
             if entity == ENTITIES[0].name:  # each event lands in one tile per entity kind
@@ -121,17 +164,9 @@ class TileSink:
             keep_minute = self.status.keep_from_ms // MS_PER_MINUTE
             by_entity: dict[str, list[SpeedRow]] = {}
             for key in self._dirty:
-                held = self._tiles[key]
-                for minute in [m for m in held if m < keep_minute]:
-                    del held[minute]
-                minutes = np.array(sorted(held), dtype=np.int64)
-                values = (
-                    np.stack([held[m][:-1] for m in minutes.tolist()])
-                    if len(minutes)
-                    else np.zeros((0, len(AGGREGATION_NAMES)), dtype=np.int64)
-                )
+                tiles = self._tiles[key].packed(keep_minute)
                 by_entity.setdefault(key[0], []).append(
-                    SpeedRow(key[1], pack_tiles(minutes, values), self.status.keep_from_ms, started)
+                    SpeedRow(key[1], tiles, self.status.keep_from_ms, started)
                 )
             self._dirty.clear()
             written = 0

@@ -86,3 +86,24 @@ def test_status_is_published_for_other_processes(tmp_path: Path) -> None:
     assert (status.events_seen, status.late_events, status.max_event_ms) == (10, 2, T + 90_000)
     assert status.watermark_ms == T + 90_000 - 300_000
     assert np.isclose(status.last_flush_seconds, 0.0)
+
+
+def test_held_tiles_pack_like_a_sorted_max_merge_of_every_update() -> None:
+    from feature_repo.online import WIDTH
+    from speed.sink import _HeldTiles
+
+    rng = np.random.default_rng(3)
+    held, reference = _HeldTiles(), {}
+    keep = 0
+    for step in range(400):
+        minute = int(rng.integers(1000, 1060))  # out of order, repeated
+        update = rng.integers(0, 50, WIDTH).astype(np.int64)  # aggregations + events
+        held.merge(minute, update)
+        reference[minute] = np.maximum(reference.get(minute, update), update)
+        if step % 50 == 49:
+            keep += 5  # the cutoff moves: older minutes leave the row
+            reference = {m: v for m, v in reference.items() if m >= keep + 1000}
+            minutes, values = unpack_tiles(held.packed(keep + 1000))
+            assert minutes.tolist() == sorted(reference)
+            expected = [reference[m][:-1].tolist() for m in sorted(reference)]
+            assert values.tolist() == expected

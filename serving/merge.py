@@ -14,6 +14,13 @@ view is published: a request sees either the old view with tiles from the old cu
 the new view with tiles from the new one, never a mix. Speed rows are read once per
 entity kind per request. A speed row packed for a newer cutoff than the view being served
 (``tiles_from_ms > T``) proves a newer view exists: the merger switches first, then merges.
+
+A merged row is a function of the view, the entity's speed row, ``floor_minute(q)`` and
+whether q falls on a minute. While none of them changes it is served from memory: the
+key of a cache generation holds the view id, the online store's data version (SQLite's
+``data_version``, which moves on any commit by another connection; read *before* the
+rows, so a write in between only makes the cache miss) and q's minute. Stores that
+cannot tell their version (Feast's generic reader) are never cached.
 """
 
 from __future__ import annotations

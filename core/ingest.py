@@ -14,6 +14,7 @@ in one process under the log's writer lock.
 from __future__ import annotations
 
 import gc
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,22 +57,12 @@ QUARANTINE_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *QUARANTINE_RECORD_SCHEMA])
 _RECORD_KEYS = ("ingest_ms", "prior_ms", *FIELDS)
 
 
-class _LogRecord(msgspec.Struct, gc=False):
-    """A record of the events topic as rendered: the envelope, then the event."""
-
-    ingest_ms: int
-    prior_ms: int
-    event_id: str
-    event_time: int
-    user_id: str
-    item_id: str
-    device_id: str | None
-    event_type: str
-    dwell_ms: int | None
-    request_id: str | None
-    variant: str | None
-
-
+# A record of the events topic as rendered: the envelope, then the event's own fields.
+_LogRecord = msgspec.defstruct(
+    "_LogRecord",
+    [("ingest_ms", int), ("prior_ms", int), *typing.get_type_hints(Event).items()],
+    gc=False,
+)
 _RECORD_ENCODER = msgspec.json.Encoder()
 
 

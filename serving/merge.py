@@ -261,10 +261,15 @@ def _speed_sums(
             blobs.append(row.tiles)
     if not blobs:
         return out
-    # Every row has the same layout: decode them all at once.
+    # Every row has the same layout: decode them all at once. Each row's tiles are one
+    # contiguous block: mask the minutes of every window, then sum each block in one go.
     minutes, values = unpack_tiles(b"".join(blobs))
     counts = np.array([len(b) // (8 * TILE_WIDTH) for b in blobs], dtype=np.int64)
-    codes = np.repeat(np.array(positions, dtype=np.int64), counts)
-    sums = PrefixSums(codes, minutes, values)
-    everyone = np.arange(len(ids), dtype=np.int64)
-    return sums.between_each(everyone, np.maximum(lower, cutoff_minute), upper)
+    starts = np.zeros(len(blobs), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    bounds = np.maximum(lower, cutoff_minute)
+    inside = (minutes[:, None] >= bounds[None, :]) & (minutes[:, None] < upper)
+    contributions = inside[:, :, None] * values[:, None, :]
+    summed = np.add.reduceat(contributions.reshape(len(minutes), -1), starts, axis=0)
+    out[positions] = summed.reshape(len(blobs), len(WINDOWS), len(AGGREGATION_NAMES))
+    return out

@@ -2,15 +2,23 @@
 
 All rows arrive on one constant key (parallelism 1). Tile updates not yet written are
 kept in keyed ``ListState`` and the read counters in ``ValueState``, so a checkpoint
-holds exactly what the online store lacks; after a restore they are applied again before
+holds at least what the online store lacks; after a restore they are applied again before
 anything else (max-merge makes that harmless). Writes happen every ``sink_flush_ms`` (a
 processing-time timer) or every ``_FLUSH_ROWS`` pending updates. Restored timers do not
 fire in PyFlink 2.3, so the timer is re-armed from an in-memory flag.
+
+A write runs on a thread of its own, so that Flink goes on reading and aggregating while
+Feast and SQLite work (the task thread used to stall for every flush). The pending
+updates alternate between two lists: those a running write carries stay in theirs until
+it has finished, new ones go to the other; so at every checkpoint, each update that may
+not be in the online store yet is in one of the two lists.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pyflink.common import Types
@@ -21,7 +29,7 @@ from core.config import SaikiConfig
 from core.timeutil import now_ms
 from feature_repo.online import SpeedStatus
 from speed.job import SpeedJobSpec
-from speed.sink import TileSink
+from speed.sink import TileSink, WriteBatch
 
 _FLUSH_ROWS = 20_000
 _MAX_FLUSH_DELAY_MS = 1_000
@@ -58,43 +66,59 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             FeastSpeedWriter(self._config), self._spec.speed_dir, current_cutoff, status
         )
         self._sink.restore()
-        self._pending = runtime_context.get_list_state(
-            ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY())
-        )
-        # How many updates the ListState holds: kept here, not in state (a state call per
-        # record was a fifth of the job's Python time); recounted after a restore.
+        self._lists = [
+            runtime_context.get_list_state(ListStateDescriptor(name, Types.PICKLED_BYTE_ARRAY()))
+            for name in ("pending", "pending-b")
+        ]
+        self._current = 0  # the list new updates go to
+        # How many updates the current list holds: kept here, not in state (a state call
+        # per record was a fifth of the job's Python time); recounted after a restore.
         self._pending_count = 0
         self._counters = runtime_context.get_state(
             ValueStateDescriptor("counters", Types.PICKLED_BYTE_ARRAY())
         )
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saiki-speed-sink")
+        self._writing: Future[int] | None = None
         self._armed = False
         self._recovered = False
         self._sink.publish_status()
 
-    def _apply_tile(self, row: tuple[Any, ...]) -> None:
-        _, _, entity, entity_id, minute_ms, *rest = row
+    def close(self) -> None:
+        # Whatever has not been written stays in the last checkpoint's lists.
+        self._writer.shutdown(wait=True, cancel_futures=True)
+
+    def _apply_tile(self, row: Sequence[Any]) -> None:
+        _, entity, entity_id, minute_ms, *rest = row
         values, events = tuple(rest[: len(rest) - 3]), rest[-3]
         self._sink.on_tile(entity, entity_id, minute_ms, values, events)
 
-    def process_element(self, value: tuple[int, tuple[Any, ...]], ctx: Any) -> list[int]:
-        row = value[1]
+    def _recover(self) -> None:
+        """Apply what the restored lists hold, all of it into the current list."""
+        restored = [tuple(row) for pending in self._lists for row in pending.get() or []]
+        for row in restored:
+            self._apply_tile(row)
+        self._lists[0].update(restored)
+        self._lists[1].clear()
+        self._pending_count = len(restored)
+        counters = self._counters.value() or {}
+        self._sink.status.events_seen = counters.get("seen", 0)
+        self._sink.status.late_events = counters.get("late", 0)
+        self._recovered = True
+
+    def process_element(self, value: Any, ctx: Any) -> list[int]:
+        # A pyflink Row; its field list is read directly (the Row API copies per field).
+        # Its change kind is not looked at: an UPDATE_BEFORE carries a tile's previous
+        # value, which the sink's max-merge leaves without effect.
+        row = value._values
         if not self._recovered:
-            for pending in self._pending.get() or []:
-                self._apply_tile(pending)
-                self._pending_count += 1
-            counters = self._counters.value() or {}
-            self._sink.status.events_seen = counters.get("seen", 0)
-            self._sink.status.late_events = counters.get("late", 0)
-            self._recovered = True
-        retract, kind = row[0], row[1]
-        if retract:
-            return []  # the UPDATE_AFTER that follows carries the tile's new value
+            self._recover()
+        kind = row[0]
         if kind == "tile":
             self._apply_tile(row)
-            self._pending.add(row)
+            self._lists[self._current].add(tuple(row))
             self._pending_count += 1
             if self._pending_count >= _FLUSH_ROWS:
-                self._flush()
+                self._flush(wait=True)
         elif kind == "late":
             self._sink.on_late(row[-3])
             self._save_counters()
@@ -102,12 +126,14 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             self._sink.on_progress(row[-3], row[-2] or 0, row[-1] or 0)
             self._save_counters()
         if not self._armed:
-            timers = ctx.timer_service()
-            timers.register_processing_time_timer(
-                timers.current_processing_time() + self._flush_delay_ms()
-            )
-            self._armed = True
+            self._arm(ctx.timer_service())
         return []
+
+    def _arm(self, timers: Any) -> None:
+        timers.register_processing_time_timer(
+            timers.current_processing_time() + self._flush_delay_ms()
+        )
+        self._armed = True
 
     def _flush_delay_ms(self) -> int:
         """Flush every ``sink_flush_ms`` while flushes are cheap; when they are not (a
@@ -121,12 +147,33 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         status = self._sink.status
         self._counters.update({"seen": status.events_seen, "late": status.late_events})
 
-    def _flush(self) -> None:
-        self._sink.flush()
-        self._pending.clear()
+    def _finish_write(self, wait: bool) -> bool:
+        """Whether no write is running any more; clears the list a finished one carried
+        (and raises its error, which fails the job)."""
+        if self._writing is None:
+            return True
+        if not wait and not self._writing.done():
+            return False
+        self._writing.result()
+        self._writing = None
+        self._lists[1 - self._current].clear()
+        return True
+
+    def _flush(self, wait: bool) -> bool:
+        """Start writing what changed; False when the previous write is still running."""
+        if not self._finish_write(wait):
+            return False
+        batch: WriteBatch = self._sink.take()
+        # Updates from now on go to the other list; this one is cleared once written.
+        self._current = 1 - self._current
         self._pending_count = 0
+        self._writing = self._writer.submit(self._sink.write, batch)
+        return True
 
     def on_timer(self, timestamp: int, ctx: Any) -> list[int]:
         self._armed = False
-        self._flush()
+        if not self._flush(wait=False) or self._pending_count == 0:
+            # A write still running (or just started): look again after the delay, so
+            # that a finished write is cleared and the last updates are written.
+            self._arm(ctx.timer_service())
         return []

@@ -75,6 +75,17 @@ _EVENT_COLUMNS = """
             prior_ms BIGINT,"""
 
 
+_SINK_COLUMNS = (
+    "kind",
+    "entity",
+    "entity_id",
+    "minute_ms",
+    *TILE_COLUMNS,
+    "events",
+    "max_event_ms",
+    "max_ingest_ms",
+)
+
 _ROW_COLUMNS = (
     "ingest_ms, event_id, event_time, user_id, item_id, event_type, dwell_ms, prior_ms, log_wm"
 )
@@ -238,12 +249,40 @@ def build_job(env: Any, t_env: Any, spec: SpeedJobSpec, config: SaikiConfig) -> 
             rows, Schema.new_builder().column_by_expression("proc", "PROCTIME()").build()
         ),
     )
-    changes = t_env.to_changelog_stream(t_env.sql_query(union_query(spec)))
-    keyed = changes.map(
-        lambda row: (0, _row_tuple(row)),
-        output_type=Types.TUPLE([Types.INT(), Types.PICKLED_BYTE_ARRAY()]),
-    ).key_by(lambda pair: pair[0], key_type=Types.INT())
+    columns = ", ".join(_SINK_COLUMNS)
+    changes = t_env.to_changelog_stream(
+        t_env.sql_query(f"SELECT 0 AS k, ROW({columns}) AS v FROM ({union_query(spec)})")
+    )
+    keyed = _keyed_by_first_field(changes)
     keyed.process(TileSinkFunction(spec, config), output_type=Types.INT())
+
+
+def _keyed_by_first_field(stream: Any) -> Any:
+    """``stream`` keyed in the JVM by its rows' first field.
+
+    PyFlink's ``key_by`` adds a Python operator that wraps each row as ``(key, row)``;
+    crossing into Python and back once more per row cost as much as the sink itself.
+    The query already has that shape (``k``, ``v``), so Flink's own selector for it keys
+    the stream without leaving Java.
+    """
+    from pyflink.common import Types
+    from pyflink.datastream.data_stream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    j_stream = stream._j_data_stream
+    # The Python operator needs a RowTypeInfo; the table conversion declares its rows
+    # with the table runtime's ExternalTypeInfo. Same Row objects, declared plainly:
+    value_types = [
+        Types.LONG() if c.startswith(("a", "minute", "events", "max")) else Types.STRING()
+        for c in _SINK_COLUMNS
+    ]
+    row_type = Types.ROW_NAMED(
+        ["k", "v"], [Types.INT(), Types.ROW_NAMED(list(_SINK_COLUMNS), value_types)]
+    )
+    j_stream.getTransformation().setOutputType(row_type.get_java_type_info())
+    key_type = Types.ROW([Types.INT()]).get_java_type_info()
+    j_keyed = j_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), key_type)
+    return KeyedStream(j_keyed, row_type, stream)
 
 
 def _row_tuple(row: Any) -> tuple[Any, ...]:

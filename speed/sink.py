@@ -21,7 +21,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,18 @@ class _HeldTiles:
         return pack_tiles(rows[:, 0], rows[:, 1:-1])
 
 
+@dataclass(frozen=True)
+class WriteBatch:
+    """Packed rows taken from the sink, per entity kind, and when they were taken."""
+
+    by_entity: dict[str, list[SpeedRow]]
+    started_ms: int
+
+    @property
+    def rows(self) -> int:
+        return sum(len(rows) for rows in self.by_entity.values())
+
+
 class TileSink:
     """Merges tile updates and writes changed entity rows; not thread-safe by itself."""
 
@@ -98,7 +110,8 @@ class TileSink:
         self._tiles: dict[Key, _HeldTiles] = {}
         self._dirty: set[Key] = set()
         self._cutoffs: list[int] = []
-        self._lock = threading.Lock()
+        self._in_flight = 0  # rows taken for a write that has not finished
+        self._lock = threading.RLock()
         self._observe_cutoff()
 
     def restore(self) -> int:
@@ -158,6 +171,11 @@ class TileSink:
 
     def flush(self) -> int:
         """Write every changed entity row; returns the number of rows written."""
+        return self.write(self.take())
+
+    def take(self) -> WriteBatch:
+        """The changed rows, packed, to be written by :meth:`write` (possibly from another
+        thread while updates go on arriving: they dirty their rows for the next batch)."""
         with self._lock:
             self._observe_cutoff()
             started = self._clock()
@@ -169,21 +187,30 @@ class TileSink:
                     SpeedRow(key[1], tiles, self.status.keep_from_ms, started)
                 )
             self._dirty.clear()
-            written = 0
-            for entity, rows in by_entity.items():
+            batch = WriteBatch(by_entity, started)
+            self._in_flight += batch.rows
+            return batch
+
+    def write(self, batch: WriteBatch) -> int:
+        """Write a batch from :meth:`take`; returns the number of rows written."""
+        try:
+            for entity, rows in batch.by_entity.items():
                 self._writer.write(entity, rows)
-                written += len(rows)
+        finally:
+            with self._lock:
+                self._in_flight -= batch.rows
+        with self._lock:
             finished = self._clock()
-            self.status.rows_written += written
+            self.status.rows_written += batch.rows
             self.status.flushes += 1
             self.status.last_flush_ms = finished
-            self.status.last_flush_seconds = (finished - started) / 1000
+            self.status.last_flush_seconds = (finished - batch.started_ms) / 1000
             self.publish_status()
-            return written
+        return batch.rows
 
     def publish_status(self) -> None:
         """Write status.json atomically (readers never see half a file)."""
-        self.status.pending_rows = len(self._dirty)
+        self.status.pending_rows = len(self._dirty) + self._in_flight
         self._dir.mkdir(parents=True, exist_ok=True)
         temporary = self._dir / f".{STATUS_FILE}.{os.getpid()}"
         temporary.write_text(json.dumps(asdict(self.status)))

@@ -17,7 +17,6 @@ not be in the online store yet is in one of the two lists.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +27,7 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from core.config import SaikiConfig
 from core.timeutil import now_ms
 from feature_repo.online import SpeedStatus
-from speed.job import SpeedJobSpec
+from speed.job import SinkLine, SpeedJobSpec, parse_sink_line
 from speed.sink import TileSink, WriteBatch
 
 _FLUSH_ROWS = 20_000
@@ -67,7 +66,7 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         )
         self._sink.restore()
         self._lists = [
-            runtime_context.get_list_state(ListStateDescriptor(name, Types.PICKLED_BYTE_ARRAY()))
+            runtime_context.get_list_state(ListStateDescriptor(name, Types.STRING()))
             for name in ("pending", "pending-b")
         ]
         self._current = 0  # the list new updates go to
@@ -87,16 +86,14 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         # Whatever has not been written stays in the last checkpoint's lists.
         self._writer.shutdown(wait=True, cancel_futures=True)
 
-    def _apply_tile(self, row: Sequence[Any]) -> None:
-        _, entity, entity_id, minute_ms, *rest = row
-        values, events = tuple(rest[: len(rest) - 3]), rest[-3]
-        self._sink.on_tile(entity, entity_id, minute_ms, values, events)
+    def _apply_tile(self, line: SinkLine) -> None:
+        self._sink.on_tile(line.entity, line.entity_id, line.minute_ms, line.values, line.events)
 
     def _recover(self) -> None:
         """Apply what the restored lists hold, all of it into the current list."""
-        restored = [tuple(row) for pending in self._lists for row in pending.get() or []]
-        for row in restored:
-            self._apply_tile(row)
+        restored = [str(text) for pending in self._lists for text in pending.get() or []]
+        for text in restored:
+            self._apply_tile(parse_sink_line(text))
         self._lists[0].update(restored)
         self._lists[1].clear()
         self._pending_count = len(restored)
@@ -105,25 +102,23 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         self._sink.status.late_events = counters.get("late", 0)
         self._recovered = True
 
-    def process_element(self, value: Any, ctx: Any) -> list[int]:
-        # A pyflink Row; its field list is read directly (the Row API copies per field).
-        # Its change kind is not looked at: an UPDATE_BEFORE carries a tile's previous
-        # value, which the sink's max-merge leaves without effect.
-        row = value._values
+    def process_element(self, value: str, ctx: Any) -> list[int]:
+        # The change kind of the row is not looked at: an UPDATE_BEFORE carries a tile's
+        # previous value, which the sink's max-merge leaves without effect.
         if not self._recovered:
             self._recover()
-        kind = row[0]
-        if kind == "tile":
-            self._apply_tile(row)
-            self._lists[self._current].add(tuple(row))
+        line = parse_sink_line(value)
+        if line.kind == "tile":
+            self._apply_tile(line)
+            self._lists[self._current].add(value)
             self._pending_count += 1
             if self._pending_count >= _FLUSH_ROWS:
                 self._flush(wait=True)
-        elif kind == "late":
-            self._sink.on_late(row[-3])
+        elif line.kind == "late":
+            self._sink.on_late(line.events)
             self._save_counters()
-        elif kind == "progress":
-            self._sink.on_progress(row[-3], row[-2] or 0, row[-1] or 0)
+        elif line.kind == "progress":
+            self._sink.on_progress(line.events, line.max_event_ms, line.max_ingest_ms)
             self._save_counters()
         if not self._armed:
             self._arm(ctx.timer_service())

@@ -63,6 +63,7 @@ def run_speed_command(args: argparse.Namespace) -> int:
             fresh=args.fresh,
             jobmanager=args.jobmanager,
             report=report,
+            stage=lambda step: print(step, file=sys.stderr, flush=True),
         )
     except KeyboardInterrupt:
         print("speed layer stopped; it resumes from its last checkpoint", file=sys.stderr)

@@ -30,8 +30,8 @@ from feature_repo.online import SpeedStatus
 from speed.job import SinkLine, SpeedJobSpec, parse_sink_line
 from speed.sink import TileSink, WriteBatch
 
-_FLUSH_ROWS = 20_000
-_MAX_FLUSH_DELAY_MS = 1_000
+_FLUSH_ROWS = 100_000
+_MAX_FLUSH_DELAY_MS = 3_000
 
 
 class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
@@ -42,11 +42,6 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         self._config = config
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        # Feast imports torch when it is installed, for tensor helpers the sink never
-        # uses: 2.6 of the 10 s its import takes inside the JVM's Python. Nothing else
-        # runs in this interpreter, so torch is marked absent before Feast looks for it.
-        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
-        from feature_repo.feast_store import FeastSpeedWriter
         from feature_repo.views import ViewCatalog
 
         catalog = ViewCatalog(self._config.data_dir)
@@ -61,10 +56,7 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             allowed_lateness_ms=self._spec.allowed_lateness_s * 1000,
             state="running",
         )
-        self._sink = TileSink(
-            FeastSpeedWriter(self._config), self._spec.speed_dir, current_cutoff, status
-        )
-        self._sink.restore()
+        self._sink = TileSink(None, self._spec.speed_dir, current_cutoff, status)
         self._lists = [
             runtime_context.get_list_state(ListStateDescriptor(name, Types.STRING()))
             for name in ("pending", "pending-b")
@@ -77,10 +69,27 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             ValueStateDescriptor("counters", Types.PICKLED_BYTE_ARRAY())
         )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saiki-speed-sink")
+        # Opening Feast (importing it takes 7-10 s inside the JVM's Python while Flink
+        # starts up beside it) is the writer thread's first task: the job reads and
+        # merges meanwhile, and no write is taken before the held tiles are restored.
+        self._ready = self._writer.submit(self._connect)
         self._writing: Future[int] | None = None
         self._armed = False
+        self._pending_at_tick = 0  # the pending count at the last tick
+        self._flush_started_ms = 0
+        self._status_changed = False  # read or late counts not yet published
         self._recovered = False
         self._sink.publish_status()
+
+    def _connect(self) -> None:
+        # Feast imports torch when it is installed, for tensor helpers the sink never
+        # uses: 2.6 of the 10 s its import takes inside the JVM's Python. Nothing else
+        # runs in this interpreter, so torch is marked absent before Feast looks for it.
+        sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+        from feature_repo.feast_store import FeastSpeedWriter
+
+        self._sink.attach(FeastSpeedWriter(self._config))
+        self._sink.restore()
 
     def close(self) -> None:
         # Whatever has not been written stays in the last checkpoint's lists.
@@ -117,24 +126,27 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         elif line.kind == "late":
             self._sink.on_late(line.events)
             self._save_counters()
+            self._status_changed = True
         elif line.kind == "progress":
             self._sink.on_progress(line.events, line.max_event_ms, line.max_ingest_ms)
             self._save_counters()
+            self._status_changed = True
         if not self._armed:
             self._arm(ctx.timer_service())
         return []
 
     def _arm(self, timers: Any) -> None:
         timers.register_processing_time_timer(
-            timers.current_processing_time() + self._flush_delay_ms()
+            timers.current_processing_time() + self._spec.sink_flush_ms
         )
         self._armed = True
 
     def _flush_delay_ms(self) -> int:
-        """Flush every ``sink_flush_ms`` while flushes are cheap; when they are not (a
-        backlog: every changed row is rewritten whole at each flush), wait four times as
-        long as the last one took, up to a second, so that writing cannot crowd out
-        reading."""
+        """How long after the last write started the next one may start while updates
+        keep coming: ``sink_flush_ms`` while writes are cheap. On a backlog each write
+        rewrites every changed entity's row whole, and the same rows change again
+        within seconds, so the sink waits four times as long as the last write took, up
+        to ``_MAX_FLUSH_DELAY_MS``; when the updates stop, it writes at the next tick."""
         last_ms = int(self._sink.status.last_flush_seconds * 1000)
         return max(self._spec.sink_flush_ms, min(4 * last_ms, _MAX_FLUSH_DELAY_MS))
 
@@ -144,7 +156,10 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def _finish_write(self, wait: bool) -> bool:
         """Whether no write is running any more; clears the list a finished one carried
-        (and raises its error, which fails the job)."""
+        (and raises its error, which fails the job). False too while Feast is opening."""
+        if not wait and not self._ready.done():
+            return False
+        self._ready.result()
         if self._writing is None:
             return True
         if not wait and not self._writing.done():
@@ -166,9 +181,17 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         return True
 
     def on_timer(self, timestamp: int, ctx: Any) -> list[int]:
+        """Every ``sink_flush_ms`` while there is anything to write: write when due, or
+        as soon as the updates pause (the end of a backlog, or a quiet moment)."""
         self._armed = False
-        if not self._flush(wait=False) or self._pending_count == 0:
-            # A write still running (or just started): look again after the delay, so
-            # that a finished write is cleared and the last updates are written.
+        self._finish_write(wait=False)
+        quiet = self._pending_count == self._pending_at_tick
+        due = timestamp - self._flush_started_ms >= self._flush_delay_ms()
+        wanted = (self._pending_count or self._status_changed) and (quiet or due)
+        if wanted and self._flush(wait=False):
+            self._flush_started_ms = timestamp
+            self._status_changed = False
+        if self._pending_count or self._status_changed or self._writing is not None:
             self._arm(ctx.timer_service())
+        self._pending_at_tick = self._pending_count
         return []

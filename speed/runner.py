@@ -9,6 +9,7 @@ it has read the whole log, written every tile, and completed one more checkpoint
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -17,9 +18,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from core.config import SaikiConfig
 from core.errors import ComponentError
@@ -38,6 +42,7 @@ from speed.job import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_INGEST_ONLY = pa.schema([SEGMENT_ARROW_SCHEMA.field("ingest_ms")])
 
 
 @dataclass(frozen=True)
@@ -86,19 +91,22 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
 
 
 def progress(config: SaikiConfig) -> SpeedProgress:
-    """The job's status with its lag behind the log's head."""
-    log = EventLog(config.log_dir)
-    head = log.events.head()
+    """The job's status with its lag behind the log's head.
+
+    Called twice a second while the job runs: one listing of the log's folder, and only
+    the ``ingest_ms`` column of the oldest unread segment.
+    """
+    segments = EventLog(config.log_dir).events.segments()
+    head = segments[-1].end if segments else 0
     status = read_status(config.data_dir / "speed")
     seen = status.events_seen if status else 0
     lag = max(head - seen, 0)
     lag_seconds = 0.0
-    if lag:
-        for segment in log.events.segments(seen):
-            table = log.events.read(segment, SEGMENT_ARROW_SCHEMA)
-            oldest = table.column("ingest_ms")[max(seen - segment.first, 0)].as_py()
-            lag_seconds = max((now_ms() - oldest) / 1000, 0.0)
-            break
+    unread = next((s for s in segments if s.end > seen), None) if lag else None
+    if unread is not None:
+        table = EventLog(config.log_dir).events.read(unread, _INGEST_ONLY)
+        oldest = table.column("ingest_ms")[max(seen - unread.first, 0)].as_py()
+        lag_seconds = max((now_ms() - oldest) / 1000, 0.0)
     return SpeedProgress(status, head, lag, lag_seconds)
 
 
@@ -111,24 +119,42 @@ def run_speed(
     report: Callable[[SpeedProgress], None] | None = None,
     idle_seconds: float = 1.0,
     stop: threading.Event | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> SpeedProgress:
-    """Run the job until interrupted (or, with until_idle, until caught up)."""
+    """Run the job until interrupted (or, with until_idle, until caught up).
+
+    ``stage`` hears of each step of the start (JVM up, job planned, views registered,
+    job submitted) with the seconds since the call.
+    """
+    began = time.perf_counter()
+
+    def reached(step: str) -> None:
+        if stage is not None:
+            stage(f"{step} after {time.perf_counter() - began:.1f}s")
+
     os.environ["PYTHONPATH"] = embedded_python_path()
     (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
     spec, checkpoint = resolve_spec(config, fresh)
     save_lineage(spec)
     stop = stop or threading.Event()
-    # The sink writes to the Feast views: register them first. Not in a thread beside
-    # the JVM start: Feast's import churns the garbage collector, whose py4j finalisers
-    # then open a second gateway connection, and Flink's planner (which keeps state per
-    # Java thread) intermittently failed with "NullPointerException: metadataHandlerProvider".
-    from feature_repo.feast_store import apply, is_applied
+    # The sink writes to the Feast views: they must be registered before the job runs.
+    # Registering imports Feast (~5 s) and applies (~2 s): done in a separate process
+    # while the JVM starts and the job is planned. Not in a thread: Feast's import churns
+    # the garbage collector, whose py4j finalisers then open a second gateway connection,
+    # and Flink's planner (which keeps state per Java thread) intermittently failed with
+    # "NullPointerException: metadataHandlerProvider".
+    from feature_repo.feast_store import is_applied
 
-    if not is_applied(config):
-        apply(config)
+    registering = None if is_applied(config) else _register_views(config)
     env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
+    reached("JVM started")
     build_job(env, t_env, spec, config)
+    reached("job planned")
+    if registering is not None:
+        registering.result()  # raises what apply raised
+        reached("Feast views registered")
     client = env.execute_async("saiki-speed")
+    reached("job submitted")
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -161,6 +187,21 @@ def run_speed(
         _cancel(client)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+
+
+def _register_views(config: SaikiConfig) -> Future[None]:
+    """:func:`_apply_views` started in a fresh interpreter (spawned, not forked: this
+    one may hold Arrow's threads); the pool goes away once it is done."""
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    registered = pool.submit(_apply_views, config)
+    pool.shutdown(wait=False)
+    return registered
+
+
+def _apply_views(config: SaikiConfig) -> None:
+    from feature_repo.feast_store import apply
+
+    apply(config)
 
 
 def _raise_if_failed(client: Any) -> None:

@@ -96,7 +96,7 @@ class TileSink:
 
     def __init__(
         self,
-        writer: SpeedWriter,
+        writer: SpeedWriter | None,
         speed_dir: Path,
         current_cutoff: Callable[[], int | None],
         status: SpeedStatus,
@@ -114,17 +114,27 @@ class TileSink:
         self._lock = threading.RLock()
         self._observe_cutoff()
 
+    def attach(self, writer: SpeedWriter) -> None:
+        """Set the writer of a sink made without one (opening Feast takes seconds; the
+        sink merges updates meanwhile, and is not to be flushed before this)."""
+        self._writer = writer
+
     def restore(self) -> int:
-        """Rebuild the held tiles from the online store (after a restart); returns rows."""
+        """Rebuild the held tiles from the online store (after a restart); returns rows.
+
+        May run while updates arrive: merging is a maximum, so the order does not matter.
+        """
+        assert self._writer is not None, "attach a writer first"
         count = 0
         for entity in ENTITIES:
             for row in self._writer.read_all(entity.name):
                 minutes, values = row.unpacked()
-                held = self._tiles.setdefault((entity.name, row.entity_id), _HeldTiles())
-                for minute, value in zip(minutes.tolist(), values, strict=True):
-                    # The event count is not stored online; a restored tile counts 0 until
-                    # Flink replays it.
-                    held.merge(minute, np.append(value, 0))
+                with self._lock:
+                    held = self._tiles.setdefault((entity.name, row.entity_id), _HeldTiles())
+                    for minute, value in zip(minutes.tolist(), values, strict=True):
+                        # The event count is not stored online; a restored tile counts 0
+                        # until Flink replays it.
+                        held.merge(minute, np.append(value, 0))
                 count += 1
         return count
 
@@ -193,6 +203,7 @@ class TileSink:
 
     def write(self, batch: WriteBatch) -> int:
         """Write a batch from :meth:`take`; returns the number of rows written."""
+        assert self._writer is not None, "attach a writer first"
         try:
             for entity, rows in batch.by_entity.items():
                 self._writer.write(entity, rows)

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.config import load_config
-from speed.job import SpeedJobSpec, source_ddl
+from speed.job import SINK_LINE_FIELDS, SpeedJobSpec, parse_sink_line, sink_line_sql, source_ddl
 from speed.runner import resolve_spec
 from tests.conftest import make_config
 
@@ -47,3 +47,36 @@ def test_the_kafka_backend_is_chosen_by_configuration(tmp_path: Path) -> None:
     )
     clustered, _ = resolve_spec(config, fresh=True)
     assert (clustered.kafka_bootstrap, clustered.kafka_topic) == ("broker:9092", "saiki.events")
+
+
+def test_a_sink_line_splits_back_into_its_fields_whatever_the_id_holds() -> None:
+    # As Flink's CONCAT_WS renders a row: every field as text, in SINK_LINE_FIELDS order.
+    for entity_id in ("u1", "a|b|c", "ü|€ 漢字", ""):
+        row = {
+            "kind": "tile",
+            "entity": "user",
+            "minute_ms": 1_795_000_020_000,
+            "a0": 3,
+            "a1": 1,
+            "a2": 45_000,
+            "events": 4,
+            "max_event_ms": 1_795_000_059_999,
+            "max_ingest_ms": 1_795_000_061_000,
+            "entity_id": entity_id,
+        }
+        assert tuple(row) == SINK_LINE_FIELDS
+        line = parse_sink_line("|".join(str(v) for v in row.values()))
+        assert line.entity_id == entity_id
+        assert (line.kind, line.entity, line.minute_ms) == ("tile", "user", 1_795_000_020_000)
+        assert line.values == (3, 1, 45_000) and line.events == 4
+        assert (line.max_event_ms, line.max_ingest_ms) == (1_795_000_059_999, 1_795_000_061_000)
+    # Late and progress rows leave the tile's fields empty (NULL rendered as '').
+    progress = parse_sink_line("progress|||0|0|0|120|1795000059999|1795000061000|")
+    assert (progress.kind, progress.events, progress.minute_ms) == ("progress", 120, 0)
+
+
+def test_the_sink_line_sql_renders_every_field_in_order() -> None:
+    sql = sink_line_sql()
+    positions = [sql.index(f"CAST({field} AS STRING)") for field in SINK_LINE_FIELDS]
+    assert positions == sorted(positions)
+    assert sql.startswith("CONCAT_WS('|'")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,14 +48,15 @@ class _HeldTiles:
         self._index: dict[int, int] = {}
         self._sorted = True
 
-    def merge(self, minute: int, update: IntArray) -> tuple[IntArray | None, IntArray]:
-        """Max-merge ``(*aggregations, events)`` into a minute; returns (old, merged)."""
+    def merge(self, minute: int, update: Sequence[int] | IntArray) -> int:
+        """Max-merge ``(*aggregations, events)`` into a minute; returns by how much its
+        event count grew. Called per tile update: plain ints in and out, no array made."""
         position = self._index.get(minute)
         if position is not None:
             row = self._rows[position, 1:]
-            old = row.copy()
+            before = int(row[-1])
             np.maximum(row, update, out=row)
-            return old, row
+            return int(row[-1]) - before
         if self._size == len(self._rows):
             self._rows = np.concatenate([self._rows, np.zeros_like(self._rows)])
         if self._size and minute < self._rows[self._size - 1, 0]:
@@ -64,7 +65,7 @@ class _HeldTiles:
         self._rows[self._size, 1:] = update
         self._index[minute] = self._size
         self._size += 1
-        return None, self._rows[self._size - 1, 1:]
+        return int(update[-1])
 
     def packed(self, keep_minute: int) -> bytes:
         """Drop minutes before ``keep_minute``; the rest as packed online tiles."""
@@ -111,7 +112,7 @@ class TileSink:
         self._dirty: set[Key] = set()
         self._cutoffs: list[int] = []
         self._in_flight = 0  # rows taken for a write that has not finished
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._observe_cutoff()
 
     def attach(self, writer: SpeedWriter) -> None:
@@ -158,11 +159,11 @@ class TileSink:
             if held is None:
                 held = self._tiles[key] = _HeldTiles()
             # Held internally with the tile's event count last (it is not written online).
-            old, merged = held.merge(minute, np.array((*values, events), dtype=np.int64))
+            grew = held.merge(minute, (*values, events))
             self._dirty.add(key)
             self.status.tiles_updated += 1
             if entity == ENTITIES[0].name:  # each event lands in one tile per entity kind
-                self.status.events_tiled += int(merged[-1] - (0 if old is None else old[-1]))
+                self.status.events_tiled += grew
 
     def on_late(self, count: int = 1) -> None:
         """Events that arrived after their tile closed: left to the next batch run."""

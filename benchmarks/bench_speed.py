@@ -230,7 +230,7 @@ def main() -> None:
             f"first tiles written through Feast {run.first_write_s:.1f}s"
         )
     print(
-        f"{'throughput on a backlog of ' + f'{events:,} events':<60}{'seconds':>9}{'events/s':>12}"
+        f"{'throughput on a backlog of ' + f'{events:,} events':<66}{'seconds':>9}{'events/s':>12}"
     )
     for n, run in enumerate(runs, 1):
         rows = (
@@ -242,9 +242,9 @@ def main() -> None:
             ),
         )
         for label, seconds, rate in rows:
-            print(f"{f'Flink job + Feast sink, run {n}, {label}':<60}{seconds:>9.1f}{rate:>12,.0f}")
+            print(f"{f'Flink job + Feast sink, run {n}, {label}':<66}{seconds:>9.1f}{rate:>12,.0f}")
     print(
-        f"{'plain Python loop, same tiles (no I/O)':<60}{reference_s:>9.1f}"
+        f"{'plain Python loop, same tiles (no I/O)':<66}{reference_s:>9.1f}"
         f"{events / reference_s:>12,.0f}"
     )
     print(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,43 +25,11 @@ import pandas as pd
 
 from core.config import SaikiConfig
 from core.errors import ComponentError, ConfigError
+from feature_repo.feast_import import import_feast as _import_feast
 from feature_repo.layout import feast_dir, online_store_path, registry_path
 from feature_repo.online import SpeedRow
 from feature_repo.spec import ENTITIES, ENTITY_BY_NAME, SPEC_VERSION
 from feature_repo.views import ViewCatalog, ViewManifest
-
-
-def _unchecked(target: Any = None, **_: Any) -> Any:
-    """typeguard's ``@typechecked`` (bare or with arguments) as a no-op."""
-    return target if target is not None else (lambda decorated: decorated)
-
-
-def _import_feast() -> Any:
-    """Import Feast, 3 s faster than a plain import.
-
-    Feast decorates about twenty of its classes and functions with typeguard's
-    ``@typechecked``, which re-reads their source, rewrites it with checks on every
-    argument and compiles it again, on every import: 3 of the 5 s ``import feast`` takes
-    (7-10 s inside the speed layer's JVM, where it delayed the job's first write). For the
-    duration of the import only, the decorator leaves its target as it is; Feast's
-    classes behave the same for well-typed calls (saiki's own calls are typed and
-    tested), and Feast's own CLI, in its own process, keeps its checks.
-    """
-    import typeguard
-
-    checked = typeguard.typechecked
-    typeguard.typechecked = _unchecked
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import feast
-    finally:
-        typeguard.typechecked = checked
-    # Feast installs "once" filters on import; stream feature views would otherwise print
-    # "experimental" warnings by the hundred. Silenced here, in one place, on purpose.
-    warnings.filterwarnings("ignore", module="feast")
-    warnings.filterwarnings("ignore", message=".*experimental.*")
-    return feast
 
 
 def repo_config(config: SaikiConfig) -> Any:

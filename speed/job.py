@@ -40,6 +40,9 @@ from feature_repo.spec import AGGREGATIONS, ENTITIES
 from feature_repo.tiles import sql_contribution
 
 TILE_COLUMNS = tuple(f"a{i}" for i in range(len(AGGREGATIONS)))
+# The job's shape: raised whenever a change makes old checkpoints unrestorable (the
+# query's operators or the sink's state). 2: sink lines keyed in the JVM, two lists.
+JOB_SHAPE = 2
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class SpeedJobSpec:
     # Cluster mode: read a Kafka topic instead of the segment files (``[log] backend``).
     kafka_bootstrap: str = ""
     kafka_topic: str = ""
+    shape: int = JOB_SHAPE
 
     @property
     def speed_dir(self) -> Path:
@@ -261,7 +265,9 @@ def save_lineage(spec: SpeedJobSpec) -> None:
 def load_lineage(speed_dir: Path) -> SpeedJobSpec | None:
     """The spec of the job whose checkpoints are on disk, if any."""
     try:
-        return SpeedJobSpec(**json.loads((speed_dir / "job.json").read_text()))
+        saved = json.loads((speed_dir / "job.json").read_text())
+        saved.setdefault("shape", 1)  # written before shapes were recorded
+        return SpeedJobSpec(**saved)
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return None
 

@@ -33,6 +33,7 @@ from core.timeutil import now_ms
 from feature_repo.online import SpeedStatus, read_status
 from feature_repo.views import ViewCatalog
 from speed.job import (
+    JOB_SHAPE,
     SpeedJobSpec,
     build_job,
     flink_environment,
@@ -72,7 +73,10 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
     speed_dir = config.data_dir / "speed"
     lineage = load_lineage(speed_dir)
     checkpoint = latest_checkpoint(speed_dir / "checkpoints")
-    if not fresh and lineage is not None and checkpoint is not None:
+    # A checkpoint of another job shape (an older saiki) cannot be restored: start fresh
+    # from the current cutoff; the tiles already written stay and are max-merged.
+    resumable = lineage is not None and lineage.shape == JOB_SHAPE
+    if not fresh and resumable and lineage is not None and checkpoint is not None:
         return lineage, checkpoint
     shutil.rmtree(speed_dir / "checkpoints", ignore_errors=True)
     current = ViewCatalog(config.data_dir).current()

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from core.config import load_config
-from speed.job import SINK_LINE_FIELDS, SpeedJobSpec, parse_sink_line, sink_line_sql, source_ddl
+from speed.job import (
+    JOB_SHAPE,
+    SINK_LINE_FIELDS,
+    SpeedJobSpec,
+    parse_sink_line,
+    sink_line_sql,
+    source_ddl,
+)
 from speed.runner import resolve_spec
 from tests.conftest import make_config
 
@@ -80,3 +87,22 @@ def test_the_sink_line_sql_renders_every_field_in_order() -> None:
     positions = [sql.index(f"CAST({field} AS STRING)") for field in SINK_LINE_FIELDS]
     assert positions == sorted(positions)
     assert sql.startswith("CONCAT_WS('|'")
+
+
+def test_a_checkpoint_of_an_older_job_shape_is_not_restored(tmp_path: Path) -> None:
+    import json
+
+    config = make_config(tmp_path)
+    speed_dir = config.data_dir / "speed"
+    current, _ = resolve_spec(config, fresh=True)
+    saved = asdict(replace(current, epoch_cutoff_ms=123))
+    (speed_dir / "checkpoints" / "job" / "chk-3").mkdir(parents=True)
+    (speed_dir / "checkpoints" / "job" / "chk-3" / "_metadata").write_bytes(b"x")
+    (speed_dir / "job.json").write_text(json.dumps(saved))
+    resumed, checkpoint = resolve_spec(config, fresh=False)
+    assert checkpoint is not None and resumed.epoch_cutoff_ms == 123  # same shape: resumed
+    del saved["shape"]  # a job.json written before shapes were recorded
+    (speed_dir / "job.json").write_text(json.dumps(saved))
+    started, checkpoint = resolve_spec(config, fresh=False)
+    assert checkpoint is None and started.shape == JOB_SHAPE
+    assert not (speed_dir / "checkpoints").exists()  # discarded, as --fresh does

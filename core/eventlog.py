@@ -9,9 +9,11 @@ parallel), then *published* by a rename under the writer lock, and the folder fs
 Readers therefore never see a partial segment, and Flink's filesystem source (which skips
 names starting with ``.`` or ``_``) picks each segment up exactly once.
 
-The events topic also keeps an Arrow IPC copy of each segment (``_seg-….arrow``): the
-same rows, columnar, so that the master loader does not parse JSON again. It is a cache:
-when it is missing the JSON segment is read instead.
+The events topic also keeps an Arrow IPC copy of each segment (``_arrow/seg-….arrow``):
+the same rows, columnar, so that the master loader does not parse JSON again. It is a
+cache: when it is missing the JSON segment is read instead. The copies live in a
+subfolder that Flink's source skips whole (its name starts with ``_``), so the folder it
+re-lists several times a second holds the segments alone.
 
 Appends are serialised across processes by an ``flock`` on ``<log>/.lock`` (the gRPC
 server and ``saiki ingest`` may run at once).
@@ -47,6 +49,7 @@ _STAGE_COUNTER = itertools.count()
 EVENTS_TOPIC: Final = "events"
 QUARANTINE_TOPIC: Final = "quarantine"
 
+SIDECAR_DIR = "_arrow"  # beside the segments; skipped by Flink's source like any "_" name
 _SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})-(\d{13})\.jsonl$")
 _STAGED_MAX_AGE_S: Final = 3600
 
@@ -71,6 +74,11 @@ class Segment:
     @property
     def sidecar(self) -> Path:
         """Where the Arrow copy of this segment lives (if the topic keeps one)."""
+        return self.path.parent / SIDECAR_DIR / (self.path.name.removesuffix(".jsonl") + ".arrow")
+
+    @property
+    def legacy_sidecar(self) -> Path:
+        """Where logs written before the ``_arrow`` folder keep the copy."""
         return self.path.with_name("_" + self.path.name.removesuffix(".jsonl") + ".arrow")
 
 
@@ -149,7 +157,9 @@ class Topic:
         name = f"seg-{first:016d}-{staged.count:08d}-{watermark_ms:013d}.jsonl"
         segment = Segment(first, staged.count, self.directory / name, watermark_ms)
         if staged.sidecar is not None:
+            segment.sidecar.parent.mkdir(exist_ok=True)
             os.rename(staged.sidecar, segment.sidecar)
+            _fsync_dir(segment.sidecar.parent)
         os.rename(staged.path, segment.path)
         _fsync_dir(self.directory)
         return segment
@@ -176,9 +186,10 @@ class Topic:
         ``schema`` names the record fields wanted (without ``offset``).
         """
         table = None
-        if segment.sidecar.exists():
+        sidecar = next((p for p in (segment.sidecar, segment.legacy_sidecar) if p.exists()), None)
+        if sidecar is not None:
             try:
-                with pa.memory_map(str(segment.sidecar)) as source:
+                with pa.memory_map(str(sidecar)) as source:
                     cached = pa.ipc.open_file(source).read_all()
                 if cached.num_rows == segment.count:
                     table = cached.select(schema.names)

@@ -33,7 +33,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.config import SaikiConfig
 from feature_repo.spec import AGGREGATIONS, ENTITIES
@@ -41,8 +41,9 @@ from feature_repo.tiles import sql_contribution
 
 TILE_COLUMNS = tuple(f"a{i}" for i in range(len(AGGREGATIONS)))
 # The job's shape: raised whenever a change makes old checkpoints unrestorable (the
-# query's operators or the sink's state). 2: sink lines keyed in the JVM, two lists.
-JOB_SHAPE = 2
+# query's operators or the sink's state). 2: sink lines keyed in the JVM, two lists;
+# 3: late events and progress as running totals.
+JOB_SHAPE = 3
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,7 @@ SINK_LINE_FIELDS = (
 _SEPARATOR = "|"
 
 
-@dataclass(frozen=True, slots=True)
-class SinkLine:
+class SinkLine(NamedTuple):
     """One change the sink receives: a tile's value so far, late events, or progress."""
 
     kind: str
@@ -117,12 +117,21 @@ def sink_line_sql() -> str:
 
 
 def parse_sink_line(line: str) -> SinkLine:
-    """The inverse of :func:`sink_line_sql`."""
-    *numbers, entity_id = line.split(_SEPARATOR, len(SINK_LINE_FIELDS) - 1)
-    kind, entity, minute, *counts = numbers
-    *values, events, max_event, max_ingest = (int(n or 0) for n in counts)
+    """The inverse of :func:`sink_line_sql` (called once per change: kept lean)."""
+    parts = line.split(_SEPARATOR, len(SINK_LINE_FIELDS) - 1)
+    try:
+        numbers = list(map(int, parts[2:-1]))
+    except ValueError:  # a NULL rendered as ''
+        numbers = [int(n or 0) for n in parts[2:-1]]
     return SinkLine(
-        kind, entity, entity_id, int(minute or 0), tuple(values), events, max_event, max_ingest
+        parts[0],
+        parts[1],
+        parts[-1],
+        numbers[0],
+        tuple(numbers[1:-3]),
+        numbers[-3],
+        numbers[-2],
+        numbers[-1],
     )
 
 
@@ -173,7 +182,13 @@ def source_ddl(spec: SpeedJobSpec) -> str:
 
 
 def union_query(spec: SpeedJobSpec) -> str:
-    """Tiles, late events and read progress as one changelog with one row shape."""
+    """Tiles, late events and read progress as one changelog with one row shape.
+
+    Late events and progress are running totals since the job's epoch (global aggregates:
+    with mini-batches, each event only updates a local accumulator in the source's
+    thread, and one row per batch crosses to the sink; as windows, every event crossed a
+    shuffle). They are checkpointed with the rest of the query's state.
+    """
     lateness_ms = spec.allowed_lateness_s * 1000
     contributions = ", ".join(
         f"CAST({sql_contribution(a)} AS BIGINT) AS {c}"
@@ -189,6 +204,9 @@ def union_query(spec: SpeedJobSpec) -> str:
     )
     sums = ", ".join(f"SUM({c}) AS {c}" for c in TILE_COLUMNS)
     zeros = ", ".join(f"CAST(0 AS BIGINT) AS {c}" for c in TILE_COLUMNS)
+    # The totals' state is kept for good (the tiles' state expires after state_ttl_s):
+    # a total that expired would start again from zero.
+    keep = "/*+ STATE_TTL('log_rows' = '0 s') */"
     return f"""
         SELECT 'tile' AS kind, entity, entity_id, minute_ms, {sums},
                COUNT(*) AS events, MAX(event_time) AS max_event_ms,
@@ -196,16 +214,14 @@ def union_query(spec: SpeedJobSpec) -> str:
         FROM ({per_entity})
         GROUP BY entity, entity_id, minute_ms
         UNION ALL
-        SELECT 'late', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*), MAX(event_time),
+        SELECT {keep} 'late', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*), MAX(event_time),
                MAX(ingest_ms)
         FROM log_rows
         WHERE event_time >= {spec.epoch_cutoff_ms} AND {closed}
-        GROUP BY TUMBLE(proc, INTERVAL '1' SECOND)
         UNION ALL
-        SELECT 'progress', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*),
+        SELECT {keep} 'progress', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*),
                MAX(GREATEST(log_wm, LEAST(event_time, ingest_ms))), MAX(ingest_ms)
         FROM log_rows
-        GROUP BY TUMBLE(proc, INTERVAL '1' SECOND)
     """
 
 
@@ -275,7 +291,6 @@ def load_lineage(speed_dir: Path) -> SpeedJobSpec | None:
 def build_job(env: Any, t_env: Any, spec: SpeedJobSpec, config: SaikiConfig) -> None:
     """Declare the source, the query and the sink on the environments."""
     from pyflink.common import Types
-    from pyflink.table import Schema
 
     from speed.flink_sink import TileSinkFunction
 
@@ -285,12 +300,7 @@ def build_job(env: Any, t_env: Any, spec: SpeedJobSpec, config: SaikiConfig) -> 
     # each), and four sources each re-listing a folder of thousands of segments five
     # times a second kept a core busy while the job was idle.
     rows = t_env.to_data_stream(t_env.sql_query(f"SELECT {_ROW_COLUMNS} FROM log_events"))
-    t_env.create_temporary_view(
-        "log_rows",
-        t_env.from_data_stream(
-            rows, Schema.new_builder().column_by_expression("proc", "PROCTIME()").build()
-        ),
-    )
+    t_env.create_temporary_view("log_rows", t_env.from_data_stream(rows))
     changes = t_env.to_changelog_stream(
         t_env.sql_query(f"SELECT 0 AS k, {sink_line_sql()} AS v FROM ({union_query(spec)})")
     )

@@ -165,15 +165,16 @@ class TileSink:
             if entity == ENTITIES[0].name:  # each event lands in one tile per entity kind
                 self.status.events_tiled += grew
 
-    def on_late(self, count: int = 1) -> None:
-        """Events that arrived after their tile closed: left to the next batch run."""
+    def on_late(self, total: int) -> None:
+        """How many events, in all, arrived after their tile closed: left to the next
+        batch run. Totals only grow (a replay repeats one), hence the maximum."""
         with self._lock:
-            self.status.late_events += count
+            self.status.late_events = max(self.status.late_events, total)
 
-    def on_progress(self, events: int, max_event_ms: int, max_ingest_ms: int) -> None:
-        """What the source has read (every event, tiled or not)."""
+    def on_progress(self, total: int, max_event_ms: int, max_ingest_ms: int) -> None:
+        """What the source has read in all (every event, tiled or not)."""
         with self._lock:
-            self.status.events_seen += events
+            self.status.events_seen = max(self.status.events_seen, total)
             self.status.max_event_ms = max(self.status.max_event_ms, max_event_ms)
             self.status.max_ingest_ms = max(self.status.max_ingest_ms, max_ingest_ms)
             self.status.watermark_ms = max(

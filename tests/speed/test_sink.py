@@ -80,6 +80,8 @@ def test_status_is_published_for_other_processes(tmp_path: Path) -> None:
     sink = make(tmp_path, MemorySpeedStore(), [T])
     sink.on_progress(10, T + 90_000, T + 91_000)
     sink.on_late(2)
+    sink.on_progress(7, T + 80_000, T + 81_000)  # a replayed, older total changes nothing
+    sink.on_late(1)
     sink.flush()
     status = read_status(tmp_path)
     assert status is not None

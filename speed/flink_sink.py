@@ -69,9 +69,9 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             ValueStateDescriptor("counters", Types.PICKLED_BYTE_ARRAY())
         )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saiki-speed-sink")
-        # Opening Feast (importing it takes 7-10 s inside the JVM's Python while Flink
-        # starts up beside it) is the writer thread's first task: the job reads and
-        # merges meanwhile, and no write is taken before the held tiles are restored.
+        # Opening Feast (about 3 s inside the JVM's Python while Flink starts up beside
+        # it) is the writer thread's first task: the job reads and merges meanwhile, and
+        # no write is taken before the held tiles are restored.
         self._ready = self._writer.submit(self._connect)
         self._writing: Future[int] | None = None
         self._armed = False
@@ -83,8 +83,8 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def _connect(self) -> None:
         # Feast imports torch when it is installed, for tensor helpers the sink never
-        # uses: 2.6 of the 10 s its import takes inside the JVM's Python. Nothing else
-        # runs in this interpreter, so torch is marked absent before Feast looks for it.
+        # uses (2.6 s inside the JVM's Python). Nothing else runs in this interpreter, so
+        # torch is marked absent before Feast looks for it.
         sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
         from feature_repo.feast_store import FeastSpeedWriter
 

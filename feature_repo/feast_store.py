@@ -54,7 +54,10 @@ def repo_config(config: SaikiConfig) -> Any:
         provider="local",
         registry=registry,
         online_store=online,
-        offline_store={"type": "file"},
+        # By name, not as a dict: Feast then resolves it when first used, instead of
+        # importing its dask-based class (0.6 s) to validate it; the speed layer's sink
+        # and the server never use it.
+        offline_store="file",
         entity_key_serialization_version=3,
         repo_path=Path(__file__).resolve().parent,
     )

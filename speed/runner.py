@@ -41,6 +41,7 @@ from speed.job import (
     load_lineage,
     save_lineage,
 )
+from speed.jvm import jvm_args
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _INGEST_ONLY = pa.schema([SEGMENT_ARROW_SCHEMA.field("ingest_ms")])
@@ -137,6 +138,7 @@ def run_speed(
             stage(f"{step} after {time.perf_counter() - began:.1f}s")
 
     os.environ["PYTHONPATH"] = embedded_python_path()
+    os.environ["JVM_ARGS"] = jvm_args(config.data_dir / "speed")  # if the JVM starts here
     (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
     spec, checkpoint = resolve_spec(config, fresh)
     save_lineage(spec)

@@ -11,10 +11,14 @@ import pytest
 from speed.jvm import DIRECTIVES_FILE, HOT_CLASSES, jvm_args
 
 
-def test_hotspot_accepts_the_directives_in_the_intended_order(tmp_path: Path) -> None:
+def test_hotspot_accepts_the_directives_in_the_intended_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     java = shutil.which("java")
     if java is None:
         pytest.skip("no java on PATH")
+    monkeypatch.delenv("JVM_ARGS", raising=False)  # a job earlier in the session set it
+    monkeypatch.delenv("SAIKI_DEFAULT_JIT", raising=False)
     args = jvm_args(tmp_path).split()
     printed = subprocess.run(
         [java, *args, "-XX:+CompilerDirectivesPrint", "-version"],

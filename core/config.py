@@ -64,6 +64,9 @@ class SpeedConfig:
     checkpoint_interval_ms: int = 2_000
     jobmanager: str = ""  # host:port of a Flink cluster; empty: local mini-cluster
     sink_flush_ms: int = 100
+    # How often Flink's source lists the log's folder for new segments: a new segment
+    # waits up to this long to be read, and each listing costs per segment in the folder.
+    monitor_ms: int = 200
 
 
 @dataclass(frozen=True)

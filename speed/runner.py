@@ -9,6 +9,7 @@ it has read the whole log, written every tile, and completed one more checkpoint
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import shutil
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from core.config import SaikiConfig
 from core.errors import ComponentError
-from core.eventlog import EventLog
+from core.eventlog import EventLog, Topic
 from core.ingest import SEGMENT_ARROW_SCHEMA
 from core.timeutil import now_ms
 from feature_repo.online import SpeedStatus, read_status
@@ -78,7 +79,8 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
     # from the current cutoff; the tiles already written stay and are max-merged.
     resumable = lineage is not None and lineage.shape == JOB_SHAPE
     if not fresh and resumable and lineage is not None and checkpoint is not None:
-        return lineage, checkpoint
+        # The listing interval is no part of the job's state: the configured one applies.
+        return replace(lineage, monitor_ms=config.speed.monitor_ms), checkpoint
     shutil.rmtree(speed_dir / "checkpoints", ignore_errors=True)
     current = ViewCatalog(config.data_dir).current()
     spec = SpeedJobSpec(
@@ -88,11 +90,18 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
         allowed_lateness_s=config.speed.allowed_lateness_s,
         checkpoint_interval_ms=config.speed.checkpoint_interval_ms,
         sink_flush_ms=config.speed.sink_flush_ms,
+        monitor_ms=config.speed.monitor_ms,
         state_ttl_s=max(config.speed.state_ttl_s, 2 * config.speed.allowed_lateness_s + 120),
         kafka_bootstrap=config.log.kafka_bootstrap if config.log.backend == "kafka" else "",
         kafka_topic=config.log.kafka_topic,
     )
     return spec, None
+
+
+@functools.lru_cache(maxsize=8)
+def _events(log_dir: Path) -> Topic:
+    """One events topic per log folder for :func:`progress` (it remembers what it parsed)."""
+    return EventLog(log_dir).events
 
 
 def progress(config: SaikiConfig) -> SpeedProgress:
@@ -101,7 +110,8 @@ def progress(config: SaikiConfig) -> SpeedProgress:
     Called twice a second while the job runs: one listing of the log's folder, and only
     the ``ingest_ms`` column of the oldest unread segment.
     """
-    segments = EventLog(config.log_dir).events.segments()
+    events = _events(config.log_dir)
+    segments = events.segments()
     head = segments[-1].end if segments else 0
     status = read_status(config.data_dir / "speed")
     seen = status.events_seen if status else 0
@@ -109,7 +119,7 @@ def progress(config: SaikiConfig) -> SpeedProgress:
     lag_seconds = 0.0
     unread = next((s for s in segments if s.end > seen), None) if lag else None
     if unread is not None:
-        table = EventLog(config.log_dir).events.read(unread, _INGEST_ONLY)
+        table = events.read(unread, _INGEST_ONLY)
         oldest = table.column("ingest_ms")[max(seen - unread.first, 0)].as_py()
         lag_seconds = max((now_ms() - oldest) / 1000, 0.0)
     return SpeedProgress(status, head, lag, lag_seconds)

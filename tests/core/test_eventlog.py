@@ -34,6 +34,19 @@ def test_segments_are_named_by_offsets_and_read_with_them(tmp_path: Path) -> Non
     assert topic.head() == 5
 
 
+def test_a_kept_topic_sees_what_other_writers_append_in_offset_order(tmp_path: Path) -> None:
+    # The speed layer's driver keeps one Topic (it remembers parsed names) while the
+    # ingest server, another process, appends through its own.
+    reader, writer = Topic(tmp_path / "t"), Topic(tmp_path / "t")
+    for n in range(12):  # offsets past 9 and 99 check the order is numeric
+        writer.append(lines(*range(n + 1)))
+    assert [s.first for s in reader.segments()] == [n * (n + 1) // 2 for n in range(12)]
+    writer.append(lines(7))
+    listed = reader.segments(from_offset=66)
+    assert [(s.first, s.count) for s in listed] == [(66, 12), (78, 1)]
+    assert reader.head() == writer.head() == 79
+
+
 def test_a_staged_segment_is_invisible_until_published(tmp_path: Path) -> None:
     topic = Topic(tmp_path / "t")
     staged = topic.stage(lines(1, 2))

@@ -106,3 +106,19 @@ def test_a_checkpoint_of_an_older_job_shape_is_not_restored(tmp_path: Path) -> N
     started, checkpoint = resolve_spec(config, fresh=False)
     assert checkpoint is None and started.shape == JOB_SHAPE
     assert not (speed_dir / "checkpoints").exists()  # discarded, as --fresh does
+
+
+def test_the_listing_interval_is_configured_and_applies_to_a_resumed_job(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "saiki.toml").write_text("[speed]\nmonitor_ms = 750\n")
+    config = make_config(tmp_path)
+    fresh, _ = resolve_spec(config, fresh=True)
+    assert fresh.monitor_ms == 750
+    assert "'source.monitor-interval' = '750ms'" in source_ddl(fresh)
+    speed_dir = config.data_dir / "speed"
+    (speed_dir / "checkpoints" / "job" / "chk-1").mkdir(parents=True)
+    (speed_dir / "checkpoints" / "job" / "chk-1" / "_metadata").write_bytes(b"x")
+    (speed_dir / "job.json").write_text(json.dumps(asdict(replace(fresh, monitor_ms=200))))
+    resumed, checkpoint = resolve_spec(config, fresh=False)
+    assert checkpoint is not None and resumed.monitor_ms == 750

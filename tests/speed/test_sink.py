@@ -109,3 +109,14 @@ def test_held_tiles_pack_like_a_sorted_max_merge_of_every_update() -> None:
             assert minutes.tolist() == sorted(reference)
             expected = [reference[m][:-1].tolist() for m in sorted(reference)]
             assert values.tolist() == expected
+
+
+def test_writes_follow_each_tick_when_caught_up_and_space_out_when_behind() -> None:
+    from speed.flink_sink import flush_delay_ms
+
+    # Caught up: the next write may start at the next tick, however long the last took.
+    assert flush_delay_ms(100, last_write_ms=700, behind_ms=400) == 100
+    # Behind: four times the last write, within [tick, 3 s].
+    assert flush_delay_ms(100, last_write_ms=700, behind_ms=60_000) == 2_800
+    assert flush_delay_ms(100, last_write_ms=10, behind_ms=60_000) == 100
+    assert flush_delay_ms(100, last_write_ms=5_000, behind_ms=60_000) == 3_000

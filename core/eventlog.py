@@ -4,10 +4,18 @@ A topic is a folder of immutable segment files. Each append writes one segment n
 by its first offset, its length and the log watermark at its start
 (``seg-0000000000001000-00000500-1795176000000.jsonl`` holds offsets 1000..1499, line n
 being offset 1000 + n), one canonical JSON object per line, and makes
-it visible atomically: it is *staged* under a dotted name and fsync'd (by any process, in
-parallel), then *published* by a rename under the writer lock, and the folder fsync'd.
-Readers therefore never see a partial segment, and Flink's filesystem source (which skips
-names starting with ``.`` or ``_``) picks each segment up exactly once.
+it visible atomically: it is *staged* in the topic's ``_staging/`` subfolder and fsync'd
+(by any process, in parallel), then *published* by a rename into the topic's folder under
+the writer lock, and the folder fsync'd. Readers therefore never see a partial segment,
+and Flink's filesystem source (which skips names starting with ``.`` or ``_``) picks each
+segment up exactly once.
+
+**Nothing ever leaves the topic's folder.** Flink's source lists the folder by reading its
+names, then stat'ing each; a name that vanished in between (a staged file renamed away)
+fails the whole listing, and the source retries only at its next monitor interval. Files
+staged in the folder itself made that race likelier the longer the folder grew, until the
+speed layer saw no new segment for seconds at a time (docs/speed.md). Staged files
+therefore live in ``_staging/``, whose renames only ever *add* a name to the folder.
 
 The events topic also keeps an Arrow IPC copy of each segment (``_arrow/seg-….arrow``):
 the same rows, columnar, so that the master loader does not parse JSON again. It is a
@@ -50,6 +58,7 @@ EVENTS_TOPIC: Final = "events"
 QUARANTINE_TOPIC: Final = "quarantine"
 
 SIDECAR_DIR = "_arrow"  # beside the segments; skipped by Flink's source like any "_" name
+STAGING_DIR = "_staging"  # where segments are written before they are published
 _SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})-(\d{13})\.jsonl$")
 _STAGED_MAX_AGE_S: Final = 3600
 
@@ -150,13 +159,14 @@ class Topic:
         """:meth:`stage` for lines already joined: ``count`` lines, each ending in a newline."""
         if count <= 0:
             raise ValueError("an empty segment is never written")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        staging = self.directory / STAGING_DIR
+        staging.mkdir(parents=True, exist_ok=True)
         token = f".staged-{os.getpid()}-{next(_STAGE_COUNTER)}-{time.time_ns()}"
-        path = self.directory / f"{token}.jsonl"
+        path = staging / f"{token}.jsonl"
         _write_synced(path, payload)
         sidecar = None
         if columns is not None:
-            sidecar = self.directory / f"{token}.arrow"
+            sidecar = staging / f"{token}.arrow"
             _write_synced(sidecar, _arrow_bytes(columns))
         return StagedSegment(count, path, sidecar)
 
@@ -181,15 +191,19 @@ class Topic:
         return self.publish(self.stage(lines, columns))
 
     def sweep_staged(self, max_age_s: float = _STAGED_MAX_AGE_S) -> int:
-        """Remove staged files a crashed writer left behind (older than max_age_s)."""
+        """Remove staged files a crashed writer left behind (older than max_age_s).
+
+        Also those of logs written before ``_staging/``, which staged in the folder itself.
+        """
         removed = 0
-        if not self.directory.exists():
-            return 0
         cutoff = time.time() - max_age_s
-        for entry in os.scandir(self.directory):
-            if entry.name.startswith(".staged-") and entry.stat().st_mtime < cutoff:
-                os.unlink(entry.path)
-                removed += 1
+        for folder in (self.directory / STAGING_DIR, self.directory):
+            if not folder.exists():
+                continue
+            for entry in os.scandir(folder):
+                if entry.name.startswith(".staged-") and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
         return removed
 
     def read(self, segment: Segment, schema: pa.Schema) -> pa.Table:

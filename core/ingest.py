@@ -246,6 +246,8 @@ class Ingestor:
     def __init__(self, log: EventLog, clock: Callable[[], int] = now_ms) -> None:
         self.log = log
         self.clock = clock
+        for topic in (log.events, log.quarantine):
+            topic.sweep_staged()  # what a writer that crashed over an hour ago left staged
         self._seen = LogTail(log)
 
     def ingest(self, inputs: Sequence[RawEvent]) -> IngestResult:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pytest
 
-from core.eventlog import EventLog, Topic
+from core.eventlog import SIDECAR_DIR, EventLog, Topic
 from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
 from core.schema import Event
 
@@ -50,18 +52,44 @@ def test_a_kept_topic_sees_what_other_writers_append_in_offset_order(tmp_path: P
 def test_a_staged_segment_is_invisible_until_published(tmp_path: Path) -> None:
     topic = Topic(tmp_path / "t")
     staged = topic.stage(lines(1, 2))
-    assert staged.path.name.startswith(".")  # Flink's file source skips dotted names
+    assert staged.path.parent.name.startswith("_")  # Flink's file source skips the folder
     assert topic.segments() == [] and topic.head() == 0
     topic.publish(staged)
     assert topic.head() == 2
     assert not staged.path.exists()
 
 
+def test_publishing_only_ever_adds_names_to_the_topic_folder(tmp_path: Path) -> None:
+    # Flink's source lists the folder, then stats every name it read: a name removed in
+    # between fails the listing, so a staged file must never be renamed out of it.
+    topic = Topic(tmp_path / "t")
+    before: set[str] = set()
+    for n in range(5):
+        staged = topic.stage(lines(n), pa.table({"n": [n]}))
+        during = set(os.listdir(topic.directory))
+        topic.publish(staged, watermark_ms=n)
+        after = set(os.listdir(topic.directory))
+        assert before <= during <= after
+        assert after - during - {SIDECAR_DIR} == {topic.segments()[-1].path.name}
+        before = after
+
+
 def test_stale_staged_files_of_a_crashed_writer_are_swept(tmp_path: Path) -> None:
     topic = Topic(tmp_path / "t")
     topic.stage(lines(1))
+    legacy = topic.directory / ".staged-1-2-3.jsonl"  # staged in the folder, as logs once did
+    legacy.write_bytes(b"{}\n")
     assert topic.sweep_staged(max_age_s=3600) == 0
-    assert topic.sweep_staged(max_age_s=-1) == 1
+    assert topic.sweep_staged(max_age_s=-1) == 2 and not legacy.exists()
+
+
+def test_the_ingestor_sweeps_what_a_crashed_writer_left_staged(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "log")
+    staged = log.events.stage(lines(1))
+    old = time.time() - 7200
+    os.utime(staged.path, (old, old))
+    Ingestor(log)
+    assert not staged.path.exists() and log.events.head() == 0
 
 
 def test_a_damaged_sidecar_falls_back_to_the_json_segment(tmp_path: Path) -> None:

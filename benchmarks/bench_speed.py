@@ -42,7 +42,7 @@ from simulator import TrafficOptions, World, write_jsonl
 BACKLOG_DAYS = 0.5
 RATE = 1_000  # events per second offered for the freshness run
 BATCHES_PER_SECOND = 20  # Ingest calls a second: each writes one segment of the log
-FRESHNESS_SECONDS = 30
+FRESHNESS_SECONDS = 180  # long enough for a delay that grows with the log to show
 PORT = 50_932
 
 

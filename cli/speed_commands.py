@@ -10,6 +10,8 @@ from typing import Any
 from core.config import load_config
 from core.timeutil import format_iso
 
+MANY_SEGMENTS = 10_000  # where `saiki speed status` says what the folder costs
+
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``saiki speed run`` and ``saiki speed status``."""
@@ -76,7 +78,9 @@ def run_status(args: argparse.Namespace) -> int:
     """``saiki speed status``."""
     from speed.runner import progress
 
-    look = progress(load_config(args.data_dir))
+    config = load_config(args.data_dir)
+    look = progress(config)
+    monitor_ms = config.speed.monitor_ms
     status = look.status
     if status is None:
         print("the speed layer has not run yet: saiki speed run")
@@ -96,4 +100,10 @@ def run_status(args: argparse.Namespace) -> int:
         f"  newest event {format_iso(status.max_event_ms) if status.max_event_ms else '-'}, "
         f"newest ingest {format_iso(status.max_ingest_ms) if status.max_ingest_ms else '-'}"
     )
+    print(f"  log: {look.segments} segments, re-listed by the source every {monitor_ms} ms")
+    if look.segments >= MANY_SEGMENTS:
+        print(
+            "  (the job's idle cost grows with the segments: about a core at 20,000 every "
+            "200 ms; raise [speed] monitor_ms or use the Kafka source, see docs/speed.md)"
+        )
     return 0

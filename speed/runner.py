@@ -56,6 +56,7 @@ class SpeedProgress:
     log_head: int
     lag_events: int
     lag_seconds: float
+    segments: int = 0  # in the folder Flink's source re-lists (its idle cost grows with them)
 
 
 def embedded_python_path() -> str:
@@ -122,7 +123,7 @@ def progress(config: SaikiConfig) -> SpeedProgress:
         table = events.read(unread, _INGEST_ONLY)
         oldest = table.column("ingest_ms")[max(seen - unread.first, 0)].as_py()
         lag_seconds = max((now_ms() - oldest) / 1000, 0.0)
-    return SpeedProgress(status, head, lag, lag_seconds)
+    return SpeedProgress(status, head, lag, lag_seconds, len(segments))
 
 
 def run_speed(

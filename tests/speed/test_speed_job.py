@@ -92,6 +92,8 @@ def test_status_names_watermark_lag_and_counts(lambda_env: SaikiConfig) -> None:
     head = EventLog(lambda_env.log_dir).events.head()
     assert f"read {head}/{head} events, lag 0" in text
     assert "late (left to batch)" in text and "watermark 2026-11-20T" in text
+    segments = len(EventLog(lambda_env.log_dir).events.segments())
+    assert f"log: {segments} segments, re-listed by the source every 200 ms" in text
 
 
 def _wait(condition: object, timeout: float, what: str) -> None:

@@ -4,7 +4,7 @@ Shape (SQL for parsing and aggregation, Python only at the sink):
 
 * **source**: Flink's filesystem connector follows the event log's segment folder
   (``source.monitor-interval``); segments appear atomically by rename, and names starting
-  with ``.`` or ``_`` (staged files, Arrow copies) are skipped.
+  with ``.`` or ``_`` (the staging folder, Arrow copies) are skipped.
 * **tiles**: a continuously updating ``GROUP BY (entity, event-time minute)`` with
   mini-batches, so a tile is rewritten within about ``sink_flush_ms`` of its events —
   not when its minute closes, as a ``TUMBLE`` window would.

@@ -36,6 +36,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/saiki
+	@for f in proto/saiki/*; do ln -s $(CURDIR)/$$f $(VENV)/typecheck/saiki/; done
+	@for d in core batch speed serving feature_repo ops cli simulator; do \
+	  ln -s $(CURDIR)/$$d $(VENV)/typecheck/saiki/$$d; done
 	$(BIN)/mypy
 
 ## proto: regenerate the Python wire types from proto/saiki/v1/*.proto

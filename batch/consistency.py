@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.master import MasterDataset
-from batch.pipeline import iceberg_time, normalise_types
-from batch.training import features_at
-from core.config import SaikiConfig
-from core.eventlog import EventLog
-from feature_repo.spec import ENTITIES, FEATURE_NAMES, MAX_WINDOW
+from saiki.batch.master import MasterDataset
+from saiki.batch.pipeline import iceberg_time, normalise_types
+from saiki.batch.training import features_at
+from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog
+from saiki.feature_repo.spec import ENTITIES, FEATURE_NAMES, MAX_WINDOW
 
 # What the serving path answers: (entity, ids, q) -> {id: {feature: value}}.
 ServedFeatures = Callable[[str, list[str], int], dict[str, dict[str, float]]]

@@ -30,10 +30,10 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
-from core.config import SaikiConfig
-from core.errors import ComponentError
-from core.eventlog import EventLog, Topic
-from core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ComponentError
+from saiki.core.eventlog import EventLog, Topic
+from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
 
 EVENTS_TABLE: Final = "events"
 QUARANTINE_TABLE: Final = "events_quarantine"
@@ -349,7 +349,7 @@ class MasterDataset:
         self, snapshot_id: int | None = None, as_of_ms: int | None = None
     ) -> int | None:
         """The snapshot to read: the one given, the newest at ``as_of_ms``, or the current."""
-        from core.errors import NotFoundError
+        from saiki.core.errors import NotFoundError
 
         table = self.table()
         if snapshot_id is not None:

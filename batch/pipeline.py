@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam import pvalue
 
-from feature_repo.spec import AGGREGATION_NAMES, ENTITIES, MAX_WINDOW, WINDOWS, Entity
-from feature_repo.tiles import (
+from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITIES, MAX_WINDOW, WINDOWS, Entity
+from saiki.feature_repo.tiles import (
     ENTITY_ID,
     MINUTE,
     MS_PER_MINUTE,

@@ -20,8 +20,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from batch.master import EVENTS_TABLE, MasterDataset
-from batch.pipeline import (
+from saiki.batch.master import EVENTS_TABLE, MasterDataset
+from saiki.batch.pipeline import (
     DEAD_LETTER,
     LOCAL_PROGRESS,
     ComputeBatchView,
@@ -32,12 +32,12 @@ from batch.pipeline import (
     iceberg_time,
     window_lower_bound,
 )
-from core.config import SaikiConfig
-from core.errors import ComponentError, InvalidInputError, PreconditionError
-from core.eventlog import EventLog
-from core.timeutil import floor_minute, format_iso, now_ms
-from feature_repo.spec import ENTITIES, SPEC_VERSION
-from feature_repo.views import ViewCatalog, ViewManifest
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ComponentError, InvalidInputError, PreconditionError
+from saiki.core.eventlog import EventLog
+from saiki.core.timeutil import floor_minute, format_iso, now_ms
+from saiki.feature_repo.spec import ENTITIES, SPEC_VERSION
+from saiki.feature_repo.views import ViewCatalog, ViewManifest
 
 EMBEDDED_RUNNER = "DirectRunner"
 
@@ -250,7 +250,7 @@ def publish_online(
     config: SaikiConfig, manifest: ViewManifest, previous: ViewManifest | None
 ) -> int:
     """Register the view as Feast's batch source and write its rows to the online store."""
-    from feature_repo.feast_store import publish_batch_view
+    from saiki.feature_repo.feast_store import publish_batch_view
 
     return publish_batch_view(config, manifest, previous)
 

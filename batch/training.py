@@ -27,14 +27,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch.master import EVENTS_TABLE, MasterDataset
-from batch.pipeline import ReadSnapshot, SnapshotScan, invalid_rows, shards_of
-from batch.run import catalog_properties, code_version, pipeline_options
-from core.config import SaikiConfig
-from core.errors import ComponentError, InvalidInputError, PreconditionError
-from core.timeutil import MS_PER_MINUTE, now_ms
-from feature_repo.spec import AGGREGATION_NAMES, ENTITIES, MAX_WINDOW, SPEC_VERSION, WINDOWS, Entity
-from feature_repo.tiles import (
+from saiki.batch.master import EVENTS_TABLE, MasterDataset
+from saiki.batch.pipeline import ReadSnapshot, SnapshotScan, invalid_rows, shards_of
+from saiki.batch.run import catalog_properties, code_version, pipeline_options
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ComponentError, InvalidInputError, PreconditionError
+from saiki.core.timeutil import MS_PER_MINUTE, now_ms
+from saiki.feature_repo.spec import (
+    AGGREGATION_NAMES,
+    ENTITIES,
+    MAX_WINDOW,
+    SPEC_VERSION,
+    WINDOWS,
+    Entity,
+)
+from saiki.feature_repo.tiles import (
     CompositeKeys,
     PrefixSums,
     contributions,

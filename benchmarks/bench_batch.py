@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import time
 
-from batch.master import MasterDataset
-from batch.pipeline import (
+from benchmarks.common import DATA, conditions, traffic_file
+from saiki.batch.master import MasterDataset
+from saiki.batch.pipeline import (
     SnapshotScan,
     SumWindowsFn,
     normalise_types,
     window_lower_bound,
     window_parts,
 )
-from batch.run import BatchRunRequest, catalog_properties, newest_cutoff, run_batch_view
-from benchmarks.common import DATA, conditions, traffic_file
-from core.config import load_config
-from core.eventlog import EventLog
-from core.ingest import Ingestor
-from core.ingest_files import ingest_files
-from feature_repo.spec import ENTITIES
-from feature_repo.tiles import tiles
+from saiki.batch.run import BatchRunRequest, catalog_properties, newest_cutoff, run_batch_view
+from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import Ingestor
+from saiki.core.ingest_files import ingest_files
+from saiki.feature_repo.spec import ENTITIES
+from saiki.feature_repo.tiles import tiles
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from saiki.v1 import features_pb2, features_pb2_grpc
 
 from benchmarks.common import DATA, conditions, fresh_dir, start_server
-from core.config import load_config
-from feature_repo.spec import FEATURE_NAMES
+from saiki.core.config import load_config
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.v1 import features_pb2, features_pb2_grpc
 
 CALLS = 2_000
 SERVE_PORT = 50_931
@@ -30,7 +30,7 @@ SERVE_PORT = 50_931
 
 def prepare(data: Path) -> None:
     """Simulate, ingest, batch run two hours before the end, speed layer over the rest."""
-    run = [sys.executable, "-m", "cli.main", "--data-dir", str(data)]
+    run = [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data)]
     traffic = data.parent / "features-traffic.jsonl"
     subprocess.run(
         [
@@ -108,7 +108,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-    from feature_repo.feast_store import open_store
+    from saiki.feature_repo.feast_store import open_store
 
     store = open_store(config)
     features = [f"item_batch:{name}" for name in FEATURE_NAMES]

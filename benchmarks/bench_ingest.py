@@ -13,12 +13,12 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.master import MasterDataset, _events_to_iceberg
 from benchmarks.common import conditions, fresh_dir, traffic_file
-from core.config import load_config
-from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
-from core.ingest_files import ingest_files
+from saiki.batch.master import MasterDataset, _events_to_iceberg
+from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
+from saiki.core.ingest_files import ingest_files
 
 
 def main() -> None:

@@ -24,12 +24,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 
 from benchmarks.bench_features import prepare
 from benchmarks.common import DATA, PROJECT, conditions, fresh_dir, start_server
-from core.config import load_config
-from feature_repo.spec import FEATURE_NAMES
+from saiki.core.config import load_config
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 
 PORT = 50_933
 SECONDS = 12
@@ -40,7 +40,7 @@ ITEMS = [f"i{i}" for i in range(1000)]
 def cli(data: Path, *argv: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     subprocess.run(
-        [sys.executable, "-m", "cli.main", "--data-dir", str(data), *argv],
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), *argv],
         cwd=PROJECT,
         env=env,
         check=True,
@@ -123,7 +123,7 @@ async def measure(
 
 
 def feast_fetch(data: Path) -> list[float]:
-    from feature_repo.feast_store import open_store
+    from saiki.feature_repo.feast_store import open_store
 
     store = open_store(load_config(data, environ={}))
     users = [f"user_batch:{n}" for n in FEATURE_NAMES]
@@ -162,7 +162,7 @@ def main() -> None:
         server.terminate()
         server.wait(60)
     feast = feast_fetch(data)
-    from serving.registry import ModelRegistry
+    from saiki.serving.registry import ModelRegistry
 
     registry = ModelRegistry(data)
     version = registry.production()

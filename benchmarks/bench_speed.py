@@ -27,17 +27,17 @@ import grpc
 import numpy as np
 import pyarrow as pa
 from google.protobuf.timestamp_pb2 import Timestamp
-from saiki.v1 import events_pb2, events_pb2_grpc
 
 from benchmarks.common import PROJECT, conditions, fresh_dir
-from core.config import load_config
-from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
-from core.ingest_files import ingest_files
-from core.timeutil import now_ms
-from feature_repo.feast_store import SqliteOnlineReader
-from feature_repo.online import read_status
-from simulator import TrafficOptions, World, write_jsonl
+from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
+from saiki.core.ingest_files import ingest_files
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.feast_store import SqliteOnlineReader
+from saiki.feature_repo.online import read_status
+from saiki.simulator import TrafficOptions, World, write_jsonl
+from saiki.v1 import events_pb2, events_pb2_grpc
 
 BACKLOG_DAYS = 0.5
 RATE = 1_000  # events per second offered for the freshness run
@@ -49,7 +49,7 @@ PORT = 50_932
 def saiki(data: Path, *argv: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--data-dir", str(data), *argv],
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), *argv],
         cwd=PROJECT,
         env=env,
         stdout=subprocess.PIPE,

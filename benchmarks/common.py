@@ -38,7 +38,7 @@ def traffic_file(events_hint: str = "10M") -> Path:
             [
                 sys.executable,
                 "-m",
-                "cli.main",
+                "saiki.cli.main",
                 "simulate",
                 "--users",
                 str(USERS),
@@ -85,7 +85,7 @@ def start_server(data: Path, port: int, workers: int = 1, **settings: str) -> su
         [
             sys.executable,
             "-m",
-            "cli.main",
+            "saiki.cli.main",
             "--data-dir",
             str(data),
             "serve",

@@ -8,10 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cli.progress import print_table, progress_bar
-from core.config import load_config
-from core.errors import InvalidInputError
-from core.timeutil import format_iso, parse_duration, parse_iso
+from saiki.cli.progress import print_table, progress_bar
+from saiki.core.config import load_config
+from saiki.core.errors import InvalidInputError
+from saiki.core.timeutil import format_iso, parse_duration, parse_iso
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -54,7 +54,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_batch(args: argparse.Namespace) -> int:
     """``saiki batch run``."""
-    from batch.run import BatchRunRequest, describe, run_batch_view
+    from saiki.batch.run import BatchRunRequest, describe, run_batch_view
 
     config = load_config(args.data_dir)
     request = BatchRunRequest(
@@ -82,7 +82,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def run_views(args: argparse.Namespace) -> int:
     """``saiki batch views``."""
-    from feature_repo.views import ViewCatalog
+    from saiki.feature_repo.views import ViewCatalog
 
     catalog = ViewCatalog(load_config(args.data_dir).data_dir)
     current = catalog.current_id()
@@ -122,9 +122,9 @@ def run_views(args: argparse.Namespace) -> int:
 
 def run_backfill(args: argparse.Namespace) -> int:
     """``saiki batch backfill --from TS --to TS [--every 1d]``: one view per cutoff."""
-    from batch.master import MasterDataset
-    from batch.run import BatchRunRequest, describe, run_batch_view
-    from core.eventlog import EventLog
+    from saiki.batch.master import MasterDataset
+    from saiki.batch.run import BatchRunRequest, describe, run_batch_view
+    from saiki.core.eventlog import EventLog
 
     start, stop = parse_iso(args.from_, "--from"), parse_iso(args.to, "--to")
     step = parse_duration(args.every, "--every")
@@ -155,7 +155,7 @@ def run_backfill(args: argparse.Namespace) -> int:
 
 def run_training_set(args: argparse.Namespace) -> int:
     """``saiki batch training-set --from TS --to TS --out FILE``."""
-    from batch.training import build_training_set
+    from saiki.batch.training import build_training_set
 
     config = load_config(args.data_dir)
     with progress_bar(None, "step", "training set"):

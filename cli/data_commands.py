@@ -9,10 +9,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cli.progress import print_table, progress_bar
-from core.config import load_config
-from core.errors import InvalidInputError, NotFoundError
-from core.timeutil import floor_minute, format_iso, now_ms, parse_iso
+from saiki.cli.progress import print_table, progress_bar
+from saiki.core.config import load_config
+from saiki.core.errors import InvalidInputError, NotFoundError
+from saiki.core.timeutil import floor_minute, format_iso, now_ms, parse_iso
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -59,7 +59,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """``saiki simulate``."""
-    from simulator import TrafficOptions, World, write_jsonl
+    from saiki.simulator import TrafficOptions, World, write_jsonl
 
     for name in ("malformed_rate", "late_rate", "duplicate_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -89,9 +89,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 def run_ingest(args: argparse.Namespace) -> int:
     """``saiki ingest FILE...``: validate → event log → master dataset, exactly once."""
-    from core.eventlog import EventLog
-    from core.ingest import Ingestor
-    from core.ingest_files import ingest_files
+    from saiki.core.eventlog import EventLog
+    from saiki.core.ingest import Ingestor
+    from saiki.core.ingest_files import ingest_files
 
     for path in args.files:
         if not path.is_file():
@@ -121,7 +121,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def _load_master(config: Any, log: Any) -> None:
-    from batch.master import MasterDataset
+    from saiki.batch.master import MasterDataset
 
     started = time.perf_counter()
     master = MasterDataset(config)
@@ -140,7 +140,7 @@ def _load_master(config: Any, log: Any) -> None:
 
 def run_master_load(args: argparse.Namespace) -> int:
     """``saiki master load``."""
-    from core.eventlog import EventLog
+    from saiki.core.eventlog import EventLog
 
     config = load_config(args.data_dir)
     _load_master(config, EventLog(config.log_dir))
@@ -149,7 +149,7 @@ def run_master_load(args: argparse.Namespace) -> int:
 
 def run_master_snapshots(args: argparse.Namespace) -> int:
     """``saiki master snapshots``."""
-    from batch.master import MasterDataset
+    from saiki.batch.master import MasterDataset
 
     master = MasterDataset(load_config(args.data_dir))
     rows = [
@@ -172,7 +172,7 @@ def run_master_snapshots(args: argparse.Namespace) -> int:
 
 def run_master_show(args: argparse.Namespace) -> int:
     """``saiki master show [--snapshot ID | --as-of TS]``: counts per day and type."""
-    from batch.master import MasterDataset
+    from saiki.batch.master import MasterDataset
 
     master = MasterDataset(load_config(args.data_dir))
     as_of = parse_iso(args.as_of, "--as-of") if args.as_of else None

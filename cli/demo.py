@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cli import data_commands, model_commands
-from cli.demo_services import DemoServices, free_port
-from cli.demo_summary import closing_checks, percentile, print_summary
-from core.config import SaikiConfig, load_config
-from core.errors import PreconditionError
-from core.timeutil import floor_minute, format_iso, now_ms
+from saiki.cli import data_commands, model_commands
+from saiki.cli.demo_services import DemoServices, free_port
+from saiki.cli.demo_summary import closing_checks, percentile, print_summary
+from saiki.core.config import SaikiConfig, load_config
+from saiki.core.errors import PreconditionError
+from saiki.core.timeutil import floor_minute, format_iso, now_ms
 
 SUMMARY_FILE = "summary.json"
 
@@ -98,7 +98,7 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         services.stop()
     _stage("9. the report")
-    from cli.report import write_report
+    from saiki.cli.report import write_report
 
     report = write_report(config)
     print_summary(summary, report, time.perf_counter() - started)
@@ -169,9 +169,9 @@ def _live(
     # From here on Flink and the server share the cores: one torch thread trains v2
     # faster than two contending with them (with two, v2 once took 320 s instead of ~60).
     torch.set_num_threads(1)
-    from serving.registry import ModelRegistry
-    from simulator import World
-    from simulator.live import LivePopulation
+    from saiki.serving.registry import ModelRegistry
+    from saiki.simulator import World
+    from saiki.simulator.live import LivePopulation
 
     registry = ModelRegistry(config.data_dir)
     world = World(users=plan.users, items=plan.items, seed=seed, shift_at_ms=shift_at)
@@ -239,7 +239,7 @@ def _train_args(
 
 
 def _batch_run(config: SaikiConfig) -> None:
-    from batch.run import BatchRunRequest, describe, run_batch_view
+    from saiki.batch.run import BatchRunRequest, describe, run_batch_view
 
     manifest = run_batch_view(config, BatchRunRequest())
     print(f"published {describe(manifest)}", flush=True)
@@ -294,9 +294,9 @@ def _wait_until(population: Any, done: Any, timeout_s: float = 30) -> None:
 
 
 def _monitor(config: SaikiConfig, label: str) -> dict[str, Any]:
-    from cli.ops_commands import merger_for
-    from core.eventlog import EventLog
-    from serving.monitor import monitor
+    from saiki.cli.ops_commands import merger_for
+    from saiki.core.eventlog import EventLog
+    from saiki.serving.monitor import monitor
 
     found = monitor(
         config.data_dir, merger_for(config), EventLog(config.log_dir), now_ms(), 600_000

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from core.config import SaikiConfig
-from core.errors import ComponentError
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ComponentError
 
 _STOP_GRACE_S = 40.0
 
@@ -66,7 +66,14 @@ class DemoServices:
         log_path = folder / f"{name.replace(' ', '-')}.log"
         log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "--data-dir", str(self.config.data_dir), *argv],
+            [
+                sys.executable,
+                "-m",
+                "saiki.cli.main",
+                "--data-dir",
+                str(self.config.data_dir),
+                *argv,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -99,7 +106,7 @@ class DemoServices:
 
     def wait_speed_caught_up(self, child: Child, timeout_s: float = 240) -> float:
         """Block until the speed layer has read the whole log; returns the seconds taken."""
-        from speed.runner import progress
+        from saiki.speed.runner import progress
 
         started = time.monotonic()
         while True:

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from cli.progress import print_table
-from core.config import SaikiConfig
-from core.errors import PreconditionError
-from core.timeutil import floor_minute, now_ms
+from saiki.cli.progress import print_table
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import PreconditionError
+from saiki.core.timeutil import floor_minute, now_ms
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -28,9 +28,9 @@ def closing_checks(
     events_acked: int,
 ) -> dict[str, Any]:
     first, second = phases
-    from batch.master import MasterDataset
-    from cli.ops_commands import consistency_report
-    from core.eventlog import EventLog
+    from saiki.batch.master import MasterDataset
+    from saiki.cli.ops_commands import consistency_report
+    from saiki.core.eventlog import EventLog
 
     master = MasterDataset(config)
     master.load(EventLog(config.log_dir))

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import (
+from saiki.cli import (
     batch_commands,
     data_commands,
     demo,
@@ -21,7 +21,7 @@ from cli import (
     serve_commands,
     speed_commands,
 )
-from core.errors import SaikiError
+from saiki.core.errors import SaikiError
 
 _MODULES = (
     data_commands,

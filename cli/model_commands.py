@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cli.progress import print_table
-from core.config import SaikiConfig, load_config
-from core.errors import InvalidInputError, PreconditionError
-from core.timeutil import MS_PER_DAY, format_iso, now_ms, parse_iso
+from saiki.cli.progress import print_table
+from saiki.core.config import SaikiConfig, load_config
+from saiki.core.errors import InvalidInputError, PreconditionError
+from saiki.core.timeutil import MS_PER_DAY, format_iso, now_ms, parse_iso
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -65,10 +65,10 @@ def _version(text: str) -> int:
 
 def default_training_set(config: SaikiConfig, from_ms: int | None, to_ms: int | None) -> Path:
     """Build a training set from the master dataset (all of it, after a day of warm-up)."""
-    from batch.master import MasterDataset
-    from batch.run import newest_cutoff
-    from batch.training import build_training_set
-    from core.eventlog import EventLog
+    from saiki.batch.master import MasterDataset
+    from saiki.batch.run import newest_cutoff
+    from saiki.batch.training import build_training_set
+    from saiki.core.eventlog import EventLog
 
     master = MasterDataset(config)
     master.load(EventLog(config.log_dir))
@@ -94,9 +94,9 @@ def default_training_set(config: SaikiConfig, from_ms: int | None, to_ms: int | 
 
 def run_train(args: argparse.Namespace) -> int:
     """``saiki train``."""
-    from batch.training import read_lineage
-    from serving.registry import ModelRegistry
-    from serving.training import train_and_evaluate
+    from saiki.batch.training import read_lineage
+    from saiki.serving.registry import ModelRegistry
+    from saiki.serving.training import train_and_evaluate
 
     config = load_config(args.data_dir)
     path = args.training_set or default_training_set(
@@ -115,7 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
         # The model in production, scored on exactly the rows the new one is judged on.
         metrics["production_backtest"] = backtest(registry, production, path, holdout)
     lineage = {"training_set": str(path), **read_lineage(path).__dict__}
-    from serving.model import ModelConfig
+    from saiki.serving.model import ModelConfig
 
     entry = registry.register(model, quantised, ModelConfig(), lineage, metrics)
     print_report(entry.name, metrics, entry.artifacts)
@@ -136,7 +136,7 @@ def backtest(
     registry: Any, version: int, path: Path, holdout_from_ms: int | None = None
 ) -> dict[str, float]:
     """A registered model's AUC and log loss on the held-out days of a training set."""
-    from serving.training import auc, load_rows, log_loss, predict, split_by_time
+    from saiki.serving.training import auc, load_rows, log_loss, predict, split_by_time
 
     model, config = registry.load(version, "fp32")
     _, test, _ = split_by_time(load_rows(path), holdout_from_ms)
@@ -192,7 +192,7 @@ def print_report(name: str, metrics: dict[str, Any], artifacts: dict[str, Any]) 
 
 def run_list(args: argparse.Namespace) -> int:
     """``saiki models list``."""
-    from serving.registry import ModelRegistry
+    from saiki.serving.registry import ModelRegistry
 
     registry = ModelRegistry(load_config(args.data_dir).data_dir)
     rows = [
@@ -216,7 +216,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_promote(args: argparse.Namespace) -> int:
     """``saiki models promote V``."""
-    from serving.registry import ModelRegistry
+    from saiki.serving.registry import ModelRegistry
 
     registry = ModelRegistry(load_config(args.data_dir).data_dir)
     version = _version(args.version)
@@ -231,7 +231,7 @@ def run_promote(args: argparse.Namespace) -> int:
 
 def run_rollback(args: argparse.Namespace) -> int:
     """``saiki models rollback``."""
-    from serving.registry import ModelRegistry
+    from saiki.serving.registry import ModelRegistry
 
     restored = ModelRegistry(load_config(args.data_dir).data_dir).rollback()
     print(f"rolled back: v{restored} is in production")
@@ -240,7 +240,7 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 def run_experiment(args: argparse.Namespace) -> int:
     """``saiki models experiment --split control=1:0.5,treatment=2:0.5`` or ``--end``."""
-    from serving.experiment import Experiment, Variant, write_experiment
+    from saiki.serving.experiment import Experiment, Variant, write_experiment
 
     root = load_config(args.data_dir).data_dir / "models"
     if args.end:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.progress import print_table
-from core.config import SaikiConfig, load_config
-from core.timeutil import floor_minute, format_iso, now_ms, parse_iso
+from saiki.cli.progress import print_table
+from saiki.core.config import SaikiConfig, load_config
+from saiki.core.timeutil import floor_minute, format_iso, now_ms, parse_iso
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -29,21 +29,21 @@ def add_parsers(subparsers: Any) -> None:
 
 def merger_for(config: SaikiConfig) -> Any:
     """The serving path's merger, in this process."""
-    from feature_repo.feast_store import online_reader
-    from feature_repo.views import ViewCatalog
-    from serving.merge import FeatureMerger
+    from saiki.feature_repo.feast_store import online_reader
+    from saiki.feature_repo.views import ViewCatalog
+    from saiki.serving.merge import FeatureMerger
 
     return FeatureMerger(ViewCatalog(config.data_dir), online_reader(config))
 
 
 def consistency_report(config: SaikiConfig, sample: int, q_ms: int) -> Any:
     """Run the check with the serving path's merger."""
-    from batch.consistency import check
+    from saiki.batch.consistency import check
 
     merger = merger_for(config)
 
     def served(entity: str, ids: list[str], q: int) -> dict[str, dict[str, float]]:
-        from feature_repo.spec import FEATURE_NAMES
+        from saiki.feature_repo.spec import FEATURE_NAMES
 
         merged = merger.features(entity, ids, q)
         return {
@@ -56,7 +56,7 @@ def consistency_report(config: SaikiConfig, sample: int, q_ms: int) -> Any:
 
 def run_consistency(args: argparse.Namespace) -> int:
     """``saiki consistency [--sample N]``."""
-    from feature_repo.online import read_status
+    from saiki.feature_repo.online import read_status
 
     config = load_config(args.data_dir)
     q = floor_minute(parse_iso(args.as_of, "--as-of") if args.as_of else now_ms())
@@ -84,9 +84,9 @@ def run_consistency(args: argparse.Namespace) -> int:
 
 def run_monitor(args: argparse.Namespace) -> int:
     """``saiki monitor``: exits 1 when a retrain is due."""
-    from core.eventlog import EventLog
-    from core.timeutil import parse_duration
-    from serving.monitor import PSI_LIMIT, monitor
+    from saiki.core.eventlog import EventLog
+    from saiki.core.timeutil import parse_duration
+    from saiki.serving.monitor import PSI_LIMIT, monitor
 
     config = load_config(args.data_dir)
     found = monitor(
@@ -127,7 +127,7 @@ def run_monitor(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """``saiki report``."""
-    from cli.report import write_report
+    from saiki.cli.report import write_report
 
     config = load_config(args.data_dir)
     path = write_report(config)

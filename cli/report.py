@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 
-from core.config import SaikiConfig
-from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA
-from core.timeutil import floor_minute, format_iso, now_ms
+from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
+from saiki.core.timeutil import floor_minute, format_iso, now_ms
 
 
 def _models_plot(versions: list[Any], out: Path) -> None:
@@ -62,7 +62,7 @@ def _variant_events(config: SaikiConfig) -> pa.Table:
 
 def _served_models(config: SaikiConfig) -> dict[str, str]:
     """request_id → the model version that ranked it, from the servers' prediction logs."""
-    from serving.monitor import read_predictions
+    from saiki.serving.monitor import read_predictions
 
     return {
         str(p["request_id"]): str(p["model_version"])
@@ -134,8 +134,8 @@ def _histogram(values: list[float], title: str, xlabel: str, out: Path) -> None:
 
 def write_report(config: SaikiConfig) -> Path:
     """Write report/index.html and its PNGs; returns the HTML path."""
-    from cli.ops_commands import consistency_report
-    from serving.registry import ModelRegistry
+    from saiki.cli.ops_commands import consistency_report
+    from saiki.serving.registry import ModelRegistry
 
     folder = config.data_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def write_report(config: SaikiConfig) -> Path:
     if versions:
         _models_plot(versions, folder / "models.png")
     totals = _ctr_plot(_variant_events(config), _served_models(config), folder / "ctr.png")
-    from cli.demo import SUMMARY_FILE
+    from saiki.cli.demo import SUMMARY_FILE
 
     summary_path = config.data_dir / "demo" / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

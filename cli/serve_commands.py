@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from core.config import load_config
+from saiki.core.config import load_config
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -19,7 +19,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Start the server and block until interrupted."""
-    from serving.server import serve_processes
+    from saiki.serving.server import serve_processes
 
     config = load_config(args.data_dir)
     workers = args.workers or config.serving.workers

@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any
 
-from core.config import load_config
-from core.timeutil import format_iso
+from saiki.core.config import load_config
+from saiki.core.timeutil import format_iso
 
 MANY_SEGMENTS = 10_000  # where `saiki speed status` says what the folder costs
 
@@ -48,7 +48,7 @@ def _line(look: Any) -> str:
 
 def run_speed_command(args: argparse.Namespace) -> int:
     """``saiki speed run``."""
-    from speed.runner import run_speed
+    from saiki.speed.runner import run_speed
 
     config = load_config(args.data_dir)
     last = [0.0]
@@ -76,7 +76,7 @@ def run_speed_command(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     """``saiki speed status``."""
-    from speed.runner import progress
+    from saiki.speed.runner import progress
 
     config = load_config(args.data_dir)
     look = progress(config)

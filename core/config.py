@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError
+from saiki.core.errors import ConfigError
 
 DEFAULT_DATA_DIR = ".saiki"
 CONFIG_FILE = "saiki.toml"

@@ -50,7 +50,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from core.errors import ComponentError
+from saiki.core.errors import ComponentError
 
 _STAGE_COUNTER = itertools.count()
 

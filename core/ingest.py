@@ -27,9 +27,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.errors import ComponentError
-from core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
-from core.schema import (
+from saiki.core.errors import ComponentError
+from saiki.core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
+from saiki.core.schema import (
     EVENT_ARROW_SCHEMA,
     FIELDS,
     Event,
@@ -37,7 +37,7 @@ from core.schema import (
     check_json_lines,
     validate_event,
 )
-from core.timeutil import now_ms
+from saiki.core.timeutil import now_ms
 
 # A log record of the events topic: the event and its ingest time. Its offset is implicit
 # (segment first offset + line number) and added when a segment is read.

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import orjson
 
-from core.eventlog import EventLog, StagedSegment
-from core.ingest import Ingestor, IngestResult, StagedBatch, check_lines, stage_batch
+from saiki.core.eventlog import EventLog, StagedSegment
+from saiki.core.ingest import Ingestor, IngestResult, StagedBatch, check_lines, stage_batch
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import msgspec
 import orjson
 import pyarrow as pa
 
-from core.errors import InvalidInputError
-from core.timeutil import parse_iso
+from saiki.core.errors import InvalidInputError
+from saiki.core.timeutil import parse_iso
 
 IMPRESSION: Final = "IMPRESSION"
 CLICK: Final = "CLICK"

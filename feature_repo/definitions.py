@@ -23,8 +23,8 @@ from typing import Any
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Bytes, Float64, Int64
 
-from feature_repo.layout import batch_source_path, speed_source_path
-from feature_repo.spec import ENTITIES, FEATURE_NAMES
+from saiki.feature_repo.layout import batch_source_path, speed_source_path
+from saiki.feature_repo.spec import ENTITIES, FEATURE_NAMES
 
 SPEED_FIELDS = (
     Field(name="tiles", dtype=Bytes),

@@ -23,13 +23,13 @@ from typing import Any
 
 import pandas as pd
 
-from core.config import SaikiConfig
-from core.errors import ComponentError, ConfigError
-from feature_repo.feast_import import import_feast as _import_feast
-from feature_repo.layout import feast_dir, online_store_path, registry_path
-from feature_repo.online import SpeedRow
-from feature_repo.spec import ENTITIES, ENTITY_BY_NAME, SPEC_VERSION
-from feature_repo.views import ViewCatalog, ViewManifest
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ComponentError, ConfigError
+from saiki.feature_repo.feast_import import import_feast as _import_feast
+from saiki.feature_repo.layout import feast_dir, online_store_path, registry_path
+from saiki.feature_repo.online import SpeedRow
+from saiki.feature_repo.spec import ENTITIES, ENTITY_BY_NAME, SPEC_VERSION
+from saiki.feature_repo.views import ViewCatalog, ViewManifest
 
 
 def repo_config(config: SaikiConfig) -> Any:
@@ -81,7 +81,7 @@ def open_store(config: SaikiConfig) -> Any:
 def feast_objects(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
     """The repo's Feast objects for this data dir, by name (see definitions.py)."""
     _import_feast()
-    from feature_repo import definitions
+    from saiki.feature_repo import definitions
 
     return definitions.build(data_dir, view_id)
 

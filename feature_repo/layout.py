@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_repo.spec import ENTITY_BY_NAME, FEATURE_NAMES
-from feature_repo.views import ViewCatalog
+from saiki.feature_repo.spec import ENTITY_BY_NAME, FEATURE_NAMES
+from saiki.feature_repo.views import ViewCatalog
 
 REPO_DIR = Path(__file__).resolve().parent
 

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from feature_repo.spec import AGGREGATION_NAMES
+from saiki.feature_repo.spec import AGGREGATION_NAMES
 
 IntArray = npt.NDArray[np.int64]
 WIDTH = 1 + len(AGGREGATION_NAMES)

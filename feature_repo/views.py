@@ -28,7 +28,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.errors import NotFoundError
+from saiki.core.errors import NotFoundError
 
 VIEWS_DIR: Final = "views"
 CURRENT: Final = "CURRENT"

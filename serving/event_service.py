@@ -7,10 +7,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from saiki.v1 import events_pb2, events_pb2_grpc
 
-from core.ingest import Ingestor, RawEvent
-from serving.status import rpc
+from saiki.core.ingest import Ingestor, RawEvent
+from saiki.serving.status import rpc
+from saiki.v1 import events_pb2, events_pb2_grpc
 
 
 def event_to_mapping(event: events_pb2.Event) -> dict[str, Any]:

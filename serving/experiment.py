@@ -20,7 +20,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.errors import ConfigError
+from saiki.core.errors import ConfigError
 
 _BUCKETS = 10_000
 FILE = "experiment.json"

@@ -7,15 +7,15 @@ from collections.abc import Hashable, Mapping
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from saiki.v1 import features_pb2, features_pb2_grpc
 
-from core.errors import InvalidInputError
-from core.schema import MAX_ID_CHARS, MIN_EVENT_TIME_MS
-from feature_repo.spec import ENTITY_BY_NAME, FEATURE_NAMES
-from serving.merge import CACHE_LIMIT, FeatureMerger
-from serving.speed_status import SpeedWatermark
-from serving.status import rpc
-from serving.wire import EntityEncoder
+from saiki.core.errors import InvalidInputError
+from saiki.core.schema import MAX_ID_CHARS, MIN_EVENT_TIME_MS
+from saiki.feature_repo.spec import ENTITY_BY_NAME, FEATURE_NAMES
+from saiki.serving.merge import CACHE_LIMIT, FeatureMerger
+from saiki.serving.speed_status import SpeedWatermark
+from saiki.serving.status import rpc
+from saiki.serving.wire import EntityEncoder
+from saiki.v1 import features_pb2, features_pb2_grpc
 
 
 def validate_ids(ids: list[str], field: str, limit: int) -> None:

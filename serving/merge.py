@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import InvalidInputError, PreconditionError
-from core.timeutil import MS_PER_MINUTE, ceil_minute, floor_minute, format_iso, now_ms
-from feature_repo.online import WIDTH as TILE_WIDTH
-from feature_repo.online import SpeedReader, SpeedRow, unpack_tiles
-from feature_repo.spec import AGGREGATION_NAMES, ENTITY_BY_NAME, FEATURE_NAMES, WINDOWS
-from feature_repo.tiles import ENTITY_ID, MINUTE, PrefixSums, encode, finalise
-from feature_repo.views import ViewCatalog, ViewManifest
+from saiki.core.errors import InvalidInputError, PreconditionError
+from saiki.core.timeutil import MS_PER_MINUTE, ceil_minute, floor_minute, format_iso, now_ms
+from saiki.feature_repo.online import WIDTH as TILE_WIDTH
+from saiki.feature_repo.online import SpeedReader, SpeedRow, unpack_tiles
+from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITY_BY_NAME, FEATURE_NAMES, WINDOWS
+from saiki.feature_repo.tiles import ENTITY_ID, MINUTE, PrefixSums, encode, finalise
+from saiki.feature_repo.views import ViewCatalog, ViewManifest
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from feature_repo.spec import FEATURE_NAMES
+from saiki.feature_repo.spec import FEATURE_NAMES
 
 DENSE_COLUMNS = tuple(f"{entity}_{name}" for entity in ("user", "item") for name in FEATURE_NAMES)
 # Counts and sums span orders of magnitude: the model sees log1p of them; ratios as they are.

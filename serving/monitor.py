@@ -28,12 +28,12 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA
-from feature_repo.spec import FEATURE_NAMES
-from serving.merge import FeatureMerger
-from serving.model import DENSE_COLUMNS
-from serving.registry import ModelRegistry
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.serving.merge import FeatureMerger
+from saiki.serving.model import DENSE_COLUMNS
+from saiki.serving.registry import ModelRegistry
 
 PSI_LIMIT = 0.25
 CTR_RATIO_LIMIT = 0.8

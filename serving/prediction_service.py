@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import grpc
-from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 
-from serving.predictor import Predictor, validate_predict
-from serving.status import rpc
+from saiki.serving.predictor import Predictor, validate_predict
+from saiki.serving.status import rpc
+from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 
 
 def _expired(context: grpc.ServicerContext) -> bool:

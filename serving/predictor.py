@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import ArtifactError, InvalidInputError
-from core.schema import MAX_ID_CHARS
-from core.timeutil import now_ms
-from feature_repo.spec import FEATURE_NAMES
-from serving.experiment import FILE as EXPERIMENT_FILE
-from serving.experiment import Experiment, load_experiment
-from serving.merge import FeatureMerger
-from serving.model import ModelConfig, model_inputs
-from serving.registry import ModelRegistry
+from saiki.core.errors import ArtifactError, InvalidInputError
+from saiki.core.schema import MAX_ID_CHARS
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.serving.experiment import FILE as EXPERIMENT_FILE
+from saiki.serving.experiment import Experiment, load_experiment
+from saiki.serving.merge import FeatureMerger
+from saiki.serving.model import ModelConfig, model_inputs
+from saiki.serving.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 BASELINE = "baseline"

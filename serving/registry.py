@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from core.errors import ArtifactError, NotFoundError
-from core.timeutil import now_ms
-from feature_repo.spec import SPEC_VERSION
-from serving.model import ModelConfig, RankingModel, script
+from saiki.core.errors import ArtifactError, NotFoundError
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.spec import SPEC_VERSION
+from saiki.serving.model import ModelConfig, RankingModel, script
 
 CANDIDATE, PRODUCTION, ARCHIVED = "candidate", "production", "archived"
 PRECISIONS = ("int8", "fp32")

@@ -12,6 +12,20 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ConfigError
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import Ingestor
+from saiki.feature_repo.feast_store import online_reader
+from saiki.feature_repo.views import ViewCatalog
+from saiki.serving.event_service import EventService
+from saiki.serving.feature_service import FeatureService
+from saiki.serving.merge import FeatureMerger
+from saiki.serving.prediction_service import PredictionService
+from saiki.serving.predictor import PredictionLog, Predictor
+from saiki.serving.registry import ModelRegistry
+from saiki.serving.speed_status import SpeedWatermark
 from saiki.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -20,20 +34,6 @@ from saiki.v1 import (
     prediction_pb2,
     prediction_pb2_grpc,
 )
-
-from core.config import SaikiConfig
-from core.errors import ConfigError
-from core.eventlog import EventLog
-from core.ingest import Ingestor
-from feature_repo.feast_store import online_reader
-from feature_repo.views import ViewCatalog
-from serving.event_service import EventService
-from serving.feature_service import FeatureService
-from serving.merge import FeatureMerger
-from serving.prediction_service import PredictionService
-from serving.predictor import PredictionLog, Predictor
-from serving.registry import ModelRegistry
-from serving.speed_status import SpeedWatermark
 
 SERVICE_NAMES = (
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
@@ -121,7 +121,7 @@ def serve_forever(running: RunningServer) -> None:
 
 
 def _worker(data_dir: str, host: str | None, port: int, ready: Any) -> None:
-    from core.config import load_config
+    from saiki.core.config import load_config
 
     running = start_server(load_config(data_dir), host=host, port=port)
     ready.put(running.port)

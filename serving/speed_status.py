@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from feature_repo.online import STATUS_FILE, read_status
+from saiki.feature_repo.online import STATUS_FILE, read_status
 
 
 class SpeedWatermark:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from core.errors import (
+from saiki.core.errors import (
     ArtifactError,
     ConfigError,
     InvalidInputError,

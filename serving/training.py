@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from core.errors import InvalidInputError
-from core.timeutil import MS_PER_DAY
-from serving.model import (
+from saiki.core.errors import InvalidInputError
+from saiki.core.timeutil import MS_PER_DAY
+from saiki.serving.model import (
     DENSE_COLUMNS,
     ModelConfig,
     RankingModel,

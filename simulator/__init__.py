@@ -1,7 +1,7 @@
 """Synthetic users, items and traffic with hidden preferences (``saiki simulate``)."""
 
-from simulator.traffic import MALFORMED_KINDS, TrafficOptions, TrafficSummary, write_jsonl
-from simulator.world import DEVICES, World, item_id, user_id
+from saiki.simulator.traffic import MALFORMED_KINDS, TrafficOptions, TrafficSummary, write_jsonl
+from saiki.simulator.world import DEVICES, World, item_id, user_id
 
 __all__ = [
     "DEVICES",

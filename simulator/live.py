@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from saiki.simulator.world import DEVICES, World, item_id, user_id
 from saiki.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -33,8 +35,6 @@ from saiki.v1 import (
     prediction_pb2,
     prediction_pb2_grpc,
 )
-
-from simulator.world import DEVICES, World, item_id, user_id
 
 PROBE_FEATURE = "impressions_1d"
 PROBE_GIVE_UP_S = 30.0

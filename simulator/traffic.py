@@ -19,7 +19,7 @@ from typing import Final, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from simulator.world import DEVICES, World
+from saiki.simulator.world import DEVICES, World
 
 MS_PER_DAY: Final = 86_400_000
 # Every way the simulator breaks an event; the ingest tests expect each one quarantined.

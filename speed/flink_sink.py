@@ -24,11 +24,11 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
-from core.config import SaikiConfig
-from core.timeutil import now_ms
-from feature_repo.online import SpeedStatus
-from speed.job import SinkLine, SpeedJobSpec, parse_sink_line
-from speed.sink import TileSink, WriteBatch
+from saiki.core.config import SaikiConfig
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.online import SpeedStatus
+from saiki.speed.job import SinkLine, SpeedJobSpec, parse_sink_line
+from saiki.speed.sink import TileSink, WriteBatch
 
 _FLUSH_ROWS = 100_000
 _MAX_FLUSH_DELAY_MS = 3_000
@@ -59,7 +59,7 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         self._config = config
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from feature_repo.views import ViewCatalog
+        from saiki.feature_repo.views import ViewCatalog
 
         catalog = ViewCatalog(self._config.data_dir)
 
@@ -103,7 +103,7 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         # uses (2.6 s inside the JVM's Python). Nothing else runs in this interpreter, so
         # torch is marked absent before Feast looks for it.
         sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
-        from feature_repo.feast_store import FeastSpeedWriter
+        from saiki.feature_repo.feast_store import FeastSpeedWriter
 
         self._sink.attach(FeastSpeedWriter(self._config))
         self._sink.restore()

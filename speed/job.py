@@ -35,15 +35,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from core.config import SaikiConfig
-from feature_repo.spec import AGGREGATIONS, ENTITIES
-from feature_repo.tiles import sql_contribution
+from saiki.core.config import SaikiConfig
+from saiki.feature_repo.spec import AGGREGATIONS, ENTITIES
+from saiki.feature_repo.tiles import sql_contribution
 
 TILE_COLUMNS = tuple(f"a{i}" for i in range(len(AGGREGATIONS)))
 # The job's shape: raised whenever a change makes old checkpoints unrestorable (the
-# query's operators or the sink's state). 2: sink lines keyed in the JVM, two lists;
-# 3: late events and progress as running totals.
-JOB_SHAPE = 3
+# query's operators, the sink's state, or the module names its pickled functions carry).
+# A checkpoint of another shape is not restored: the job starts fresh from the cutoff.
+JOB_SHAPE = 4
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,7 @@ def build_job(env: Any, t_env: Any, spec: SpeedJobSpec, config: SaikiConfig) -> 
     """Declare the source, the query and the sink on the environments."""
     from pyflink.common import Types
 
-    from speed.flink_sink import TileSinkFunction
+    from saiki.speed.flink_sink import TileSinkFunction
 
     t_env.execute_sql(source_ddl(spec))
     # Every branch of the query reads the log through one DataStream. Straight from the

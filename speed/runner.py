@@ -26,14 +26,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from core.config import SaikiConfig
-from core.errors import ComponentError
-from core.eventlog import EventLog, Topic
-from core.ingest import SEGMENT_ARROW_SCHEMA
-from core.timeutil import now_ms
-from feature_repo.online import SpeedStatus, read_status
-from feature_repo.views import ViewCatalog
-from speed.job import (
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ComponentError
+from saiki.core.eventlog import EventLog, Topic
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.online import SpeedStatus, read_status
+from saiki.feature_repo.views import ViewCatalog
+from saiki.speed.job import (
     JOB_SHAPE,
     SpeedJobSpec,
     build_job,
@@ -42,7 +42,7 @@ from speed.job import (
     load_lineage,
     save_lineage,
 )
-from speed.jvm import jvm_args
+from saiki.speed.jvm import jvm_args
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _INGEST_ONLY = pa.schema([SEGMENT_ARROW_SCHEMA.field("ingest_ms")])
@@ -64,9 +64,10 @@ def embedded_python_path() -> str:
 
     Thread mode runs Python inside the JVM with the base interpreter's prefix: it neither
     sees the virtualenv nor runs its .pth files, so site-packages and the project's
-    folders are passed explicitly.
+    folder holding the ``saiki`` package are passed explicitly (the package finds its
+    layers in the checkout itself).
     """
-    entries = [*site.getsitepackages(), str(PROJECT_ROOT), str(PROJECT_ROOT / "proto")]
+    entries = [*site.getsitepackages(), str(PROJECT_ROOT / "proto")]
     existing = os.environ.get("PYTHONPATH", "")
     return os.pathsep.join([*entries, *([existing] if existing else [])])
 
@@ -160,7 +161,7 @@ def run_speed(
     # the garbage collector, whose py4j finalisers then open a second gateway connection,
     # and Flink's planner (which keeps state per Java thread) intermittently failed with
     # "NullPointerException: metadataHandlerProvider".
-    from feature_repo.feast_store import is_applied
+    from saiki.feature_repo.feast_store import is_applied
 
     registering = None if is_applied(config) else _register_views(config)
     env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
@@ -216,7 +217,7 @@ def _register_views(config: SaikiConfig) -> Future[None]:
 
 
 def _apply_views(config: SaikiConfig) -> None:
-    from feature_repo.feast_store import apply
+    from saiki.feature_repo.feast_store import apply
 
     apply(config)
 

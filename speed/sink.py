@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from core.timeutil import MS_PER_MINUTE, now_ms
-from feature_repo.online import STATUS_FILE, SpeedRow, SpeedStatus, SpeedWriter, pack_tiles
-from feature_repo.spec import AGGREGATION_NAMES, ENTITIES
+from saiki.core.timeutil import MS_PER_MINUTE, now_ms
+from saiki.feature_repo.online import STATUS_FILE, SpeedRow, SpeedStatus, SpeedWriter, pack_tiles
+from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITIES
 
 Key = tuple[str, str]
 IntArray = npt.NDArray[np.int64]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import SaikiConfig, load_config
-from simulator import TrafficOptions, TrafficSummary, World, write_jsonl
+from saiki.core.config import SaikiConfig, load_config
+from saiki.simulator import TrafficOptions, TrafficSummary, World, write_jsonl
 
 # A fixed "now" for deterministic traffic: 2026-11-20T12:00:00Z.
 END_MS = 1_795_176_000_000
@@ -50,10 +50,10 @@ def ingested(
     tmp_path_factory: pytest.TempPathFactory, traffic: tuple[Path, TrafficSummary, World]
 ) -> Iterator[SaikiConfig]:
     """A data directory holding ``traffic`` in the event log and the master dataset."""
-    from batch.master import MasterDataset
-    from core.eventlog import EventLog
-    from core.ingest import Ingestor
-    from core.ingest_files import ingest_files
+    from saiki.batch.master import MasterDataset
+    from saiki.core.eventlog import EventLog
+    from saiki.core.ingest import Ingestor
+    from saiki.core.ingest_files import ingest_files
 
     config = make_config(tmp_path_factory.mktemp("ingested") / "data")
     log = EventLog(config.log_dir)
@@ -75,7 +75,7 @@ def run_saiki(config: SaikiConfig, *argv: str, timeout: float = 300) -> str:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "--data-dir", str(config.data_dir), *argv],
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(config.data_dir), *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -93,11 +93,11 @@ def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaikiConfig
     """Every real component once per session: three days of dirty traffic ingested into
     the log and Iceberg, a Beam batch view at LAMBDA_CUTOFF_MS, and the Flink speed layer
     run over the rest (until idle). Tests that change state work on a copy."""
-    from batch.master import MasterDataset
-    from batch.run import BatchRunRequest, run_batch_view
-    from core.eventlog import EventLog
-    from core.ingest import Ingestor
-    from core.ingest_files import ingest_files
+    from saiki.batch.master import MasterDataset
+    from saiki.batch.run import BatchRunRequest, run_batch_view
+    from saiki.core.eventlog import EventLog
+    from saiki.core.ingest import Ingestor
+    from saiki.core.ingest_files import ingest_files
 
     config = make_config(tmp_path_factory.mktemp("lambda") / "data")
     traffic = config.data_dir.parent / "traffic.jsonl"
@@ -121,15 +121,15 @@ def lambda_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaikiConfig
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SaikiConfig, Path]]:
     """A world big enough to learn from: six days ingested, a batch view, a training set
     of the last five days, and model v1 registered and in production."""
-    from batch.master import MasterDataset
-    from batch.run import BatchRunRequest, run_batch_view
-    from batch.training import build_training_set
-    from core.eventlog import EventLog
-    from core.ingest import Ingestor
-    from core.ingest_files import ingest_files
-    from serving.model import ModelConfig
-    from serving.registry import ModelRegistry
-    from serving.training import train_and_evaluate
+    from saiki.batch.master import MasterDataset
+    from saiki.batch.run import BatchRunRequest, run_batch_view
+    from saiki.batch.training import build_training_set
+    from saiki.core.eventlog import EventLog
+    from saiki.core.ingest import Ingestor
+    from saiki.core.ingest_files import ingest_files
+    from saiki.serving.model import ModelConfig
+    from saiki.serving.registry import ModelRegistry
+    from saiki.serving.training import train_and_evaluate
 
     config = make_config(tmp_path_factory.mktemp("trained") / "data")
     traffic = config.data_dir.parent / "traffic.jsonl"

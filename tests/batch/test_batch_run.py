@@ -18,13 +18,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from batch.master import MasterDataset
-from batch.run import BatchRunRequest, run_batch_view
-from core.config import SaikiConfig
-from core.timeutil import MS_PER_DAY, MS_PER_MINUTE, floor_minute
-from feature_repo.spec import AGGREGATION_NAMES, FEATURE_NAMES, WINDOWS
-from feature_repo.tiles import ENTITY_ID, MINUTE, PrefixSums
-from feature_repo.views import ViewCatalog, ViewManifest
+from saiki.batch.master import MasterDataset
+from saiki.batch.run import BatchRunRequest, run_batch_view
+from saiki.core.config import SaikiConfig
+from saiki.core.timeutil import MS_PER_DAY, MS_PER_MINUTE, floor_minute
+from saiki.feature_repo.spec import AGGREGATION_NAMES, FEATURE_NAMES, WINDOWS
+from saiki.feature_repo.tiles import ENTITY_ID, MINUTE, PrefixSums
+from saiki.feature_repo.views import ViewCatalog, ViewManifest
 from tests.conftest import END_MS, make_config
 from tests.oracle import master_events, window_features
 
@@ -123,8 +123,8 @@ KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from core.config import load_config
-    from batch.run import BatchRunRequest, run_batch_view
+    from saiki.core.config import load_config
+    from saiki.batch.run import BatchRunRequest, run_batch_view
 
     def pause(staging):
         Path(sys.argv[2]).write_text(str(staging))
@@ -197,8 +197,8 @@ def test_views_and_backfill_on_the_command_line(
     viewed: tuple[SaikiConfig, ViewManifest, pd.DataFrame],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from cli.main import main
-    from core.timeutil import format_iso
+    from saiki.cli.main import main
+    from saiki.core.timeutil import format_iso
 
     config, first, _ = viewed
     before = {m.view_id for m in ViewCatalog(config.data_dir).list()}

@@ -14,12 +14,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.master import MasterDataset
-from core.config import SaikiConfig
-from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
-from core.ingest_files import ingest_files
-from simulator import TrafficOptions, TrafficSummary, World, write_jsonl
+from saiki.batch.master import MasterDataset
+from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
+from saiki.core.ingest_files import ingest_files
+from saiki.simulator import TrafficOptions, TrafficSummary, World, write_jsonl
 from tests.conftest import END_MS, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,9 +150,9 @@ KILLED_LOADER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from core.config import load_config
-    from core.eventlog import EventLog
-    from batch.master import MasterDataset
+    from saiki.core.config import load_config
+    from saiki.core.eventlog import EventLog
+    from saiki.batch.master import MasterDataset
 
     def pause(table, offset):
         # Data files and manifests are written; the catalog commit has not happened.

@@ -9,7 +9,7 @@ import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from batch.pipeline import DEAD_LETTER, ComputeBatchView
+from saiki.batch.pipeline import DEAD_LETTER, ComputeBatchView
 
 T = 1_795_176_000_000  # a whole minute: 2026-11-20T12:00:00Z
 MIN = 60_000

@@ -11,13 +11,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from batch.master import MasterDataset
-from batch.training import build_training_set, read_lineage
-from core.config import SaikiConfig
-from core.eventlog import EventLog
-from core.ingest import Ingestor
-from core.timeutil import MS_PER_DAY, MS_PER_MINUTE
-from feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
+from saiki.batch.master import MasterDataset
+from saiki.batch.training import build_training_set, read_lineage
+from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import Ingestor
+from saiki.core.timeutil import MS_PER_DAY, MS_PER_MINUTE
+from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
 from tests.conftest import END_MS, make_config
 from tests.oracle import master_events, window_features
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from saiki.cli.main import main
 
 
 def test_simulate_ingest_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, 
     data_dir = tmp_path_factory.mktemp("demo") / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "--data-dir", str(data_dir), "demo", "--quick"],
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data_dir), "demo", "--quick"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -62,7 +62,7 @@ def test_the_ab_log_attributes_every_click_to_the_variant_that_served_it(
     demo: tuple[Path, str, dict[str, Any]],
 ) -> None:
     data_dir, _, summary = demo
-    from batch.master import MasterDataset
+    from saiki.batch.master import MasterDataset
 
     assert set(summary["ab"]) == {"control", "treatment"}
     assert all(arm["impressions"] > 300 for arm in summary["ab"].values())

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config
-from core.errors import ConfigError
+from saiki.core.config import load_config
+from saiki.core.errors import ConfigError
 
 
 def test_defaults_live_under_the_data_dir(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from core.eventlog import SIDECAR_DIR, EventLog, Topic
-from core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
-from core.schema import Event
+from saiki.core.eventlog import SIDECAR_DIR, EventLog, Topic
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
+from saiki.core.schema import Event
 
 SCHEMA = pa.schema([pa.field("n", pa.int64())])
 

@@ -9,16 +9,16 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from core.eventlog import EventLog, Topic
-from core.ingest import (
+from saiki.core.eventlog import EventLog, Topic
+from saiki.core.ingest import (
     _RECORD_KEYS,
     QUARANTINE_RECORD_SCHEMA,
     SEGMENT_ARROW_SCHEMA,
     Ingestor,
     RawEvent,
 )
-from core.ingest_files import ingest_files
-from simulator import MALFORMED_KINDS, TrafficSummary, World
+from saiki.core.ingest_files import ingest_files
+from saiki.simulator import MALFORMED_KINDS, TrafficSummary, World
 from tests.conftest import END_MS
 
 NOW = END_MS + 600_000

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from core.schema import Event, Rejection, check_json_lines, parse_json_line, validate_event
+from saiki.core.schema import Event, Rejection, check_json_lines, parse_json_line, validate_event
 
 NOW = 1_795_176_000_000
 
@@ -168,7 +168,7 @@ def _edge_cases() -> list[bytes]:
 
 def test_the_fast_path_decides_every_line_as_the_rules_do() -> None:
     """check_json_lines on lines of every kind, valid and not, against the slow path."""
-    from simulator.traffic import MALFORMED_KINDS, malformed_line
+    from saiki.simulator.traffic import MALFORMED_KINDS, malformed_line
 
     lines = _edge_cases() + [
         malformed_line(kind, n, NOW - 60_000, "t").encode()

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import InvalidInputError
-from core.timeutil import ceil_minute, floor_minute, format_iso, parse_duration, parse_iso
+from saiki.core.errors import InvalidInputError
+from saiki.core.timeutil import ceil_minute, floor_minute, format_iso, parse_duration, parse_iso
 
 
 def test_iso_round_trip_to_the_millisecond() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import SaikiConfig
-from feature_repo.feast_store import open_store
-from feature_repo.layout import REPO_DIR
-from feature_repo.spec import ENTITIES, FEATURE_NAMES
-from feature_repo.views import ViewCatalog
+from saiki.core.config import SaikiConfig
+from saiki.feature_repo.feast_store import open_store
+from saiki.feature_repo.layout import REPO_DIR
+from saiki.feature_repo.spec import ENTITIES, FEATURE_NAMES
+from saiki.feature_repo.views import ViewCatalog
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow

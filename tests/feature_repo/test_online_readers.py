@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from feast.protos.feast.types.Value_pb2 import Value
 
-from core.config import SaikiConfig
-from feature_repo.feast_store import FeastOnlineReader, SqliteOnlineReader, online_reader
-from feature_repo.layout import online_store_path
-from feature_repo.online import WIDTH
+from saiki.core.config import SaikiConfig
+from saiki.feature_repo.feast_store import FeastOnlineReader, SqliteOnlineReader, online_reader
+from saiki.feature_repo.layout import online_store_path
+from saiki.feature_repo.online import WIDTH
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from saiki.v1 import events_pb2, events_pb2_grpc
 
-from core.config import SaikiConfig
-from core.eventlog import EventLog
-from core.ingest import SEGMENT_ARROW_SCHEMA
-from core.timeutil import now_ms
-from serving.server import RunningServer, start_server
+from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
+from saiki.core.timeutil import now_ms
+from saiki.serving.server import RunningServer, start_server
+from saiki.v1 import events_pb2, events_pb2_grpc
 from tests.conftest import make_config
 
 
@@ -114,7 +114,7 @@ def test_a_server_on_a_taken_port_fails_clearly(
     server: tuple[RunningServer, SaikiConfig], tmp_path: Path
 ) -> None:
     # SO_REUSEPORT lets saiki's own workers share a port; a port nobody may take fails.
-    from core.errors import ConfigError
+    from saiki.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot listen"):
         start_server(make_config(tmp_path), host="203.0.113.1", port=1)

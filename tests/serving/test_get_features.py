@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from saiki.v1 import features_pb2, features_pb2_grpc
 
-from batch.run import BatchRunRequest, run_batch_view
-from core.config import SaikiConfig
-from core.timeutil import now_ms
-from feature_repo.feast_store import SqliteOnlineReader
-from feature_repo.spec import FEATURE_NAMES
-from feature_repo.views import ViewCatalog
-from serving.merge import FeatureMerger
-from serving.server import RunningServer, start_server
+from saiki.batch.run import BatchRunRequest, run_batch_view
+from saiki.core.config import SaikiConfig
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.feast_store import SqliteOnlineReader
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.feature_repo.views import ViewCatalog
+from saiki.serving.merge import FeatureMerger
+from saiki.serving.server import RunningServer, start_server
+from saiki.v1 import features_pb2, features_pb2_grpc
 from tests.conftest import END_MS, LAMBDA_CUTOFF_MS, make_config
 from tests.oracle import late_flags, log_records, master_events, window_features
 

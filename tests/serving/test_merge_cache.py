@@ -10,11 +10,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from feature_repo.online import MemorySpeedStore, SpeedRow, pack_tiles
-from feature_repo.spec import FEATURE_NAMES
-from feature_repo.tiles import tiles
-from feature_repo.views import ViewCatalog
-from serving.merge import FeatureMerger
+from saiki.feature_repo.online import MemorySpeedStore, SpeedRow, pack_tiles
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.feature_repo.tiles import tiles
+from saiki.feature_repo.views import ViewCatalog
+from saiki.serving.merge import FeatureMerger
 from tests.oracle import window_features
 
 M = 60_000

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import SaikiConfig
-from core.errors import ArtifactError
-from serving.experiment import Experiment, Variant
-from serving.registry import ARCHIVED, PRODUCTION, ModelRegistry
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ArtifactError
+from saiki.serving.experiment import Experiment, Variant
+from saiki.serving.registry import ARCHIVED, PRODUCTION, ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_versions_are_immutable_and_stages_move_and_roll_back(
     registry = ModelRegistry(root)
     first = registry.get(1)
     model, config = registry.load(1, "fp32")
-    from serving.model import RankingModel
+    from saiki.serving.model import RankingModel
 
     fresh = RankingModel(config)
     second = registry.register(fresh, _quantised(fresh), config, {"note": "test"}, first.metrics)
@@ -68,7 +68,7 @@ def test_versions_are_immutable_and_stages_move_and_roll_back(
 
 
 def _quantised(model: object) -> object:
-    from serving.model import quantise
+    from saiki.serving.model import quantise
 
     return quantise(model)  # type: ignore[arg-type]
 
@@ -104,7 +104,7 @@ def test_ab_assignment_is_stable_and_follows_the_shares() -> None:
 
 
 def test_bad_experiments_are_refused() -> None:
-    from core.errors import ConfigError
+    from saiki.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="add up to 1"):
         Experiment("x", (Variant("a", 1, 0.5), Variant("b", 2, 0.4)))

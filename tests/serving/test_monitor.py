@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.monitor import PSI_LIMIT, MonitorReport, psi
+from saiki.serving.monitor import PSI_LIMIT, MonitorReport, psi
 
 
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shifted_one() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import SaikiConfig
-from serving.server import RunningServer, start_server
+from saiki.core.config import SaikiConfig
+from saiki.serving.server import RunningServer, start_server
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 
-from core.config import SaikiConfig
-from serving.experiment import Experiment, Variant, write_experiment
-from serving.model import ModelConfig, RankingModel, quantise
-from serving.registry import ModelRegistry
-from serving.server import RunningServer, start_server
+from saiki.core.config import SaikiConfig
+from saiki.serving.experiment import Experiment, Variant, write_experiment
+from saiki.serving.model import ModelConfig, RankingModel, quantise
+from saiki.serving.registry import ModelRegistry
+from saiki.serving.server import RunningServer, start_server
+from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow

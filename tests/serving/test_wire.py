@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from saiki.v1 import features_pb2
 
-from feature_repo.spec import FEATURE_NAMES
-from serving.wire import EntityEncoder, varint
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.serving.wire import EntityEncoder, varint
+from saiki.v1 import features_pb2
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16_383, 16_384, 2**31, 2**62])

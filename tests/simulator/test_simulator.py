@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from simulator import TrafficOptions, TrafficSummary, World, write_jsonl
-from simulator.traffic import simulate_day
+from saiki.simulator import TrafficOptions, TrafficSummary, World, write_jsonl
+from saiki.simulator.traffic import simulate_day
 from tests.conftest import END_MS
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from speed.jvm import DIRECTIVES_FILE, HOT_CLASSES, jvm_args
+from saiki.speed.jvm import DIRECTIVES_FILE, HOT_CLASSES, jvm_args
 
 
 def test_hotspot_accepts_the_directives_in_the_intended_order(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_repo.online import MemorySpeedStore, SpeedStatus, read_status, unpack_tiles
-from speed.sink import TileSink
+from saiki.feature_repo.online import MemorySpeedStore, SpeedStatus, read_status, unpack_tiles
+from saiki.speed.sink import TileSink
 
 M = 60_000
 T = 1_795_176_000_000
@@ -91,8 +91,8 @@ def test_status_is_published_for_other_processes(tmp_path: Path) -> None:
 
 
 def test_held_tiles_pack_like_a_sorted_max_merge_of_every_update() -> None:
-    from feature_repo.online import WIDTH
-    from speed.sink import _HeldTiles
+    from saiki.feature_repo.online import WIDTH
+    from saiki.speed.sink import _HeldTiles
 
     rng = np.random.default_rng(3)
     held, reference = _HeldTiles(), {}
@@ -112,7 +112,7 @@ def test_held_tiles_pack_like_a_sorted_max_merge_of_every_update() -> None:
 
 
 def test_writes_follow_each_tick_when_caught_up_and_space_out_when_behind() -> None:
-    from speed.flink_sink import flush_delay_ms
+    from saiki.speed.flink_sink import flush_delay_ms
 
     # Caught up: the next write may start at the next tick, however long the last took.
     assert flush_delay_ms(100, last_write_ms=700, behind_ms=400) == 100

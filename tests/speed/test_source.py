@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from core.config import load_config
-from speed.job import (
+from saiki.core.config import load_config
+from saiki.speed.job import (
     JOB_SHAPE,
     SINK_LINE_FIELDS,
     SpeedJobSpec,
@@ -14,7 +14,7 @@ from speed.job import (
     sink_line_sql,
     source_ddl,
 )
-from speed.runner import resolve_spec
+from saiki.speed.runner import resolve_spec
 from tests.conftest import make_config
 
 SPEC = SpeedJobSpec(

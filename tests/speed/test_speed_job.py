@@ -13,15 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.config import SaikiConfig
-from core.eventlog import EventLog
-from core.ingest import Ingestor
-from core.ingest_files import ingest_files
-from feature_repo.feast_store import SqliteOnlineReader
-from feature_repo.online import read_status, unpack_tiles
-from feature_repo.views import ViewCatalog
-from simulator import TrafficOptions, World, write_jsonl
-from speed.job import latest_checkpoint
+from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import Ingestor
+from saiki.core.ingest_files import ingest_files
+from saiki.feature_repo.feast_store import SqliteOnlineReader
+from saiki.feature_repo.online import read_status, unpack_tiles
+from saiki.feature_repo.views import ViewCatalog
+from saiki.simulator import TrafficOptions, World, write_jsonl
+from saiki.speed.job import latest_checkpoint
 from tests.conftest import END_MS, ROOT, make_config, run_saiki
 from tests.oracle import MINUTE, late_flags, log_records
 
@@ -122,7 +122,7 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     log = EventLog(config.log_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     job = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--data-dir", str(root), "speed", "run"],
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "speed", "run"],
         cwd=ROOT,
         env=env,
         start_new_session=True,

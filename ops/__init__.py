@@ -1,0 +1,1 @@
+"""Workflows that span layers: consistency, train-and-promote, the demo, the report."""

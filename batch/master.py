@@ -10,7 +10,6 @@ serialised by a file lock and, beyond one machine, by Iceberg's optimistic commi
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import EventLog, Topic
+from saiki.core.files import file_lock
 from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
 
 EVENTS_TABLE: Final = "events"
@@ -240,13 +240,8 @@ class MasterDataset:
 
     @contextmanager
     def _loader_lock(self) -> Iterator[None]:
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.config.data_dir / ".master.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.config.data_dir / ".master.lock"):
+            yield
 
     def load(
         self,

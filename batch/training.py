@@ -32,6 +32,7 @@ from saiki.batch.pipeline import ReadSnapshot, SnapshotScan, invalid_rows, shard
 from saiki.batch.run import catalog_properties, code_version, pipeline_options
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError, InvalidInputError, PreconditionError
+from saiki.core.files import atomic_write
 from saiki.core.timeutil import MS_PER_MINUTE, now_ms
 from saiki.feature_repo.spec import (
     AGGREGATION_NAMES,
@@ -288,12 +289,12 @@ def _empty_training_table() -> pa.Table:
 
 
 def write_training_set(table: pa.Table, lineage: TrainingSetLineage, out: Path) -> None:
-    """Write atomically: a hidden file, then a rename."""
+    """Write atomically and durably, the lineage in the Parquet file's metadata."""
     metadata = dict(table.schema.metadata or {})
     metadata[LINEAGE_KEY] = json.dumps(asdict(lineage)).encode()
-    temporary = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table.replace_schema_metadata(metadata), temporary, compression="zstd")
-    os.replace(temporary, out)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(metadata), buffer, compression="zstd")
+    atomic_write(out, buffer.getvalue().to_pybytes())
 
 
 def read_lineage(path: Path) -> TrainingSetLineage:

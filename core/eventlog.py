@@ -36,7 +36,6 @@ the newest capped time among earlier records of its own segment.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 import re
@@ -51,6 +50,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 
 from saiki.core.errors import ComponentError
+from saiki.core.files import file_lock, fsync_path, write_synced
 
 _STAGE_COUNTER = itertools.count()
 
@@ -163,11 +163,11 @@ class Topic:
         staging.mkdir(parents=True, exist_ok=True)
         token = f".staged-{os.getpid()}-{next(_STAGE_COUNTER)}-{time.time_ns()}"
         path = staging / f"{token}.jsonl"
-        _write_synced(path, payload)
+        write_synced(path, payload)
         sidecar = None
         if columns is not None:
             sidecar = staging / f"{token}.arrow"
-            _write_synced(sidecar, _arrow_bytes(columns))
+            write_synced(sidecar, _arrow_bytes(columns))
         return StagedSegment(count, path, sidecar)
 
     def publish(self, staged: StagedSegment, watermark_ms: int = 0) -> Segment:
@@ -181,9 +181,9 @@ class Topic:
         if staged.sidecar is not None:
             segment.sidecar.parent.mkdir(exist_ok=True)
             os.rename(staged.sidecar, segment.sidecar)
-            _fsync_dir(segment.sidecar.parent)
+            fsync_path(segment.sidecar.parent)
         os.rename(staged.path, segment.path)
-        _fsync_dir(self.directory)
+        fsync_path(self.directory)
         return segment
 
     def append(self, lines: Sequence[bytes], columns: pa.Table | None = None) -> Segment:
@@ -255,13 +255,8 @@ class EventLog:
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
         """Hold the single-writer lock of the whole log (both topics)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.root / ".lock"):
+            yield
 
 
 def _first_offset(segment: Segment) -> int:
@@ -274,18 +269,3 @@ def _arrow_bytes(table: pa.Table) -> bytes:
         writer.write_table(table)
     payload: bytes = sink.getvalue().to_pybytes()
     return payload
-
-
-def _write_synced(path: Path, payload: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from saiki.core.eventlog import EventLog, StagedSegment
+from saiki.core.files import write_synced
 from saiki.core.ingest import Ingestor, IngestResult, StagedBatch, check_lines, stage_batch
 
 
@@ -113,7 +114,4 @@ def _renumber_sources(staged: StagedSegment, base: int) -> None:
         name, _, relative = record["source"].rpartition(":+")
         record["source"] = f"{name}:{base + int(relative)}"
     payload = b"\n".join(orjson.dumps(r) for r in records) + b"\n"
-    with open(staged.path, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_synced(staged.path, payload)

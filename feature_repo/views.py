@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saiki.core.errors import NotFoundError
+from saiki.core.files import fsync_path, fsync_tree
 
 VIEWS_DIR: Final = "views"
 CURRENT: Final = "CURRENT"
@@ -125,10 +126,10 @@ class ViewCatalog:
         Backfills publish with ``make_current=False``: the view is listed, not served.
         """
         (staging / MANIFEST).write_text(manifest.to_json())
-        _fsync_tree(staging)
+        fsync_tree(staging)
         final = self.path(manifest.view_id)
         os.rename(staging, final)
-        _fsync_file(self.root)
+        fsync_path(self.root)
         if make_current:
             self.make_current(manifest.view_id)
         return final
@@ -138,9 +139,9 @@ class ViewCatalog:
         self.manifest(view_id)  # refuses an unknown view
         pointer = self.root / f".{CURRENT}.{os.getpid()}"
         pointer.write_text(view_id + "\n")
-        _fsync_file(pointer)
+        fsync_path(pointer)
         os.rename(pointer, self.root / CURRENT)
-        _fsync_file(self.root)
+        fsync_path(self.root)
 
     def sweep_staging(self) -> int:
         """Remove folders of runs that died before publishing."""
@@ -160,17 +161,3 @@ class ViewCatalog:
         if not files:
             raise NotFoundError(f"batch view {view_id} has no {part}")
         return pa.concat_tables(pq.read_table(f) for f in files)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        _fsync_file(path)
-    _fsync_file(root)

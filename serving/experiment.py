@@ -15,12 +15,12 @@ request is served by production under the variant name ``production``.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from saiki.core.errors import ConfigError
+from saiki.core.files import atomic_write
 
 _BUCKETS = 10_000
 FILE = "experiment.json"
@@ -90,11 +90,5 @@ def write_experiment(models_root: Path, experiment: Experiment | None) -> None:
     if experiment is None:
         (models_root / FILE).unlink(missing_ok=True)
         return
-    temporary = models_root / f".{FILE}.{os.getpid()}"
-    temporary.write_text(
-        json.dumps(
-            {"name": experiment.name, "variants": [asdict(v) for v in experiment.variants]},
-            indent=2,
-        )
-    )
-    os.replace(temporary, models_root / FILE)
+    document = {"name": experiment.name, "variants": [asdict(v) for v in experiment.variants]}
+    atomic_write(models_root / FILE, json.dumps(document, indent=2))

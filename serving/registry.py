@@ -17,7 +17,6 @@ Loading verifies the checksum first: a tampered or truncated artifact is refused
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from saiki.core.errors import ArtifactError, NotFoundError
+from saiki.core.files import atomic_write, file_lock
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import SPEC_VERSION
 from saiki.serving.model import ModelConfig, RankingModel, script
@@ -77,13 +77,8 @@ class ModelRegistry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.root / ".lock"):
+            yield
 
     def _stages(self) -> dict[str, Any]:
         try:
@@ -93,9 +88,7 @@ class ModelRegistry:
         return stages
 
     def _write_stages(self, stages: dict[str, Any]) -> None:
-        temporary = self.root / f".registry.{os.getpid()}.json"
-        temporary.write_text(json.dumps(stages, indent=2, sort_keys=True))
-        os.replace(temporary, self.root / "registry.json")
+        atomic_write(self.root / "registry.json", json.dumps(stages, indent=2, sort_keys=True))
 
     def versions(self) -> list[ModelVersion]:
         """Every registered version, oldest first."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from saiki.core.files import atomic_write
+
 DIRECTIVES_FILE = "jit-directives.json"
 
 # Classes (HotSpot's slash notation; ``*`` at either end of a part) whose methods C2 may
@@ -107,9 +109,7 @@ def jvm_args(directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     text = jit_directives()
     if not path.exists() or path.read_text() != text:
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(text)
-        os.replace(temporary, path)
+        atomic_write(path, text)
     ours = (
         "-XX:+UnlockDiagnosticVMOptions",
         f"-XX:CompilerDirectivesFile={path}",

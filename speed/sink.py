@@ -18,7 +18,6 @@ Two properties keep it exact across restarts and handoffs:
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from saiki.core.files import atomic_write
 from saiki.core.timeutil import MS_PER_MINUTE, now_ms
 from saiki.feature_repo.online import STATUS_FILE, SpeedRow, SpeedStatus, SpeedWriter, pack_tiles
 from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITIES
@@ -224,7 +224,5 @@ class TileSink:
     def publish_status(self) -> None:
         """Write status.json atomically (readers never see half a file)."""
         self.status.pending_rows = len(self._dirty) + self._in_flight
-        self._dir.mkdir(parents=True, exist_ok=True)
-        temporary = self._dir / f".{STATUS_FILE}.{os.getpid()}"
-        temporary.write_text(json.dumps(asdict(self.status)))
-        os.replace(temporary, self._dir / STATUS_FILE)
+        # Advisory and rewritten every flush: atomic, not fsync'd (off the sink's hot path).
+        atomic_write(self._dir / STATUS_FILE, json.dumps(asdict(self.status)), durable=False)

@@ -250,7 +250,7 @@ def publish_online(
     config: SaikiConfig, manifest: ViewManifest, previous: ViewManifest | None
 ) -> int:
     """Register the view as Feast's batch source and write its rows to the online store."""
-    from saiki.feature_repo.feast_store import publish_batch_view
+    from saiki.feature_repo.publish import publish_batch_view
 
     return publish_batch_view(config, manifest, previous)
 

@@ -108,7 +108,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-    from saiki.feature_repo.feast_store import open_store
+    from saiki.feature_repo.feast_repo import open_store
 
     store = open_store(config)
     features = [f"item_batch:{name}" for name in FEATURE_NAMES]

@@ -123,7 +123,7 @@ async def measure(
 
 
 def feast_fetch(data: Path) -> list[float]:
-    from saiki.feature_repo.feast_store import open_store
+    from saiki.feature_repo.feast_repo import open_store
 
     store = open_store(load_config(data, environ={}))
     users = [f"user_batch:{n}" for n in FEATURE_NAMES]

@@ -34,8 +34,8 @@ from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
 from saiki.core.ingest_files import ingest_files
 from saiki.core.timeutil import now_ms
-from saiki.feature_repo.feast_store import SqliteOnlineReader
 from saiki.feature_repo.online import read_status
+from saiki.feature_repo.online_readers import SqliteOnlineReader
 from saiki.simulator import TrafficOptions, World, write_jsonl
 from saiki.v1 import events_pb2, events_pb2_grpc
 

@@ -8,7 +8,8 @@ entity means one online-store round per entity kind per request, however many mi
 have passed since the cutoff.
 
 Writers and readers are small protocols: Feast-backed implementations live in
-``feature_repo/feast_store.py``; the in-memory ones here are for fast unit tests.
+``feature_repo/speed_rows.py`` and ``feature_repo/online_readers.py``; the in-memory
+ones here are for fast unit tests.
 """
 
 from __future__ import annotations

@@ -24,7 +24,14 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from feature_repo.spec import AGGREGATION_NAMES, AGGREGATIONS, DERIVATIONS, Aggregation, Window
+from saiki.feature_repo.spec import (
+    AGGREGATION_NAMES,
+    AGGREGATIONS,
+    DERIVATIONS,
+    WINDOWS,
+    Aggregation,
+    Window,
+)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -85,6 +92,16 @@ def finalise(sums: Mapping[str, FloatArray | IntArray], window: Window) -> dict[
     for derived, formula in DERIVATIONS.items():
         features[f"{derived}_{window.name}"] = np.asarray(formula(as_float), dtype=np.float64)
     return features
+
+
+def empty_features() -> dict[str, float]:
+    """Every feature's value for an entity with no events in any window."""
+    zeros = {name: np.zeros(1) for name in AGGREGATION_NAMES}
+    return {
+        name: float(value[0])
+        for window in WINDOWS
+        for name, value in finalise(zeros, window).items()
+    }
 
 
 def sql_contribution(aggregation: Aggregation, event_type: str = "event_type") -> str:

@@ -17,7 +17,7 @@ from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
-from saiki.feature_repo.feast_store import online_reader
+from saiki.feature_repo.online_readers import online_reader
 from saiki.feature_repo.views import ViewCatalog
 from saiki.serving.event_service import EventService
 from saiki.serving.feature_service import FeatureService

@@ -27,7 +27,7 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from saiki.core.config import SaikiConfig
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus
-from saiki.speed.job import SinkLine, SpeedJobSpec, parse_sink_line
+from saiki.speed.shape import SinkLine, SpeedJobSpec, parse_sink_line
 from saiki.speed.sink import TileSink, WriteBatch
 
 _FLUSH_ROWS = 100_000
@@ -103,7 +103,7 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         # uses (2.6 s inside the JVM's Python). Nothing else runs in this interpreter, so
         # torch is marked absent before Feast looks for it.
         sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
-        from saiki.feature_repo.feast_store import FeastSpeedWriter
+        from saiki.feature_repo.speed_rows import FeastSpeedWriter
 
         self._sink.attach(FeastSpeedWriter(self._config))
         self._sink.restore()

@@ -12,9 +12,9 @@ import pytest
 from feast.protos.feast.types.Value_pb2 import Value
 
 from saiki.core.config import SaikiConfig
-from saiki.feature_repo.feast_store import FeastOnlineReader, SqliteOnlineReader, online_reader
 from saiki.feature_repo.layout import online_store_path
 from saiki.feature_repo.online import WIDTH
+from saiki.feature_repo.online_readers import FeastOnlineReader, SqliteOnlineReader, online_reader
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,46 @@
+"""The speed layer's rows through Feast's own write path (``write_to_online_store``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ConfigError
+from saiki.feature_repo.feast_repo import open_store
+from saiki.feature_repo.online import SpeedRow
+from saiki.feature_repo.online_readers import SqliteOnlineReader
+from saiki.feature_repo.spec import ENTITY_BY_NAME
+
+
+class FeastSpeedWriter:
+    """The :class:`~saiki.feature_repo.online.SpeedWriter` of the real online store."""
+
+    def __init__(self, config: SaikiConfig) -> None:
+        self._store = open_store(config)
+        self._config = config
+
+    def write(self, entity: str, rows: Sequence[SpeedRow]) -> None:
+        """Upsert rows in one micro-batch."""
+        if not rows:
+            return
+        key = ENTITY_BY_NAME[entity].key
+        stamp = datetime.now(UTC)
+        frame = pd.DataFrame(
+            {
+                key: [r.entity_id for r in rows],
+                "tiles": [r.tiles for r in rows],
+                "tiles_from_ms": [r.tiles_from_ms for r in rows],
+                "updated_ms": [r.updated_ms for r in rows],
+                "event_timestamp": [stamp] * len(rows),
+            }
+        )
+        self._store.write_to_online_store(f"{entity}_speed", frame)
+
+    def read_all(self, entity: str) -> list[SpeedRow]:
+        """Every speed row of an entity kind (the sink's state after a restart)."""
+        if self._config.feast.online_store != "sqlite":
+            raise ConfigError("rebuilding speed state needs the sqlite online store")
+        return list(SqliteOnlineReader(self._config).read_speed(entity, None).values())

@@ -34,8 +34,6 @@ from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
 from saiki.speed.job import (
-    JOB_SHAPE,
-    SpeedJobSpec,
     build_job,
     flink_environment,
     latest_checkpoint,
@@ -43,6 +41,7 @@ from saiki.speed.job import (
     save_lineage,
 )
 from saiki.speed.jvm import jvm_args
+from saiki.speed.shape import JOB_SHAPE, SpeedJobSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _INGEST_ONLY = pa.schema([SEGMENT_ARROW_SCHEMA.field("ingest_ms")])
@@ -161,7 +160,7 @@ def run_speed(
     # the garbage collector, whose py4j finalisers then open a second gateway connection,
     # and Flink's planner (which keeps state per Java thread) intermittently failed with
     # "NullPointerException: metadataHandlerProvider".
-    from saiki.feature_repo.feast_store import is_applied
+    from saiki.feature_repo.feast_repo import is_applied
 
     registering = None if is_applied(config) else _register_views(config)
     env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
@@ -217,7 +216,7 @@ def _register_views(config: SaikiConfig) -> Future[None]:
 
 
 def _apply_views(config: SaikiConfig) -> None:
-    from saiki.feature_repo.feast_store import apply
+    from saiki.feature_repo.feast_repo import apply
 
     apply(config)
 

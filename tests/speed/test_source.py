@@ -6,15 +6,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from saiki.core.config import load_config
-from saiki.speed.job import (
+from saiki.speed.job import source_ddl
+from saiki.speed.runner import resolve_spec
+from saiki.speed.shape import (
     JOB_SHAPE,
     SINK_LINE_FIELDS,
     SpeedJobSpec,
     parse_sink_line,
     sink_line_sql,
-    source_ddl,
 )
-from saiki.speed.runner import resolve_spec
 from tests.conftest import make_config
 
 SPEC = SpeedJobSpec(

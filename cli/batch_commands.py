@@ -8,10 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from saiki.cli.progress import print_table, progress_bar
 from saiki.core.config import load_config
 from saiki.core.errors import InvalidInputError
 from saiki.core.timeutil import format_iso, parse_duration, parse_iso
+from saiki.ops.console import print_table, progress_bar
 
 
 def add_parsers(subparsers: Any) -> None:

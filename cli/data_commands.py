@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from saiki.cli.progress import print_table, progress_bar
 from saiki.core.config import load_config
-from saiki.core.errors import InvalidInputError, NotFoundError
 from saiki.core.timeutil import floor_minute, format_iso, now_ms, parse_iso
+from saiki.ops.console import print_table
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -59,91 +57,41 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """``saiki simulate``."""
-    from saiki.simulator import TrafficOptions, World, write_jsonl
+    from saiki.ops.data import SimulateRequest, simulate
 
-    for name in ("malformed_rate", "late_rate", "duplicate_rate"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise InvalidInputError(f"--{name.replace('_', '-')}", "must be within 0..1")
-    if args.users < 1 or args.items < 1 or args.days <= 0:
-        raise InvalidInputError("--users/--items/--days", "must be positive")
-    end_ms = floor_minute(parse_iso(args.end, "--end") if args.end else now_ms())
-    shift = parse_iso(args.shift_at, "--shift-at") if args.shift_at else None
-    world = World(users=args.users, items=args.items, seed=args.seed, shift_at_ms=shift)
-    options = TrafficOptions(
+    request = SimulateRequest(
+        users=args.users,
+        items=args.items,
         days=args.days,
-        end_ms=end_ms,
+        seed=args.seed,
+        out=args.out,
+        end_ms=floor_minute(parse_iso(args.end, "--end") if args.end else now_ms()),
         malformed_rate=args.malformed_rate,
         late_rate=args.late_rate,
         duplicate_rate=args.duplicate_rate,
+        shift_at_ms=parse_iso(args.shift_at, "--shift-at") if args.shift_at else None,
     )
-    expected = int(sum(world.params["activity"]) * args.days * 8 * 1.17)
-    started = time.perf_counter()
-    with progress_bar(expected, "ev", "simulate") as advance:
-        summary = write_jsonl(world, options, args.out, progress=advance)
-    elapsed = time.perf_counter() - started
-    report = summary.as_dict()
-    report.update(out=str(args.out), seconds=round(elapsed, 2), end=format_iso(end_ms))
-    print(json.dumps(report))
+    print(json.dumps(simulate(request)))
     return 0
 
 
 def run_ingest(args: argparse.Namespace) -> int:
     """``saiki ingest FILE...``: validate → event log → master dataset, exactly once."""
-    from saiki.core.eventlog import EventLog
-    from saiki.core.ingest import Ingestor
-    from saiki.core.ingest_files import ingest_files
+    from saiki.ops.data import describe_ingest, ingest
 
-    for path in args.files:
-        if not path.is_file():
-            raise NotFoundError(f"no such file: {path}")
     config = load_config(args.data_dir)
-    log = EventLog(config.log_dir)
-    total_bytes = sum(p.stat().st_size for p in args.files)
-    lines_estimate = max(1, total_bytes // 200)
-    started = time.perf_counter()
-    with progress_bar(lines_estimate, "ev", "ingest → log") as advance:
-        result = ingest_files(Ingestor(log), args.files, workers=args.workers, progress=advance)
-    elapsed = time.perf_counter() - started
-    reasons = Counter(
-        f"{r.field or 'json'}: {r.reason.split(':')[0]}" for _, r in result.rejections
-    )
-    print(
-        f"event log: {result.accepted} accepted, {result.duplicates} duplicates, "
-        f"{result.quarantined} quarantined in {elapsed:.1f}s "
-        f"({(result.accepted + result.duplicates + result.quarantined) / max(elapsed, 1e-9):,.0f}"
-        " events/s)"
-    )
-    for reason, count in reasons.most_common(12):
-        print(f"  quarantined {count:>8}  {reason}")
-    if not args.no_load:
-        _load_master(config, log)
+    outcome = ingest(config, args.files, workers=args.workers, load=not args.no_load)
+    for line in describe_ingest(outcome):
+        print(line)
     return 0
-
-
-def _load_master(config: Any, log: Any) -> None:
-    from saiki.batch.master import MasterDataset
-
-    started = time.perf_counter()
-    master = MasterDataset(config)
-    pending = log.events.head() - MasterDataset.committed_offset(master.table())
-    with progress_bar(max(pending, 0), "ev", "log → iceberg") as advance:
-        results = master.load(log, progress=advance)
-    elapsed = time.perf_counter() - started
-    for result in results:
-        print(
-            f"master dataset: saiki.{result.table} +{result.rows} rows in {result.snapshots} "
-            f"snapshot(s), log offset now {result.next_offset} ({elapsed:.1f}s)"
-        )
-    snapshot = master.resolve_snapshot()
-    print(f"current snapshot of saiki.events: {snapshot}")
 
 
 def run_master_load(args: argparse.Namespace) -> int:
     """``saiki master load``."""
-    from saiki.core.eventlog import EventLog
+    from saiki.ops.data import describe_load, load_master
 
-    config = load_config(args.data_dir)
-    _load_master(config, EventLog(config.log_dir))
+    for line in describe_load(load_master(load_config(args.data_dir))):
+        print(line)
     return 0
 
 

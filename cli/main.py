@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from saiki.cli import (
     batch_commands,
     data_commands,
-    demo,
+    demo_commands,
     model_commands,
     ops_commands,
     serve_commands,
@@ -30,7 +30,7 @@ _MODULES = (
     serve_commands,
     model_commands,
     ops_commands,
-    demo,
+    demo_commands,
 )
 
 

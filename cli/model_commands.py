@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from saiki.cli.progress import print_table
-from saiki.core.config import SaikiConfig, load_config
-from saiki.core.errors import InvalidInputError, PreconditionError
-from saiki.core.timeutil import MS_PER_DAY, format_iso, now_ms, parse_iso
+from saiki.core.config import load_config
+from saiki.core.errors import InvalidInputError
+from saiki.core.timeutil import format_iso, parse_iso
+from saiki.ops.console import print_table
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -56,138 +56,23 @@ def add_parsers(subparsers: Any) -> None:
     experiment.set_defaults(handler=run_experiment)
 
 
-def _version(text: str) -> int:
-    try:
-        return int(text.lstrip("v"))
-    except ValueError as exc:
-        raise InvalidInputError("VERSION", f"not a version like 3 or v3: {text!r}") from exc
-
-
-def default_training_set(config: SaikiConfig, from_ms: int | None, to_ms: int | None) -> Path:
-    """Build a training set from the master dataset (all of it, after a day of warm-up)."""
-    from saiki.batch.master import MasterDataset
-    from saiki.batch.run import newest_cutoff
-    from saiki.batch.training import build_training_set
-    from saiki.core.eventlog import EventLog
-
-    master = MasterDataset(config)
-    master.load(EventLog(config.log_dir))
-    snapshot = master.resolve_snapshot()
-    if snapshot is None:
-        raise PreconditionError("the master dataset is empty: ingest events first")
-    to_ms = to_ms or newest_cutoff(master, snapshot)
-    if from_ms is None:
-        earliest = master.read(snapshot, ("event_time",)).column("event_time")
-        import pyarrow.compute as pc
-
-        first = int(pc.cast(pc.min(earliest), "int64").as_py()) // 1000
-        from_ms = min(first + MS_PER_DAY, to_ms - MS_PER_DAY)
-    out = config.data_dir / "training" / f"set-{now_ms()}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lineage = build_training_set(config, from_ms, to_ms, out, snapshot_id=snapshot)
-    print(
-        f"training set {out}: {lineage.rows} impressions from {format_iso(from_ms)} to "
-        f"{format_iso(to_ms)}"
-    )
-    return out
-
-
 def run_train(args: argparse.Namespace) -> int:
     """``saiki train``."""
-    from saiki.batch.training import read_lineage
-    from saiki.serving.registry import ModelRegistry
-    from saiki.serving.training import train_and_evaluate
+    from saiki.ops.models import TrainRequest, print_training_report, train_and_register
 
-    config = load_config(args.data_dir)
-    path = args.training_set or default_training_set(
-        config,
-        parse_iso(args.from_, "--from") if args.from_ else None,
-        parse_iso(args.to, "--to") if args.to else None,
+    request = TrainRequest(
+        training_set=args.training_set,
+        from_ms=parse_iso(args.from_, "--from") if args.from_ else None,
+        to_ms=parse_iso(args.to, "--to") if args.to else None,
+        holdout_from_ms=parse_iso(args.holdout_from, "--holdout-from")
+        if args.holdout_from
+        else None,
+        epochs=args.epochs,
+        seed=args.seed,
+        promote_if_better=args.promote_if_better,
     )
-    holdout = parse_iso(args.holdout_from, "--holdout-from") if args.holdout_from else None
-    model, quantised, report = train_and_evaluate(
-        path, epochs=args.epochs, seed=args.seed, holdout_from_ms=holdout
-    )
-    registry = ModelRegistry(config.data_dir)
-    production = registry.production()
-    metrics = report.as_dict()
-    if production is not None:
-        # The model in production, scored on exactly the rows the new one is judged on.
-        metrics["production_backtest"] = backtest(registry, production, path, holdout)
-    lineage = {"training_set": str(path), **read_lineage(path).__dict__}
-    from saiki.serving.model import ModelConfig
-
-    entry = registry.register(model, quantised, ModelConfig(), lineage, metrics)
-    print_report(entry.name, metrics, entry.artifacts)
-    if args.promote_if_better:
-        beats = production is None or (
-            metrics["fp32"]["auc"] > metrics["production_backtest"]["auc"]
-        )
-        if beats:
-            registry.promote(entry.version)
-            print(f"promoted {entry.name} to production")
-        else:
-            print(f"{entry.name} does not beat production v{production}: kept as candidate")
-    args.registered = entry.version  # for callers in-process (saiki demo)
+    print_training_report(train_and_register(load_config(args.data_dir), request))
     return 0
-
-
-def backtest(
-    registry: Any, version: int, path: Path, holdout_from_ms: int | None = None
-) -> dict[str, float]:
-    """A registered model's AUC and log loss on the held-out days of a training set."""
-    from saiki.serving.training import auc, load_rows, log_loss, predict, split_by_time
-
-    model, config = registry.load(version, "fp32")
-    _, test, _ = split_by_time(load_rows(path), holdout_from_ms)
-    scores = predict(model, config, test)
-    return {
-        "version": version,
-        "auc": auc(test.labels, scores),
-        "log_loss": log_loss(test.labels, scores),
-    }
-
-
-def print_report(name: str, metrics: dict[str, Any], artifacts: dict[str, Any]) -> None:
-    """The training report as a table."""
-    print(
-        f"model {name}: trained on {metrics['rows_train']} impressions, held out "
-        f"{metrics['rows_holdout']} from {format_iso(metrics['holdout_from_ms'])} "
-        f"({metrics['positives_holdout']} clicks) in {metrics['seconds']}s"
-    )
-    rows = [
-        (f"{name} fp32", metrics["fp32"]["auc"], metrics["fp32"]["log_loss"]),
-        (f"{name} int8 (served)", metrics["int8"]["auc"], metrics["int8"]["log_loss"]),
-        (
-            "baseline: item smoothed CTR",
-            metrics["baseline_item_ctr"]["auc"],
-            metrics["baseline_item_ctr"]["log_loss"],
-        ),
-        (
-            "baseline: logistic regression",
-            metrics["baseline_logistic"]["auc"],
-            metrics["baseline_logistic"]["log_loss"],
-        ),
-    ]
-    if "production_backtest" in metrics:
-        backtested = metrics["production_backtest"]
-        rows.append(
-            (
-                f"production v{backtested['version']} (backtest)",
-                backtested["auc"],
-                backtested["log_loss"],
-            )
-        )
-    print_table(
-        ("scorer (same held-out rows)", "AUC", "log loss"),
-        [(r[0], f"{r[1]:.4f}", f"{r[2]:.4f}") for r in rows],
-    )
-    latency = metrics["latency_ms_batch100"]
-    print(
-        f"int8 vs fp32: AUC {metrics['int8']['auc'] - metrics['fp32']['auc']:+.4f}, "
-        f"{artifacts['int8']['bytes'] / 1e6:.2f} MB vs {artifacts['fp32']['bytes'] / 1e6:.2f} MB,"
-        f" forward at batch 100 {latency['int8']:.3f} ms vs {latency['fp32']:.3f} ms"
-    )
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -216,10 +101,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_promote(args: argparse.Namespace) -> int:
     """``saiki models promote V``."""
+    from saiki.ops.models import parse_version
     from saiki.serving.registry import ModelRegistry
 
     registry = ModelRegistry(load_config(args.data_dir).data_dir)
-    version = _version(args.version)
+    version = parse_version(args.version)
     registry.load(version)  # refuse to promote an artifact that fails its checksum
     previous = registry.promote(version)
     if previous == version:
@@ -240,26 +126,20 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 def run_experiment(args: argparse.Namespace) -> int:
     """``saiki models experiment --split control=1:0.5,treatment=2:0.5`` or ``--end``."""
-    from saiki.serving.experiment import Experiment, Variant, write_experiment
+    from saiki.ops.models import parse_split, set_experiment
 
-    root = load_config(args.data_dir).data_dir / "models"
+    config = load_config(args.data_dir)
     if args.end:
-        write_experiment(root, None)
+        set_experiment(config, None)
         print("experiment ended: production serves everyone")
         return 0
     if not args.split:
         raise InvalidInputError("--split", "give VARIANT=VERSION:SHARE,… or --end")
-    variants = []
-    for part in args.split.split(","):
-        try:
-            name, rest = part.split("=")
-            version, share = rest.split(":")
-            variants.append(
-                Variant(name, None if version == "production" else _version(version), float(share))
-            )
-        except ValueError as exc:
-            raise InvalidInputError("--split", f"cannot read {part!r}") from exc
-    experiment = Experiment(args.name, tuple(variants))
-    write_experiment(root, experiment)
-    print(json.dumps({"experiment": args.name, "variants": [v.__dict__ for v in variants]}))
+    experiment = parse_split(args.name, args.split)
+    set_experiment(config, experiment)
+    print(
+        json.dumps(
+            {"experiment": experiment.name, "variants": [v.__dict__ for v in experiment.variants]}
+        )
+    )
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from saiki.cli.progress import print_table
-from saiki.core.config import SaikiConfig, load_config
-from saiki.core.timeutil import floor_minute, format_iso, now_ms, parse_iso
+from saiki.core.config import load_config
+from saiki.core.timeutil import floor_minute, format_iso, now_ms, parse_duration, parse_iso
+from saiki.ops.console import print_table
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -27,36 +27,10 @@ def add_parsers(subparsers: Any) -> None:
     report.set_defaults(handler=run_report)
 
 
-def merger_for(config: SaikiConfig) -> Any:
-    """The serving path's merger, in this process."""
-    from saiki.feature_repo.feast_store import online_reader
-    from saiki.feature_repo.views import ViewCatalog
-    from saiki.serving.merge import FeatureMerger
-
-    return FeatureMerger(ViewCatalog(config.data_dir), online_reader(config))
-
-
-def consistency_report(config: SaikiConfig, sample: int, q_ms: int) -> Any:
-    """Run the check with the serving path's merger."""
-    from saiki.batch.consistency import check
-
-    merger = merger_for(config)
-
-    def served(entity: str, ids: list[str], q: int) -> dict[str, dict[str, float]]:
-        from saiki.feature_repo.spec import FEATURE_NAMES
-
-        merged = merger.features(entity, ids, q)
-        return {
-            i: dict(zip(FEATURE_NAMES, row, strict=True))
-            for i, row in zip(merged.ids, merged.values.tolist(), strict=True)
-        }
-
-    return check(config, served, q_ms, sample)
-
-
 def run_consistency(args: argparse.Namespace) -> int:
     """``saiki consistency [--sample N]``."""
     from saiki.feature_repo.online import read_status
+    from saiki.ops.consistency import consistency_report
 
     config = load_config(args.data_dir)
     q = floor_minute(parse_iso(args.as_of, "--as-of") if args.as_of else now_ms())
@@ -84,18 +58,11 @@ def run_consistency(args: argparse.Namespace) -> int:
 
 def run_monitor(args: argparse.Namespace) -> int:
     """``saiki monitor``: exits 1 when a retrain is due."""
-    from saiki.core.eventlog import EventLog
-    from saiki.core.timeutil import parse_duration
-    from saiki.serving.monitor import PSI_LIMIT, monitor
+    from saiki.ops.monitoring import monitor_now
+    from saiki.serving.monitor import PSI_LIMIT
 
     config = load_config(args.data_dir)
-    found = monitor(
-        config.data_dir,
-        merger_for(config),
-        EventLog(config.log_dir),
-        now_ms(),
-        parse_duration(args.window, "--window"),
-    )
+    found = monitor_now(config, parse_duration(args.window, "--window"))
     if found.production is None:
         print("no model in production yet: nothing to monitor")
         return 0
@@ -127,7 +94,7 @@ def run_monitor(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """``saiki report``."""
-    from saiki.cli.report import write_report
+    from saiki.ops.report import write_report
 
     config = load_config(args.data_dir)
     path = write_report(config)

@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import threading
 import time
@@ -26,14 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saiki.cli import data_commands, model_commands
-from saiki.cli.demo_services import DemoServices, free_port
-from saiki.cli.demo_summary import closing_checks, percentile, print_summary
-from saiki.core.config import SaikiConfig, load_config
+from saiki.core.config import SaikiConfig
 from saiki.core.errors import PreconditionError
 from saiki.core.timeutil import floor_minute, format_iso, now_ms
-
-SUMMARY_FILE = "summary.json"
+from saiki.ops.data import SimulateRequest, describe_ingest, ingest, simulate
+from saiki.ops.demo_services import DemoServices, free_port
+from saiki.ops.demo_summary import closing_checks, percentile, print_summary
+from saiki.ops.models import TrainRequest, print_training_report, set_experiment, train_and_register
+from saiki.ops.monitoring import monitor_now
+from saiki.ops.report import write_report
+from saiki.ops.summary import DemoSummary
+from saiki.serving.experiment import Experiment, Variant
 
 
 @dataclass(frozen=True)
@@ -59,22 +60,12 @@ class DemoPlan:
         )
 
 
-def add_parsers(subparsers: Any) -> None:
-    """Register ``saiki demo``."""
-    demo = subparsers.add_parser("demo", help="run the whole loop on the embedded defaults")
-    demo.add_argument("--quick", action="store_true", help="a smaller world (about 2 minutes)")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument(
-        "--reset", action="store_true", help="delete the data directory's state first"
-    )
-    demo.set_defaults(handler=run_demo)
-
-
 def _stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def _prepare(data_dir: Path, reset: bool) -> None:
+def prepare_data_dir(data_dir: Path, reset: bool) -> None:
+    """Refuse a data dir that holds state unless ``reset`` (which then empties it)."""
     if data_dir.exists() and any(data_dir.iterdir()):
         if not reset:
             raise PreconditionError(
@@ -85,31 +76,21 @@ def _prepare(data_dir: Path, reset: bool) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Run every stage in order, printing a short summary of each."""
+def run_demo(config: SaikiConfig, plan: DemoPlan, seed: int) -> DemoSummary:
+    """Run every stage in order, printing a short summary of each; stops every process
+    it started, also on error or Ctrl-C."""
     started = time.perf_counter()
-    data_dir = Path(args.data_dir).resolve()
-    _prepare(data_dir, args.reset)
-    config = load_config(data_dir)
-    plan = DemoPlan.choose(args.quick)
     services = DemoServices(config)
     try:
-        summary = _run_stages(config, plan, args.seed, services)
+        shift_at = _history(config, plan, seed)
+        summary, consistency = _live(config, plan, seed, services, shift_at)
     finally:
         services.stop()
+    summary.save(config.data_dir)
     _stage("9. the report")
-    from saiki.cli.report import write_report
-
-    report = write_report(config)
+    report = write_report(config, summary, consistency)
     print_summary(summary, report, time.perf_counter() - started)
-    return 0
-
-
-def _run_stages(
-    config: SaikiConfig, plan: DemoPlan, seed: int, services: DemoServices
-) -> dict[str, Any]:
-    shift_at = _history(config, plan, seed)
-    return _live(config, plan, seed, services, shift_at)
+    return summary
 
 
 def _history(config: SaikiConfig, plan: DemoPlan, seed: int) -> int:
@@ -119,42 +100,40 @@ def _history(config: SaikiConfig, plan: DemoPlan, seed: int) -> int:
     shift_at = end - int(plan.shift_hours * 3_600_000)
     history = data_dir / "demo" / "history.jsonl"
     history.parent.mkdir(parents=True, exist_ok=True)
-    common = {"data_dir": str(data_dir)}
 
     _stage(
         f"1. simulate {plan.days:g} days of history: {plan.users} users, {plan.items} "
         f"items; users' tastes change at {format_iso(shift_at)}"
     )
-    data_commands.run_simulate(
-        argparse.Namespace(
+    written = simulate(
+        SimulateRequest(
             users=plan.users,
             items=plan.items,
             days=plan.days,
             seed=seed,
             out=history,
+            end_ms=end,
             malformed_rate=0.005,
             late_rate=0.02,
             duplicate_rate=0.002,
-            end=format_iso(end),
-            shift_at=format_iso(shift_at),
+            shift_at_ms=shift_at,
         )
     )
+    print(f"wrote {written['lines']} lines to {history} in {written['seconds']}s", flush=True)
     _stage("2. ingest: validate → event log → Iceberg master dataset (exactly once)")
-    data_commands.run_ingest(
-        argparse.Namespace(**common, files=[history], workers=None, no_load=False)
-    )
+    for line in describe_ingest(ingest(config, [history])):
+        print(line, flush=True)
     _stage("3. batch layer (Beam): recompute every feature, publish the view to Feast")
     _batch_run(config)
     _stage(f"4. train model v1 on the days before {format_iso(shift_at)} (yesterday's model)")
-    model_commands.run_train(_train_args(common, to=format_iso(shift_at)))
+    print_training_report(train_and_register(config, _train_request(to_ms=shift_at)))
     return shift_at
 
 
 def _live(
     config: SaikiConfig, plan: DemoPlan, seed: int, services: DemoServices, shift_at: int
-) -> dict[str, Any]:
+) -> tuple[DemoSummary, Any]:
     """Stages 5–8 and the closing checks."""
-    common = {"data_dir": str(config.data_dir)}
     _stage("5. start the speed layer (Flink) and the gRPC server")
     begin = time.monotonic()
     speed = services.start("speed layer", "speed", "run", "--fresh")
@@ -188,54 +167,41 @@ def _live(
         _stage("7. batch layer recomputes; v2 trains and is backtested against v1")
         _batch_run(config)
         # Everything up to now, the live phase included; judged on the live phase alone.
-        train = _train_args(common, to=format_iso(now_ms()), holdout_from=format_iso(live_from))
-        model_commands.run_train(train)
-        v2 = int(train.registered)
-        promoted = registry.production() == v2
+        outcome = train_and_register(
+            config, _train_request(to_ms=now_ms(), holdout_from_ms=live_from)
+        )
+        print_training_report(outcome)
+        v2, promoted = outcome.entry.version, outcome.promoted
         if promoted:
             _wait_until(population, lambda stats: f"v{v2}" in stats.model_of.values())
             print(f"the server hot-reloaded v{v2}")
 
         _stage(f"8. A/B: v1 against v{v2}, half the users each, {plan.live_seconds:g}s")
-        model_commands.run_experiment(
-            argparse.Namespace(
-                **common, end=False, name="v1-vs-v2", split=f"control=1:0.5,treatment={v2}:0.5"
-            )
+        set_experiment(
+            config,
+            Experiment("v1-vs-v2", (Variant("control", 1, 0.5), Variant("treatment", v2, 0.5))),
         )
         _wait_until(population, lambda stats: "production" not in stats.model_of)
         population.reset()
         second = _live_phase(population, plan, services)
-        model_commands.run_experiment(argparse.Namespace(**common, end=True, name="", split=None))
+        set_experiment(config, None)
         if promoted:
             monitored[f"v{v2}"] = _monitor(config, f"v{v2} after retraining")
     finally:
         population.close(drain_s=5)
-    summary = closing_checks(
+    return closing_checks(
         config,
         registry,
         (first, second),
         promoted=promoted,
         v2=v2,
         events_acked=population.events_acked,
+        monitored=monitored,
     )
-    summary["monitor"] = monitored
-    (config.data_dir / "demo" / SUMMARY_FILE).write_text(json.dumps(summary))
-    return summary
 
 
-def _train_args(
-    common: dict[str, str], to: str | None, holdout_from: str | None = None
-) -> argparse.Namespace:
-    return argparse.Namespace(
-        **common,
-        training_set=None,
-        from_=None,
-        to=to,
-        holdout_from=holdout_from,
-        epochs=6,
-        seed=0,
-        promote_if_better=True,
-    )
+def _train_request(to_ms: int, holdout_from_ms: int | None = None) -> TrainRequest:
+    return TrainRequest(to_ms=to_ms, holdout_from_ms=holdout_from_ms, promote_if_better=True)
 
 
 def _batch_run(config: SaikiConfig) -> None:
@@ -294,13 +260,7 @@ def _wait_until(population: Any, done: Any, timeout_s: float = 30) -> None:
 
 
 def _monitor(config: SaikiConfig, label: str) -> dict[str, Any]:
-    from saiki.cli.ops_commands import merger_for
-    from saiki.core.eventlog import EventLog
-    from saiki.serving.monitor import monitor
-
-    found = monitor(
-        config.data_dir, merger_for(config), EventLog(config.log_dir), now_ms(), 600_000
-    )
+    found = monitor_now(config, 600_000)
     drifted = ", ".join(found.drifted[:4]) or "none"
     verdict = "RETRAIN DUE" if found.retrain_due else "no retrain due"
     print(

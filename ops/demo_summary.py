@@ -7,10 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from saiki.cli.progress import print_table
+from saiki.batch.consistency import ConsistencyReport
+from saiki.batch.master import MasterDataset
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import PreconditionError
+from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import floor_minute, now_ms
+from saiki.ops.consistency import consistency_report
+from saiki.ops.console import print_table
+from saiki.ops.summary import DemoSummary
+from saiki.serving.registry import ModelRegistry
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -20,18 +26,16 @@ def percentile(values: list[float], q: float) -> float:
 
 def closing_checks(
     config: SaikiConfig,
-    registry: Any,
+    registry: ModelRegistry,
     phases: tuple[Any, Any],
     *,
     promoted: bool,
     v2: int,
     events_acked: int,
-) -> dict[str, Any]:
+    monitored: dict[str, dict[str, Any]],
+) -> tuple[DemoSummary, ConsistencyReport]:
+    """Every served event in the master dataset exactly once, consistency, the figures."""
     first, second = phases
-    from saiki.batch.master import MasterDataset
-    from saiki.cli.ops_commands import consistency_report
-    from saiki.core.eventlog import EventLog
-
     master = MasterDataset(config)
     master.load(EventLog(config.log_dir))
     snapshot = master.resolve_snapshot()
@@ -43,8 +47,8 @@ def closing_checks(
     distinct = len(set(served.column("event_id").to_pylist()))
     consistency = consistency_report(config, 100, floor_minute(now_ms()))
     versions = registry.versions()
-    summary = {
-        "versions": [
+    summary = DemoSummary(
+        versions=[
             {
                 "version": v.version,
                 "stage": registry.stage_of(v.version),
@@ -54,14 +58,14 @@ def closing_checks(
             }
             for v in versions
         ],
-        "v2": v2,
-        "v2_promoted": promoted,
-        "live_v1": {
+        v2=v2,
+        v2_promoted=promoted,
+        live_v1={
             "impressions": sum(first.impressions.values()),
             "clicks": sum(first.clicks.values()),
             "ctr": first.total_ctr(),
         },
-        "ab": {
+        ab={
             v: {
                 "model": second.model_of.get(v),
                 "impressions": second.impressions[v],
@@ -70,21 +74,23 @@ def closing_checks(
             }
             for v in sorted(second.impressions)
         },
-        "events_sent": events_acked,
-        "served_events_in_master": served.num_rows,
-        "served_events_distinct": distinct,
-        "predict_ms": first.predict_ms + second.predict_ms,
-        "freshness_ms": first.freshness_ms + second.freshness_ms,
-        "request_errors": first.errors + second.errors,
-        "consistency": {
+        events_sent=events_acked,
+        served_events_in_master=served.num_rows,
+        served_events_distinct=distinct,
+        predict_ms=first.predict_ms + second.predict_ms,
+        freshness_ms=first.freshness_ms + second.freshness_ms,
+        request_errors=first.errors + second.errors,
+        consistency={
             "compared": consistency.compared,
             "mismatched": sum(consistency.mismatches.values()),
         },
-    }
-    return summary
+        monitor=monitored,
+    )
+    return summary, consistency
 
 
-def print_summary(summary: dict[str, Any], report: Path, seconds: float) -> None:
+def print_summary(summary: DemoSummary, report: Path, seconds: float) -> None:
+    """The demo's closing table, as the README shows it."""
     print("\n== summary", flush=True)
     print_table(
         ("model", "stage", "AUC fp32", "AUC int8 (served)", "production's AUC, same rows"),
@@ -96,16 +102,16 @@ def print_summary(summary: dict[str, Any], report: Path, seconds: float) -> None
                 f"{v['auc_int8']:.4f}",
                 f"{v['backtest_of_production']['auc']:.4f}" if v["backtest_of_production"] else "-",
             )
-            for v in summary["versions"]
+            for v in summary.versions
         ],
     )
-    v2 = summary["v2"]
+    v2 = summary.v2
     print(
         f"winner: v{v2} (promoted, hot-reloaded)"
-        if summary["v2_promoted"]
+        if summary.v2_promoted
         else f"winner: v1 (v{v2} did not beat it on the same held-out impressions)"
     )
-    live = summary["live_v1"]
+    live = summary.live_v1
     print(
         f"live CTR with v1 after the change: {live['ctr']:.3f} over {live['impressions']} "
         "impressions"
@@ -114,24 +120,24 @@ def print_summary(summary: dict[str, Any], report: Path, seconds: float) -> None
         ("A/B variant", "model", "impressions", "clicks", "CTR"),
         [
             (name, arm["model"], arm["impressions"], arm["clicks"], f"{arm['ctr']:.3f}")
-            for name, arm in summary["ab"].items()
+            for name, arm in summary.ab.items()
         ],
     )
-    predict, fresh = summary["predict_ms"], summary["freshness_ms"]
+    predict, fresh = summary.predict_ms, summary.freshness_ms
     print(
         f"Predict (50 candidates, client side): p50 {percentile(predict, 50):.1f} ms, "
         f"p99 {percentile(predict, 99):.1f} ms over {len(predict)} calls, "
-        f"{summary['request_errors']} failed"
+        f"{summary.request_errors} failed"
     )
     print(
         f"freshness (Ingest ack → feature served): p50 {percentile(fresh, 50):.0f} ms, "
         f"p95 {percentile(fresh, 95):.0f} ms over {len(fresh)} probes"
     )
     print(
-        f"served events in the master dataset: {summary['served_events_in_master']} of "
-        f"{summary['events_sent']} sent ({summary['served_events_distinct']} distinct)"
+        f"served events in the master dataset: {summary.served_events_in_master} of "
+        f"{summary.events_sent} sent ({summary.served_events_distinct} distinct)"
     )
-    check = summary["consistency"]
+    check = summary.consistency
     print(f"batch/speed consistency: {check['mismatched']} of {check['compared']} values off")
     print(f"report: {report}")
     print(f"demo finished in {seconds:.0f}s; every process stopped; data in {report.parent.parent}")

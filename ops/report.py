@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import html
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,14 +15,27 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen
+import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
 
+from saiki.batch.consistency import ConsistencyReport
 from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog
+from saiki.core.files import atomic_write
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import floor_minute, format_iso, now_ms
+from saiki.ops.consistency import consistency_report
+from saiki.ops.summary import DemoSummary
+from saiki.serving.monitor import read_predictions
+from saiki.serving.registry import ModelRegistry
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
 
 
 def _models_plot(versions: list[Any], out: Path) -> None:
@@ -62,8 +73,6 @@ def _variant_events(config: SaikiConfig) -> pa.Table:
 
 def _served_models(config: SaikiConfig) -> dict[str, str]:
     """request_id → the model version that ranked it, from the servers' prediction logs."""
-    from saiki.serving.monitor import read_predictions
-
     return {
         str(p["request_id"]): str(p["model_version"])
         for p in read_predictions(config.data_dir / "serving", 0)
@@ -132,11 +141,16 @@ def _histogram(values: list[float], title: str, xlabel: str, out: Path) -> None:
     plt.close(fig)
 
 
-def write_report(config: SaikiConfig) -> Path:
-    """Write report/index.html and its PNGs; returns the HTML path."""
-    from saiki.cli.ops_commands import consistency_report
-    from saiki.serving.registry import ModelRegistry
+def write_report(
+    config: SaikiConfig,
+    summary: DemoSummary | None = None,
+    consistency: ConsistencyReport | None = None,
+) -> Path:
+    """Write report/index.html and its PNGs; returns the HTML path.
 
+    ``summary`` gives the latency and freshness plots (default: the last demo's, if any);
+    ``consistency`` a check already run (default: one is run now).
+    """
     folder = config.data_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     registry = ModelRegistry(config.data_dir)
@@ -144,60 +158,43 @@ def write_report(config: SaikiConfig) -> Path:
     if versions:
         _models_plot(versions, folder / "models.png")
     totals = _ctr_plot(_variant_events(config), _served_models(config), folder / "ctr.png")
-    from saiki.cli.demo import SUMMARY_FILE
-
-    summary_path = config.data_dir / "demo" / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = summary or DemoSummary.load(config.data_dir)
     _histogram(
-        summary.get("freshness_ms", []),
+        summary.freshness_ms if summary else [],
         "Feature freshness: Ingest ack → tile readable",
         "milliseconds",
         folder / "freshness.png",
     )
     _histogram(
-        summary.get("predict_ms", []),
+        summary.predict_ms if summary else [],
         "Served latency of Predict (client side)",
         "milliseconds",
         folder / "latency.png",
     )
-    consistency = consistency_report(config, 100, floor_minute(now_ms()))
-    rows = "".join(
-        f"<tr><td>{v.name}</td><td>{registry.stage_of(v.version)}</td>"
-        f"<td>{v.metrics['fp32']['auc']:.4f}</td><td>{v.metrics['int8']['auc']:.4f}</td>"
-        f"<td>{v.metrics['baseline_logistic']['auc']:.4f}</td>"
-        f"<td>{v.metrics['baseline_item_ctr']['auc']:.4f}</td>"
-        f"<td>{html.escape(str(v.metrics.get('production_backtest', {}).get('auc', '')))}</td>"
-        f"</tr>"
+    if consistency is None:
+        consistency = consistency_report(config, 100, floor_minute(now_ms()))
+    models = [
+        {
+            "name": v.name,
+            "stage": registry.stage_of(v.version),
+            "fp32": v.metrics["fp32"]["auc"],
+            "int8": v.metrics["int8"]["auc"],
+            "logistic": v.metrics["baseline_logistic"]["auc"],
+            "item_ctr": v.metrics["baseline_item_ctr"]["auc"],
+            "backtest": v.metrics.get("production_backtest", {}).get("auc", ""),
+        }
         for v in versions
+    ]
+    page = _TEMPLATES.get_template("report.html.j2").render(
+        data_dir=str(config.data_dir),
+        written=format_iso(now_ms()),
+        models=models,
+        variants=[(v, i, c) for v, (i, c) in sorted(totals.items())],
+        consistency=consistency,
+        consistency_at=format_iso(consistency.query_ms),
+        mismatched=sum(consistency.mismatches.values()),
+        mismatches=sorted(consistency.mismatches.items()),
     )
-    variants = "".join(
-        f"<tr><td>{html.escape(v)}</td><td>{i}</td><td>{c}</td><td>{c / max(i, 1):.4f}</td></tr>"
-        for v, (i, c) in sorted(totals.items())
-    )
-    mismatches = (
-        "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{count}</td></tr>"
-            for name, count in sorted(consistency.mismatches.items())
-        )
-        or "<tr><td colspan=2>no mismatch</td></tr>"
-    )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>saiki report</title>
-<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}table{{border-collapse:
-collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
-<h1>saiki 再帰 — report</h1><p>data: {html.escape(str(config.data_dir))};
-written {format_iso(now_ms())}</p>
-<h2>Models</h2><table><tr><th>version</th><th>stage</th><th>AUC fp32</th><th>AUC int8</th>
-<th>logistic</th><th>item CTR</th><th>production backtest</th></tr>{rows}</table>
-<img src="models.png" alt="AUC per version">
-<h2>A/B variants, live</h2><table><tr><th>variant</th><th>impressions</th><th>clicks</th>
-<th>CTR</th></tr>{variants}</table><img src="ctr.png" alt="CTR per variant over time">
-<h2>Freshness and latency</h2><img src="freshness.png" alt="freshness">
-<img src="latency.png" alt="latency">
-<h2>Batch/speed consistency at {format_iso(consistency.query_ms)}</h2>
-<p>{consistency.compared} values compared over {consistency.sampled};
-{sum(consistency.mismatches.values())} mismatched (events the speed layer left to the next
-batch run).</p><table><tr><th>feature</th><th>mismatches</th></tr>{mismatches}</table>
-</body></html>"""
     path = folder / "index.html"
-    path.write_text(page)
+    atomic_write(path, page)
     return path

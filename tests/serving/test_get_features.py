@@ -17,8 +17,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from saiki.batch.run import BatchRunRequest, run_batch_view
 from saiki.core.config import SaikiConfig
 from saiki.core.timeutil import now_ms
-from saiki.feature_repo.feast_store import SqliteOnlineReader
+from saiki.feature_repo.online import WIDTH, SpeedRow, pack_tiles
+from saiki.feature_repo.online_readers import SqliteOnlineReader
 from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.feature_repo.speed_rows import FeastSpeedWriter
 from saiki.feature_repo.views import ViewCatalog
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.server import RunningServer, start_server
@@ -146,7 +148,10 @@ def test_a_later_batch_run_takes_over_and_heals_what_the_speed_layer_left(
     handoff_copy: SaikiConfig,
 ) -> None:
     config = handoff_copy
-    merger = FeatureMerger(ViewCatalog(config.data_dir), SqliteOnlineReader(config))
+    # Never reloads the view on its own during the test: only a speed row can switch it.
+    merger = FeatureMerger(
+        ViewCatalog(config.data_dir), SqliteOnlineReader(config), reload_interval_ms=10**12
+    )
     q = END_MS + HOUR
     ids = sample_ids(master_events(config), "item_id", 30)
     before = merger.features("item", ids, q)
@@ -155,8 +160,14 @@ def test_a_later_batch_run_takes_over_and_heals_what_the_speed_layer_left(
         expected = window_features(truth, "item_id", entity_id, q)
         assert dict(zip(FEATURE_NAMES, row, strict=True)) == pytest.approx(expected)
     run_batch_view(config, BatchRunRequest(as_of_ms=END_MS))
-    after = merger.features("item", ids, q)  # a speed row is older than the view: it switches
-    merger.refresh(wait=True)
+    unchanged = merger.features("item", ids, q)
+    assert unchanged.batch_cutoff_ms == LAMBDA_CUTOFF_MS  # nothing told it of the new view
+    # The speed layer, handing off, repacks a row with tiles from the new cutoff only: a
+    # row the old view cannot be merged with, so the merger must switch views first.
+    handed_off = SpeedRow(
+        ids[0], pack_tiles(np.zeros(0, np.int64), np.zeros((0, WIDTH - 1), np.int64)), END_MS, 0
+    )
+    FeastSpeedWriter(config).write("item", [handed_off])
     after = merger.features("item", ids, q)
     assert after.batch_cutoff_ms == END_MS
     everything = master_events(config)

@@ -30,7 +30,7 @@ def test_the_model_beats_both_baselines_on_the_held_out_days(
     assert m["rows_holdout"] > 5_000  # a whole held-out day, not a handful
 
 
-def test_the_quantised_model_keeps_its_auc_and_is_smaller_and_faster(
+def test_the_quantised_model_keeps_its_auc_and_is_smaller(
     trained: tuple[SaikiConfig, Path],
 ) -> None:
     registry = ModelRegistry(trained[0].data_dir)
@@ -38,8 +38,7 @@ def test_the_quantised_model_keeps_its_auc_and_is_smaller_and_faster(
     assert abs(m["int8"]["auc"] - m["fp32"]["auc"]) <= 0.005
     artifacts = registry.get(1).artifacts
     assert artifacts["int8"]["bytes"] * 2 < artifacts["fp32"]["bytes"]
-    latency = m["latency_ms_batch100"]
-    assert latency["int8"] < latency["fp32"]  # type: ignore[index]
+    # Its speed against fp32 is a figure of benchmarks/bench_predict.py, not a test.
 
 
 def test_versions_are_immutable_and_stages_move_and_roll_back(

@@ -17,8 +17,8 @@ from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
 from saiki.core.ingest_files import ingest_files
-from saiki.feature_repo.feast_store import SqliteOnlineReader
 from saiki.feature_repo.online import read_status, unpack_tiles
+from saiki.feature_repo.online_readers import SqliteOnlineReader
 from saiki.feature_repo.views import ViewCatalog
 from saiki.simulator import TrafficOptions, World, write_jsonl
 from saiki.speed.job import latest_checkpoint
@@ -116,8 +116,12 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
         extra,
     )
     lines = extra.read_text().splitlines(keepends=True)
-    half_b, half_c = tmp_path / "b.jsonl", tmp_path / "c.jsonl"
-    half_b.write_text("".join(lines[: len(lines) // 2]))
+    # The first half in eight parts, fed while the job runs; the second after the kill.
+    parts = [tmp_path / f"b{n}.jsonl" for n in range(8)]
+    step = len(lines) // 2 // len(parts) + 1
+    for n, part in enumerate(parts):
+        part.write_text("".join(lines[n * step : min((n + 1) * step, len(lines) // 2)]))
+    half_c = tmp_path / "c.jsonl"
     half_c.write_text("".join(lines[len(lines) // 2 :]))
     log = EventLog(config.log_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
@@ -138,12 +142,24 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
 
         _wait(caught_up, 180, "the first catch-up")
         _wait(lambda: latest_checkpoint(speed_dir / "checkpoints") is not None, 60, "a checkpoint")
-        ingest_files(Ingestor(log), [half_b], chunk_bytes=20_000, workers=1)
-        time.sleep(1.5)  # part of it read, tiled, maybe written; not all checkpointed
+        # Kill where a restore has work to do: after the job read and wrote a part that
+        # no completed checkpoint covers yet (one is taken every 2 s).
+        fed = 0
+        for part in parts:
+            fed += 1
+            ingested_s = time.time()
+            ingest_files(Ingestor(log), [part], chunk_bytes=20_000, workers=1)
+            _wait(caught_up, 60, "the part read and written")
+            newest = latest_checkpoint(speed_dir / "checkpoints")
+            assert newest is not None
+            if (newest / "_metadata").stat().st_mtime < ingested_s:
+                break
+        else:
+            pytest.fail("every part was checkpointed before the kill could land")
         os.killpg(job.pid, signal.SIGKILL)
     finally:
         job.wait(30)
-    ingest_files(Ingestor(log), [half_c], chunk_bytes=20_000, workers=1)
+    ingest_files(Ingestor(log), [*parts[fed:], half_c], chunk_bytes=20_000, workers=1)
     run_saiki(config, "speed", "run", "--until-idle")
     want, late_count = expected(config)
     got = served_tiles(config)

@@ -21,6 +21,7 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
@@ -32,25 +33,29 @@ from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import EventLog, Topic
-from saiki.core.files import file_lock
+from saiki.core.files import atomic_write, file_lock
 from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
+from saiki.core.schema import EVENT_FIELDS
 
 EVENTS_TABLE: Final = "events"
 QUARANTINE_TABLE: Final = "events_quarantine"
 NEXT_OFFSET: Final = "saiki.log.next-offset"
 
+_ICEBERG_TYPES: Final = {pa.string(): StringType(), pa.int64(): LongType()}
+# The event schema's fields in their order (their ids are the table's field ids), then
+# where each row came from: its log offset and ingest time.
 EVENTS_SCHEMA: Final = Schema(
-    NestedField(1, "event_id", StringType(), required=True),
-    NestedField(2, "event_time", TimestamptzType(), required=True),
-    NestedField(3, "user_id", StringType(), required=True),
-    NestedField(4, "item_id", StringType(), required=True),
-    NestedField(5, "device_id", StringType(), required=False),
-    NestedField(6, "event_type", StringType(), required=True),
-    NestedField(7, "dwell_ms", LongType(), required=False),
-    NestedField(8, "request_id", StringType(), required=False),
-    NestedField(9, "variant", StringType(), required=False),
-    NestedField(10, "log_offset", LongType(), required=True),
-    NestedField(11, "ingest_time", TimestamptzType(), required=True),
+    *(
+        NestedField(
+            n,
+            f.name,
+            TimestamptzType() if f.is_time else _ICEBERG_TYPES[f.type],
+            required=f.required,
+        )
+        for n, f in enumerate(EVENT_FIELDS, start=1)
+    ),
+    NestedField(len(EVENT_FIELDS) + 1, "log_offset", LongType(), required=True),
+    NestedField(len(EVENT_FIELDS) + 2, "ingest_time", TimestamptzType(), required=True),
 )
 QUARANTINE_SCHEMA: Final = Schema(
     NestedField(1, "ingest_time", TimestamptzType(), required=True),
@@ -89,16 +94,11 @@ class SnapshotInfo:
 def write_pyiceberg_yaml(config: SaikiConfig) -> Path:
     """Write ``<data dir>/.pyiceberg.yaml`` so stock tools open the catalog as ``saiki``."""
     path = config.data_dir / ".pyiceberg.yaml"
-    text = (
-        "catalog:\n"
-        f"  {config.catalog.name}:\n"
-        f"    type: {config.catalog.type}\n"
-        f"    uri: {config.catalog_uri}\n"
-        f"    warehouse: {config.warehouse}\n"
-    )
+    catalog = {"type": config.catalog.type, "uri": config.catalog_uri}
+    catalog["warehouse"] = config.warehouse
+    text = yaml.safe_dump({"catalog": {config.catalog.name: catalog}}, sort_keys=False)
     if not path.exists() or path.read_text() != text:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        atomic_write(path, text)
     return path
 
 
@@ -117,19 +117,8 @@ def _events_to_iceberg(table: pa.Table) -> pa.Table:
     def micros(column: str) -> pa.Array:
         return pc.multiply(table.column(column), 1000).cast(pa.int64()).cast(_TIMESTAMP)
 
-    arrays = [
-        table.column("event_id"),
-        micros("event_time"),
-        table.column("user_id"),
-        table.column("item_id"),
-        table.column("device_id"),
-        table.column("event_type"),
-        table.column("dwell_ms"),
-        table.column("request_id"),
-        table.column("variant"),
-        table.column("offset"),
-        micros("ingest_ms"),
-    ]
+    arrays = [micros(f.name) if f.is_time else table.column(f.name) for f in EVENT_FIELDS]
+    arrays += [table.column("offset"), micros("ingest_ms")]
     return pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA.as_arrow())
 
 

@@ -85,11 +85,6 @@ class Segment:
         """Where the Arrow copy of this segment lives (if the topic keeps one)."""
         return self.path.parent / SIDECAR_DIR / (self.path.name.removesuffix(".jsonl") + ".arrow")
 
-    @property
-    def legacy_sidecar(self) -> Path:
-        """Where logs written before the ``_arrow`` folder keep the copy."""
-        return self.path.with_name("_" + self.path.name.removesuffix(".jsonl") + ".arrow")
-
 
 @dataclass(frozen=True)
 class StagedSegment:
@@ -191,19 +186,16 @@ class Topic:
         return self.publish(self.stage(lines, columns))
 
     def sweep_staged(self, max_age_s: float = _STAGED_MAX_AGE_S) -> int:
-        """Remove staged files a crashed writer left behind (older than max_age_s).
-
-        Also those of logs written before ``_staging/``, which staged in the folder itself.
-        """
+        """Remove staged files a crashed writer left behind (older than max_age_s)."""
         removed = 0
         cutoff = time.time() - max_age_s
-        for folder in (self.directory / STAGING_DIR, self.directory):
-            if not folder.exists():
-                continue
-            for entry in os.scandir(folder):
-                if entry.name.startswith(".staged-") and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
+        folder = self.directory / STAGING_DIR
+        if not folder.exists():
+            return 0
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".staged-") and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
         return removed
 
     def read(self, segment: Segment, schema: pa.Schema) -> pa.Table:
@@ -212,7 +204,7 @@ class Topic:
         ``schema`` names the record fields wanted (without ``offset``).
         """
         table = None
-        sidecar = next((p for p in (segment.sidecar, segment.legacy_sidecar) if p.exists()), None)
+        sidecar = segment.sidecar if segment.sidecar.exists() else None
         if sidecar is not None:
             try:
                 with pa.memory_map(str(sidecar)) as source:

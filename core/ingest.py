@@ -214,7 +214,7 @@ class LogTail:
         """Take in the segments written since the last call (by any process)."""
         schema = pa.schema(
             [
-                pa.field(n, pa.int64() if n != "event_id" else pa.string())
+                pa.field(n, SEGMENT_ARROW_SCHEMA.field(n).type)
                 for n in ("event_id", "event_time", "ingest_ms")
             ]
         )

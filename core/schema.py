@@ -29,17 +29,33 @@ MAX_FUTURE_MS: Final = 5 * 60_000
 # Epoch-ms times before 2000 are almost always seconds sent as milliseconds (or zero).
 MIN_EVENT_TIME_MS: Final = 946_684_800_000
 
-FIELDS: Final = (
-    "event_id",
-    "event_time",
-    "user_id",
-    "item_id",
-    "device_id",
-    "event_type",
-    "dwell_ms",
-    "request_id",
-    "variant",
+
+@dataclass(frozen=True)
+class EventField:
+    """One field of the event schema: its column type in the log and Arrow (times are
+    epoch-ms int64 there, timestamps in Iceberg) and whether every event has it."""
+
+    name: str
+    type: pa.DataType
+    required: bool
+    is_time: bool = False
+
+
+# The event schema, written once: the log's Arrow copies, the master dataset's Iceberg
+# table and the speed job's SQL columns are all derived from it (the .proto is the wire
+# contract and a test holds it to the same names).
+EVENT_FIELDS: Final = (
+    EventField("event_id", pa.string(), required=True),
+    EventField("event_time", pa.int64(), required=True, is_time=True),
+    EventField("user_id", pa.string(), required=True),
+    EventField("item_id", pa.string(), required=True),
+    EventField("device_id", pa.string(), required=False),
+    EventField("event_type", pa.string(), required=True),
+    EventField("dwell_ms", pa.int64(), required=False),
+    EventField("request_id", pa.string(), required=False),
+    EventField("variant", pa.string(), required=False),
 )
+FIELDS: Final = tuple(f.name for f in EVENT_FIELDS)
 _KNOWN: Final = frozenset(FIELDS)
 
 
@@ -66,19 +82,9 @@ class Rejection:
     event_id: str = ""
 
 
-# Columns of an event in the log's Arrow sidecars and in the master dataset.
+# Columns of an event in the log's Arrow sidecars.
 EVENT_ARROW_SCHEMA: Final = pa.schema(
-    [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("event_time", pa.int64(), nullable=False),
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("device_id", pa.string()),
-        pa.field("event_type", pa.string(), nullable=False),
-        pa.field("dwell_ms", pa.int64()),
-        pa.field("request_id", pa.string()),
-        pa.field("variant", pa.string()),
-    ]
+    [pa.field(f.name, f.type, nullable=not f.required) for f in EVENT_FIELDS]
 )
 
 

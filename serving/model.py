@@ -122,8 +122,9 @@ def model_inputs(
 def quantise(model: RankingModel) -> Any:
     """int8 dynamic quantisation of the Linear layers and embedding tables, scripted.
 
-    torch 2.13 marks ``torch.ao.quantization`` and ``torch.jit`` deprecated (their
-    successors cannot export dynamically quantised modules yet: see ENVIRONMENT.md); the
+    torch 2.13 marks ``torch.ao.quantization`` and ``torch.jit`` deprecated, but their
+    successors cannot yet export dynamically quantised modules (``torch.export`` refuses
+    them; torchao's CPU path measured slower for this model); the
     warnings are silenced here, deliberately, and this is the one function to change when
     the model moves to torchao.
     """

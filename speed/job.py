@@ -35,20 +35,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from saiki.core.config import SaikiConfig
+from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.feature_repo.spec import AGGREGATIONS, ENTITIES
 from saiki.feature_repo.tiles import sql_contribution
 from saiki.speed.shape import TILE_COLUMNS, SpeedJobSpec, sink_line_sql
 
-_EVENT_COLUMNS = """
-            ingest_ms BIGINT,
-            event_id STRING,
-            event_time BIGINT,
-            user_id STRING,
-            item_id STRING,
-            event_type STRING,
-            dwell_ms BIGINT,
-            prior_ms BIGINT,"""
+# The log record's columns the job reads, typed from the event schema, then the log
+# watermark before the record (a key of the record's JSON envelope).
+_READ = ("ingest_ms", "event_id", "event_time", "user_id", "item_id", "event_type", "dwell_ms")
+_SQL_TYPES = {pa.string(): "STRING", pa.int64(): "BIGINT"}
+_EVENT_COLUMNS = (
+    "".join(f"\n    {n} {_SQL_TYPES[SEGMENT_ARROW_SCHEMA.field(n).type]}," for n in _READ)
+    + "\n    prior_ms BIGINT,"
+)
 
 
 _ROW_COLUMNS = (

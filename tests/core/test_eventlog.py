@@ -76,11 +76,9 @@ def test_publishing_only_ever_adds_names_to_the_topic_folder(tmp_path: Path) -> 
 
 def test_stale_staged_files_of_a_crashed_writer_are_swept(tmp_path: Path) -> None:
     topic = Topic(tmp_path / "t")
-    topic.stage(lines(1))
-    legacy = topic.directory / ".staged-1-2-3.jsonl"  # staged in the folder, as logs once did
-    legacy.write_bytes(b"{}\n")
+    staged = topic.stage(lines(1))
     assert topic.sweep_staged(max_age_s=3600) == 0
-    assert topic.sweep_staged(max_age_s=-1) == 2 and not legacy.exists()
+    assert topic.sweep_staged(max_age_s=-1) == 1 and not staged.path.exists()
 
 
 def test_the_ingestor_sweeps_what_a_crashed_writer_left_staged(tmp_path: Path) -> None:

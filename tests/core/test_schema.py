@@ -178,3 +178,17 @@ def test_the_fast_path_decides_every_line_as_the_rules_do() -> None:
     assert fast == [_slow(line) for line in lines]
     accepted = sum(isinstance(outcome, Event) for outcome in fast)
     assert 10 < accepted < len(lines) - 30  # both kinds of outcome were exercised
+
+
+def test_the_event_schema_is_one_definition_everywhere() -> None:
+    """The Arrow, Iceberg and wire forms of an event name the same fields, in order."""
+    from saiki.batch.master import EVENTS_SCHEMA
+    from saiki.core.schema import EVENT_ARROW_SCHEMA, EVENT_FIELDS, FIELDS, Event
+    from saiki.v1 import events_pb2
+
+    assert Event._fields == FIELDS == tuple(EVENT_ARROW_SCHEMA.names)
+    iceberg = EVENTS_SCHEMA.fields
+    assert tuple(f.name for f in iceberg[: len(FIELDS)]) == FIELDS
+    assert [f.required for f in iceberg[: len(FIELDS)]] == [f.required for f in EVENT_FIELDS]
+    assert [f.field_id for f in iceberg] == list(range(1, len(iceberg) + 1))
+    assert tuple(events_pb2.Event.DESCRIPTOR.fields_by_name) == FIELDS

@@ -13,6 +13,10 @@ from saiki.core.errors import InvalidInputError
 from saiki.core.timeutil import format_iso, parse_duration, parse_iso
 from saiki.ops.console import print_table, progress_bar
 
+# Beam runners by name; a typo fails when the command is parsed, not inside Beam. The
+# portable and cluster runners need what infra/README.md says.
+RUNNERS = ("DirectRunner", "PortableRunner", "FlinkRunner", "SparkRunner", "DataflowRunner")
+
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``saiki batch run|views|backfill|training-set``."""
@@ -27,7 +31,9 @@ def add_parsers(subparsers: Any) -> None:
     )
     run.add_argument("--as-of", default=None, help="cutoff T (default: newest whole minute)")
     run.add_argument("--snapshot", type=int, default=None, help="master snapshot (default: newest)")
-    run.add_argument("--runner", default="DirectRunner", help="Beam runner (default: embedded)")
+    run.add_argument(
+        "--runner", default="DirectRunner", choices=RUNNERS, help="Beam runner (default: embedded)"
+    )
     run.add_argument("--no-load", action="store_true", help="do not load the event log first")
     run.set_defaults(handler=run_batch, beam_passthrough=True)
 
@@ -38,7 +44,7 @@ def add_parsers(subparsers: Any) -> None:
     backfill.add_argument("--from", dest="from_", required=True)
     backfill.add_argument("--to", required=True)
     backfill.add_argument("--every", default="1d")
-    backfill.add_argument("--runner", default="DirectRunner")
+    backfill.add_argument("--runner", default="DirectRunner", choices=RUNNERS)
     backfill.set_defaults(handler=run_backfill, beam_passthrough=True)
 
     training = verbs.add_parser(
@@ -48,7 +54,7 @@ def add_parsers(subparsers: Any) -> None:
     training.add_argument("--to", required=True)
     training.add_argument("--out", type=Path, required=True)
     training.add_argument("--snapshot", type=int, default=None)
-    training.add_argument("--runner", default="DirectRunner")
+    training.add_argument("--runner", default="DirectRunner", choices=RUNNERS)
     training.set_defaults(handler=run_training_set, beam_passthrough=True)
 
 

@@ -21,12 +21,17 @@ def run_serve(args: argparse.Namespace) -> int:
     """Start the server and block until interrupted."""
     from saiki.serving.server import serve_processes
 
-    config = load_config(args.data_dir)
-    workers = args.workers or config.serving.workers
-    host = args.host or config.serving.host
+    # Flags are the last layer: defaults → saiki.toml → environment → flags.
+    config = load_config(
+        args.data_dir, serving={"host": args.host, "port": args.port, "workers": args.workers}
+    )
+    serving = config.serving
 
     def ready(port: int) -> None:
-        print(f"saiki serving on {host}:{port} ({workers} process(es); Ctrl-C stops)", flush=True)
+        print(
+            f"saiki serving on {serving.host}:{port} ({serving.workers} process(es); Ctrl-C stops)",
+            flush=True,
+        )
 
-    serve_processes(config, args.host, args.port, workers, ready)
+    serve_processes(config, serving.host, serving.port, serving.workers, ready)
     return 0

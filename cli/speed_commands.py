@@ -50,7 +50,7 @@ def run_speed_command(args: argparse.Namespace) -> int:
     """``saiki speed run``."""
     from saiki.speed.runner import run_speed
 
-    config = load_config(args.data_dir)
+    config = load_config(args.data_dir, speed={"jobmanager": args.jobmanager or None})
     last = [0.0]
 
     def report(look: Any) -> None:
@@ -63,7 +63,6 @@ def run_speed_command(args: argparse.Namespace) -> int:
             config,
             until_idle=args.until_idle,
             fresh=args.fresh,
-            jobmanager=args.jobmanager,
             report=report,
             stage=lambda step: print(step, file=sys.stderr, flush=True),
         )

@@ -12,8 +12,9 @@ overrides defaults per section::
     allowed_lateness_s = 300
 
 and ``SAIKI_<SECTION>_<KEY>`` environment variables override the file
-(``SAIKI_SERVING_PORT=50052``). Unknown sections or keys, and values of the wrong type,
-are a ``ConfigError`` naming the key.
+(``SAIKI_SERVING_PORT=50052``). Unknown sections or keys, values of the wrong type, a
+choice that is not one of its options (``online_store = "redsi"``) and a number out of
+its range are a ``ConfigError`` naming the key, at load, before anything starts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from saiki.core.errors import ConfigError
 
@@ -39,7 +40,7 @@ class CatalogConfig:
 
     name: str = "saiki"
     namespace: str = "saiki"
-    type: str = "sql"
+    type: Literal["sql", "rest"] = "sql"
     uri: str = ""
     warehouse: str = ""
 
@@ -48,7 +49,7 @@ class CatalogConfig:
 class LogConfig:
     """The event log: append-only segment files (embedded) or a Kafka topic (cluster)."""
 
-    backend: str = "segments"
+    backend: Literal["segments", "kafka"] = "segments"
     kafka_bootstrap: str = ""
     kafka_topic: str = "saiki.events"
     # `saiki ingest` writes one segment per this many input lines.
@@ -74,7 +75,7 @@ class FeastConfig:
     """The Feast project: embedded SQLite online store or Redis by configuration."""
 
     project: str = "saiki"
-    online_store: str = "sqlite"  # sqlite | redis
+    online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_connection: str = "localhost:6379"
     registry: str = ""  # empty: a registry file under the data dir; else a SQL URL
 
@@ -89,7 +90,7 @@ class ServingConfig:
     # Python threads per server process. Calls beyond them wait in gRPC's C core, which
     # costs less than more threads fighting over one GIL.
     threads: int = 2
-    precision: str = "int8"  # int8 | fp32
+    precision: Literal["int8", "fp32"] = "int8"
     max_candidates: int = 1000
     max_ids: int = 10_000
     reload_interval_ms: int = 500
@@ -173,7 +174,35 @@ def load_config(
             raise ConfigError(f"unknown configuration section {section!r}")
         layers[section].update({k: v for k, v in values.items() if v is not None})
     built = {name: _build(name, cls, layers[name]) for name, cls in _SECTIONS.items()}
+    _check_ranges(built)
     return SaikiConfig(data_dir=root, **built)
+
+
+# Numbers that must be at least some value (ports may be 0: any free port).
+_MINIMA: dict[tuple[str, str], int] = {
+    ("log", "segment_events"): 1,
+    ("speed", "allowed_lateness_s"): 0,
+    ("speed", "state_ttl_s"): 1,
+    ("speed", "checkpoint_interval_ms"): 10,
+    ("speed", "sink_flush_ms"): 1,
+    ("speed", "monitor_ms"): 1,
+    ("serving", "port"): 0,
+    ("serving", "workers"): 1,
+    ("serving", "threads"): 1,
+    ("serving", "max_candidates"): 1,
+    ("serving", "max_ids"): 1,
+    ("serving", "reload_interval_ms"): 1,
+}
+
+
+def _check_ranges(sections: dict[str, Any]) -> None:
+    for (section, key), least in _MINIMA.items():
+        value = getattr(sections[section], key)
+        if value < least:
+            raise ConfigError(f"{section}.{key}: must be at least {least}, got {value}")
+    port = sections["serving"].port
+    if port > 65535:
+        raise ConfigError(f"serving.port: must be at most 65535, got {port}")
 
 
 def _build(section: str, cls: type[Any], values: dict[str, Any]) -> Any:
@@ -188,6 +217,12 @@ def _build(section: str, cls: type[Any], values: dict[str, Any]) -> Any:
 
 
 def _coerce(name: str, hint: Any, raw: Any) -> Any:
+    if typing.get_origin(hint) is Literal:
+        options = typing.get_args(hint)
+        if raw not in options:
+            choices = " | ".join(map(str, options))
+            raise ConfigError(f"{name}: expected one of {choices}, got {raw!r}")
+        return raw
     target = hint
     if isinstance(hint, types.UnionType):
         target = next(a for a in typing.get_args(hint) if a is not type(None))

@@ -14,14 +14,15 @@ messages the protobuf API builds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.descriptor import FieldDescriptor
+
+from saiki.v1 import features_pb2
 
 FloatArray = npt.NDArray[np.float64]
-
-# Wire tags: (field number << 3) | wire type; 2 = length-delimited, 1 = 64-bit.
-_LEN1, _LEN2, _FIXED64_2 = b"\x0a", b"\x12", b"\x11"
 
 
 def varint(value: int) -> bytes:
@@ -37,21 +38,40 @@ def varint(value: int) -> bytes:
 _SMALL = [varint(n) for n in range(1 << 14)]  # every length up to 16 KiB: a lookup
 
 
+# Wire types by field type: 64-bit for doubles, length-delimited for what is used here.
+_WIRE_TYPES = {FieldDescriptor.TYPE_DOUBLE: 1, FieldDescriptor.TYPE_STRING: 2}
+_WIRE_TYPES[FieldDescriptor.TYPE_MESSAGE] = 2
+
+
+def tag(field: Any) -> bytes:
+    """A field's tag (a ``FieldDescriptor``'s) as it precedes its value on the wire:
+    (number << 3) | wire type."""
+    return varint(field.number << 3 | _WIRE_TYPES[field.type])
+
+
+# The tags, taken from the generated descriptors rather than typed in.
+_ENTITY = features_pb2.EntityFeatures.DESCRIPTOR.fields_by_name
+_ENTRY = features_pb2.EntityFeatures.ValuesEntry.DESCRIPTOR.fields_by_name
+_ENTITIES = tag(features_pb2.GetFeaturesResponse.DESCRIPTOR.fields_by_name["entities"])
+_ID, _VALUES = tag(_ENTITY["id"]), tag(_ENTITY["values"])
+_KEY, _VALUE = tag(_ENTRY["key"]), tag(_ENTRY["value"])
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
     size = len(payload)
     return tag + (_SMALL[size] if size < 1 << 14 else varint(size)) + payload
 
 
 class EntityEncoder:
-    """Encodes ``(id, values row)`` pairs as ``GetFeaturesResponse.entities`` elements
-    (field 1 of the response, each an ``EntityFeatures``: id = 1, values = 2)."""
+    """Encodes ``(id, values row)`` pairs as ``GetFeaturesResponse.entities`` elements,
+    each an ``EntityFeatures`` whose ``values`` map holds ``names`` in order."""
 
     def __init__(self, names: Sequence[str]) -> None:
         template = bytearray()
         slots: list[int] = []
         for name in names:
-            entry = _field(_LEN1, name.encode()) + _FIXED64_2
-            template += _LEN2 + varint(len(entry) + 8) + entry
+            entry = _field(_KEY, name.encode()) + _VALUE
+            template += _VALUES + varint(len(entry) + 8) + entry
             slots.extend(range(len(template), len(template) + 8))
             template += bytes(8)
         self._template = np.frombuffer(bytes(template), dtype=np.uint8)
@@ -70,6 +90,6 @@ class EntityEncoder:
         size = len(self._template)
         field = _field
         return [
-            field(_LEN1, field(_LEN1, entity_id.encode()) + blob[n * size : (n + 1) * size])
+            field(_ENTITIES, field(_ID, entity_id.encode()) + blob[n * size : (n + 1) * size])
             for n, entity_id in enumerate(ids)
         ]

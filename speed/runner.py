@@ -131,7 +131,6 @@ def run_speed(
     *,
     until_idle: bool = False,
     fresh: bool = False,
-    jobmanager: str = "",
     report: Callable[[SpeedProgress], None] | None = None,
     idle_seconds: float = 1.0,
     stop: threading.Event | None = None,
@@ -163,7 +162,7 @@ def run_speed(
     from saiki.feature_repo.feast_repo import is_applied
 
     registering = None if is_applied(config) else _register_views(config)
-    env, t_env = flink_environment(spec, checkpoint, jobmanager or config.speed.jobmanager)
+    env, t_env = flink_environment(spec, checkpoint, config.speed.jobmanager)
     reached("JVM started")
     build_job(env, t_env, spec, config)
     reached("job planned")

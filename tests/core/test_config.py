@@ -37,6 +37,11 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("[serving]\nport = 'x'\n", {}, "serving.port"),
         ("", {"SAIKI_SPEED_ALLOWED_LATENESS_S": "soon"}, "speed.allowed_lateness_s"),
         ("not toml = = 1", {}, "not valid TOML"),
+        ('[feast]\nonline_store = "redsi"\n', {}, "feast.online_store: expected one of sqlite"),
+        ("", {"SAIKI_SERVING_PRECISION": "int4"}, "serving.precision"),
+        ('[catalog]\ntype = "glue"\n', {}, "catalog.type"),
+        ("[serving]\nworkers = 0\n", {}, "serving.workers: must be at least 1"),
+        ("", {"SAIKI_SERVING_PORT": "70000"}, "serving.port: must be at most 65535"),
     ],
 )
 def test_bad_configuration_names_the_key(
@@ -45,3 +50,17 @@ def test_bad_configuration_names_the_key(
     (tmp_path / "saiki.toml").write_text(text)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(tmp_path, environ=environ)
+
+
+def test_the_options_of_a_choice_are_accepted_from_file_and_environment(tmp_path: Path) -> None:
+    (tmp_path / "saiki.toml").write_text('[feast]\nonline_store = "redis"\n')
+    config = load_config(tmp_path, environ={"SAIKI_SERVING_PRECISION": "fp32"})
+    assert (config.feast.online_store, config.serving.precision) == ("redis", "fp32")
+
+
+def test_flags_are_the_last_layer(tmp_path: Path) -> None:
+    """What `saiki serve --workers` does: a flag given beats the file; one not given
+    (None) leaves the file's value."""
+    (tmp_path / "saiki.toml").write_text("[serving]\nworkers = 3\nport = 6001\n")
+    config = load_config(tmp_path, environ={}, serving={"workers": 2, "port": None})
+    assert (config.serving.workers, config.serving.port) == (2, 6001)

@@ -65,6 +65,9 @@ QUARANTINE_SCHEMA: Final = Schema(
     NestedField(5, "reason", StringType(), required=True),
     NestedField(6, "raw_payload", StringType(), required=True),
     NestedField(7, "log_offset", LongType(), required=True),
+    # raw_payload holds at most a prefix of an oversized payload: its size and hash here.
+    NestedField(8, "raw_bytes", LongType(), required=False),
+    NestedField(9, "raw_sha256", StringType(), required=False),
 )
 _TIMESTAMP: Final = pa.timestamp("us", tz="UTC")
 
@@ -132,8 +135,23 @@ def _quarantine_to_iceberg(table: pa.Table) -> pa.Table:
         pc.fill_null(table.column("reason"), ""),
         pc.fill_null(table.column("raw"), ""),
         table.column("offset"),
+        table.column("raw_bytes"),
+        table.column("raw_sha256"),
     ]
     return pa.Table.from_arrays(arrays, schema=QUARANTINE_SCHEMA.as_arrow())
+
+
+def _evolved(table: Table, name: str) -> Table:
+    """A table created by an earlier saiki, given the columns added since (Iceberg schema
+    evolution: old rows read them as null)."""
+    wanted = EVENTS_SCHEMA if name == EVENTS_TABLE else QUARANTINE_SCHEMA
+    have = {f.name for f in table.schema().fields}
+    missing = [f for f in wanted.fields if f.name not in have]
+    if missing:
+        with table.update_schema() as update:
+            for field in missing:
+                update.add_column(field.name, field.field_type, doc=field.doc)
+    return table
 
 
 def _data_files_by_day(table: Table, rows: pa.Table) -> Iterator[Any]:
@@ -202,7 +220,7 @@ class MasterDataset:
     def table(self, name: str = EVENTS_TABLE) -> Table:
         """Open (creating on first use) one of the master dataset's tables."""
         try:
-            return self.catalog.load_table(self._identifier(name))
+            return _evolved(self.catalog.load_table(self._identifier(name)), name)
         except NoSuchTableError:
             pass
         self.catalog.create_namespace_if_not_exists(self.config.catalog.namespace)

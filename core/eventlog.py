@@ -218,7 +218,7 @@ class Topic:
                 explicit_schema=schema, unexpected_field_behavior="ignore"
             )
             try:
-                table = pa_json.read_json(segment.path, parse_options=options)
+                table = _read_json(segment.path, options)
             except pa.ArrowInvalid as exc:
                 raise ComponentError(
                     f"event log segment {segment.path} is unreadable: {exc}"
@@ -249,6 +249,18 @@ class EventLog:
         """Hold the single-writer lock of the whole log (both topics)."""
         with file_lock(self.root / ".lock"):
             yield
+
+
+def _read_json(path: Path, options: pa_json.ParseOptions) -> pa.Table:
+    """Read a JSON-lines file whatever its longest line: pyarrow's reader refuses a line
+    longer than its block (1 MiB by default), so such a file is read again as one block."""
+    try:
+        return pa_json.read_json(path, parse_options=options)
+    except pa.ArrowInvalid as exc:
+        if "straddling" not in str(exc):
+            raise
+    whole = pa_json.ReadOptions(block_size=max(path.stat().st_size + 1, 1 << 20))
+    return pa_json.read_json(path, read_options=whole, parse_options=options)
 
 
 def _first_offset(segment: Segment) -> int:

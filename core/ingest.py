@@ -14,6 +14,7 @@ in one process under the log's writer lock.
 from __future__ import annotations
 
 import gc
+import hashlib
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from saiki.core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, S
 from saiki.core.schema import (
     EVENT_ARROW_SCHEMA,
     FIELDS,
+    MAX_ID_CHARS,
     Event,
     Rejection,
     check_json_lines,
@@ -51,8 +53,13 @@ QUARANTINE_RECORD_SCHEMA = pa.schema(
         pa.field("field", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("raw", pa.string()),
+        pa.field("raw_bytes", pa.int64()),
+        pa.field("raw_sha256", pa.string()),
     ]
 )
+# The most of a rejected payload the quarantine keeps: a longer one is kept as its prefix
+# with its size and hash, so one oversized input cannot make a record no reader can take.
+RAW_PREFIX_BYTES = 4096
 QUARANTINE_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *QUARANTINE_RECORD_SCHEMA])
 _RECORD_KEYS = ("ingest_ms", "prior_ms", *FIELDS)
 
@@ -148,20 +155,34 @@ def stage_batch(
         records = []
         for index, why in rejected:
             raw, source = describe(index)
+            kept, size, digest = bounded_payload(raw)
             records.append(
                 {
                     "ingest_ms": ingest_ms,
                     "source": source,
-                    "event_id": why.event_id,
-                    "field": why.field,
-                    "reason": why.reason,
-                    "raw": raw,
+                    "event_id": why.event_id[:MAX_ID_CHARS],
+                    "field": why.field[:MAX_ID_CHARS],
+                    "reason": why.reason[:RAW_PREFIX_BYTES],
+                    "raw": kept,
+                    "raw_bytes": size,
+                    "raw_sha256": digest,
                 }
             )
         staged_quarantine = log.quarantine.stage([orjson.dumps(r) for r in records])
     return StagedBatch(
         len(checked), ids, staged_events, duplicates, rejected, staged_quarantine, newest
     )
+
+
+def bounded_payload(raw: str) -> tuple[str, int, str]:
+    """A rejected payload as the quarantine keeps it: at most ``RAW_PREFIX_BYTES`` of it
+    (cut on a character boundary), its full size in bytes and its SHA-256."""
+    encoded = raw.encode("utf-8", errors="surrogatepass")
+    digest = hashlib.sha256(encoded).hexdigest()
+    if len(encoded) <= RAW_PREFIX_BYTES:
+        return raw, len(encoded), digest
+    prefix = encoded[:RAW_PREFIX_BYTES].decode("utf-8", errors="ignore")
+    return prefix, len(encoded), digest
 
 
 def _lines_and_columns(events: list[Event], ingest_ms: int) -> tuple[bytes, pa.Table, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -24,7 +25,11 @@ def event_to_mapping(event: events_pb2.Event) -> dict[str, Any]:
         "variant": event.variant,
     }
     if event.HasField("event_time"):
-        raw["event_time"] = event.event_time.seconds * 1000 + event.event_time.nanos // 1_000_000
+        stamp = event.event_time
+        if _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS and 0 <= stamp.nanos < 1_000_000_000:
+            raw["event_time"] = stamp.seconds * 1000 + stamp.nanos // 1_000_000
+        else:  # not a Timestamp protobuf allows: the validator quarantines it, naming it
+            raw["event_time"] = f"Timestamp(seconds={stamp.seconds}, nanos={stamp.nanos})"
     if event.event_type in (events_pb2.IMPRESSION, events_pb2.CLICK):
         raw["event_type"] = events_pb2.EventType.Name(event.event_type)
     else:
@@ -32,6 +37,27 @@ def event_to_mapping(event: events_pb2.Event) -> dict[str, Any]:
     if event.HasField("dwell_ms"):
         raw["dwell_ms"] = event.dwell_ms
     return raw
+
+
+# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def raw_payload(event: events_pb2.Event) -> str:
+    """The event as JSON for the quarantine; an event protobuf's own JSON printer refuses
+    (an out-of-range Timestamp) is kept with its time as plain numbers."""
+    try:
+        return json_format.MessageToJson(event, indent=None)
+    except (ValueError, json_format.Error):
+        copy = events_pb2.Event()
+        copy.CopyFrom(event)
+        copy.ClearField("event_time")
+        document = json_format.MessageToDict(copy)
+        document["event_time"] = {
+            "seconds": event.event_time.seconds,
+            "nanos": event.event_time.nanos,
+        }
+        return json.dumps(document)
 
 
 class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
@@ -48,7 +74,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
     ) -> events_pb2.IngestResponse:
         inputs = [
             RawEvent(
-                json_format.MessageToJson(event, indent=None),
+                raw_payload(event),
                 event_to_mapping(event),
                 f"grpc:{context.peer()}",
             )

@@ -93,10 +93,36 @@ class ServingConfig:
     precision: Literal["int8", "fp32"] = "int8"
     max_candidates: int = 1000
     max_ids: int = 10_000
+    max_events_per_ingest: int = 10_000
+    # RPCs one process holds at once, running or queued; one more is refused at once with
+    # RESOURCE_EXHAUSTED rather than queued (gRPC's own bound, counted in its C core).
+    max_in_flight: int = 32
+    # A second, small server answering only grpc.health.v1 (0: none), so health is
+    # answered while the main port is saturated; point probes at it.
+    health_port: int = 0
+    # Prometheus text format at http://HOST:metrics_port/metrics (0: no endpoint); one
+    # endpoint per server, however many --workers.
+    metrics_port: int = 0
+    # TLS: the server's certificate chain and key (PEM files); with client_ca, clients
+    # must present a certificate that CA signed (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    # Binding an address other than loopback without TLS and tokens is refused unless
+    # this is set (or `saiki serve --insecure` is given).
+    insecure: bool = False
     reload_interval_ms: int = 500
     # Keep merged features in memory while the view, the online store's data version and
     # the query minute stay the same (SQLite online store only; off: merge every call).
     feature_cache: bool = True
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may call what: bearer tokens by role, kept hashed in ``tokens_file``."""
+
+    # Empty: no tokens are checked (the embedded default, on loopback only).
+    tokens_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,7 @@ class SaikiConfig:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def catalog_uri(self) -> str:
@@ -132,6 +159,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "speed": SpeedConfig,
     "feast": FeastConfig,
     "serving": ServingConfig,
+    "auth": AuthConfig,
 }
 
 
@@ -191,6 +219,10 @@ _MINIMA: dict[tuple[str, str], int] = {
     ("serving", "threads"): 1,
     ("serving", "max_candidates"): 1,
     ("serving", "max_ids"): 1,
+    ("serving", "max_events_per_ingest"): 1,
+    ("serving", "max_in_flight"): 1,
+    ("serving", "health_port"): 0,
+    ("serving", "metrics_port"): 0,
     ("serving", "reload_interval_ms"): 1,
 }
 
@@ -200,9 +232,10 @@ def _check_ranges(sections: dict[str, Any]) -> None:
         value = getattr(sections[section], key)
         if value < least:
             raise ConfigError(f"{section}.{key}: must be at least {least}, got {value}")
-    port = sections["serving"].port
-    if port > 65535:
-        raise ConfigError(f"serving.port: must be at most 65535, got {port}")
+    for key in ("port", "health_port", "metrics_port"):
+        port = getattr(sections["serving"], key)
+        if port > 65535:
+            raise ConfigError(f"serving.{key}: must be at most 65535, got {port}")
 
 
 def _build(section: str, cls: type[Any], values: dict[str, Any]) -> Any:

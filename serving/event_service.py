@@ -9,8 +9,9 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from saiki.core.errors import InvalidInputError
 from saiki.core.ingest import Ingestor, RawEvent
-from saiki.serving.status import rpc
+from saiki.serving.status import abort_if_expired, rpc
 from saiki.v1 import events_pb2, events_pb2_grpc
 
 
@@ -63,8 +64,9 @@ def raw_payload(event: events_pb2.Event) -> str:
 class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
     """Validates and appends each request's events; answers per-event rejections."""
 
-    def __init__(self, ingestor: Ingestor) -> None:
+    def __init__(self, ingestor: Ingestor, max_events: int) -> None:
         self._ingestor = ingestor
+        self._max_events = max_events
         # One writer per process; the log's file lock orders this process against others.
         self._lock = threading.Lock()
 
@@ -72,6 +74,12 @@ class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
     def Ingest(  # noqa: N802 (gRPC method name)
         self, request: events_pb2.IngestRequest, context: grpc.ServicerContext
     ) -> events_pb2.IngestResponse:
+        if len(request.events) > self._max_events:
+            raise InvalidInputError(
+                "events", f"{len(request.events)} events; at most {self._max_events} per call"
+            )
+        # Past its deadline the caller has given up: append nothing it will not hear of.
+        abort_if_expired(context, "before the append")
         inputs = [
             RawEvent(
                 raw_payload(event),

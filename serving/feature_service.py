@@ -13,7 +13,7 @@ from saiki.core.schema import MAX_ID_CHARS, MIN_EVENT_TIME_MS
 from saiki.feature_repo.spec import ENTITY_BY_NAME, FEATURE_NAMES
 from saiki.serving.merge import CACHE_LIMIT, FeatureMerger
 from saiki.serving.speed_status import SpeedWatermark
-from saiki.serving.status import rpc
+from saiki.serving.status import abort_if_expired, rpc
 from saiki.serving.wire import EntityEncoder
 from saiki.v1 import features_pb2, features_pb2_grpc
 
@@ -68,6 +68,7 @@ class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[
         ids = list(request.ids)
         validate_ids(ids, "ids", self._max_ids)
         as_of = timestamp_ms(request.as_of, "as_of") if request.HasField("as_of") else None
+        abort_if_expired(context, "before merging")
         merged = self._merger.features(request.entity, ids, as_of)
         response = features_pb2.GetFeaturesResponse(
             batch_cutoff=to_timestamp(merged.batch_cutoff_ms),

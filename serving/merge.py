@@ -188,7 +188,9 @@ class FeatureMerger:
         version = self._speed.data_version() if self._cache else None
         index = self._index
         _check_cutoff(q, index)
-        if version is None:
+        if version is None or (as_of_ms is not None and q // MS_PER_MINUTE != now // MS_PER_MINUTE):
+            # Past minutes are merged, not cached: one client asking many as_of minutes
+            # must not evict everyone's rows of the current one.
             return self._merge(entity, ids, q, index)
         # A merged row is a function of the view, the speed rows, floor_minute(q) and
         # whether q is on a minute (see the module doc): while none of them changes, a

@@ -5,13 +5,8 @@ from __future__ import annotations
 import grpc
 
 from saiki.serving.predictor import Predictor, validate_predict
-from saiki.serving.status import rpc
+from saiki.serving.status import abort_if_expired, rpc
 from saiki.v1 import prediction_pb2, prediction_pb2_grpc
-
-
-def _expired(context: grpc.ServicerContext) -> bool:
-    remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
 
 
 class PredictionService(prediction_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
@@ -25,15 +20,16 @@ class PredictionService(prediction_pb2_grpc.PredictionServiceServicer):  # type:
     def Predict(  # noqa: N802 (gRPC method name)
         self, request: prediction_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> prediction_pb2.PredictResponse:
-        items = list(request.item_ids)
-        validate_predict(request.user_id, items, request.device_id, self._max_candidates)
-        if _expired(context):
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before scoring")
+        # A candidate asked for twice is scored and answered once.
+        items = list(dict.fromkeys(request.item_ids))
+        validate_predict(
+            request.user_id, items, request.device_id, request.request_id, self._max_candidates
+        )
+        abort_if_expired(context, "before scoring")
         result = self._predictor.predict(
             request.user_id, items, request.device_id, request.request_id
         )
-        if _expired(context):  # never a late answer
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while scoring")
+        abort_if_expired(context, "while scoring")  # never a late answer
         return prediction_pb2.PredictResponse(
             request_id=result.request_id,
             model_version=result.model_version,

@@ -12,6 +12,7 @@ Before any model is in production, candidates are ranked by the item's smoothed 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from saiki.core.errors import ArtifactError, InvalidInputError
+from saiki.core.errors import InvalidInputError, PreconditionError, SaikiError
 from saiki.core.schema import MAX_ID_CHARS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.experiment import FILE as EXPERIMENT_FILE
-from saiki.serving.experiment import Experiment, load_experiment
+from saiki.serving.experiment import PRODUCTION_ONLY, Experiment, load_experiment
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.model import ModelConfig, model_inputs
 from saiki.serving.registry import ModelRegistry
@@ -68,7 +69,7 @@ class Prediction:
 
 
 def validate_predict(
-    user_id: str, item_ids: Sequence[str], device_id: str, max_candidates: int
+    user_id: str, item_ids: Sequence[str], device_id: str, request_id: str, max_candidates: int
 ) -> None:
     """Field rules of a Predict request; a broken one raises, naming the field."""
     if not user_id or len(user_id) > MAX_ID_CHARS:
@@ -84,6 +85,8 @@ def validate_predict(
             raise InvalidInputError(f"item_ids[{position}]", f"must be 1..{MAX_ID_CHARS} chars")
     if len(device_id) > MAX_ID_CHARS:
         raise InvalidInputError("device_id", f"at most {MAX_ID_CHARS} characters")
+    if len(request_id) > MAX_ID_CHARS:
+        raise InvalidInputError("request_id", f"at most {MAX_ID_CHARS} characters")
 
 
 class PredictionLog:
@@ -143,7 +146,10 @@ class Predictor:
         self._checked = clock()
         self._loading = threading.Lock()
         self.last_error: str | None = None
-        self.models = self._build(ModelSet(load_experiment(registry.root), None, {}, (0, 0)))
+        self.models = ModelSet(PRODUCTION_ONLY, None, {}, (0, 0))
+        # A model that cannot be loaded at start leaves the server up, not serving
+        # predictions (see ``ready``): exiting would make a supervisor restart it in a loop.
+        self._reload()
 
     def _stamp(self) -> tuple[float, float]:
         stamps = []
@@ -175,17 +181,27 @@ class Predictor:
         elif self._loading.acquire(blocking=False):
             threading.Thread(target=self._reload, args=(True,), daemon=True).start()
 
+    @property
+    def ready(self) -> bool:
+        """True when every model the registry and the experiment name is loaded (or none
+        is named yet: the item-CTR baseline ranks, as the answers say)."""
+        return self.last_error is None
+
     def _reload(self, release: bool = False) -> None:
         try:
             self.models = self._build(self.models)
             self.last_error = None
-        except (ArtifactError, OSError, ValueError) as exc:
-            # Keep serving what we have; say why once per change.
-            self.last_error = str(exc)
+        except (SaikiError, OSError, ValueError, KeyError, TypeError) as exc:
+            # Keep serving what we have; say why once per change of the files.
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            production = self.models.production
+            if not self.models.models:  # nothing loaded yet: the version that failed is owed
+                with contextlib.suppress(SaikiError, OSError, ValueError):
+                    production = self._registry.production()
             self.models = ModelSet(
-                self.models.experiment, self.models.production, self.models.models, self._stamp()
+                self.models.experiment, production, self.models.models, self._stamp()
             )
-            log.error("model reload refused: %s", exc)
+            log.error("model reload refused, still serving the models loaded before: %s", exc)
         finally:
             if release:
                 self._loading.release()
@@ -200,6 +216,8 @@ class Predictor:
             self.refresh()
         models = self.models
         variant, version = models.model_for(user_id)
+        if version is not None and version not in models.models:
+            raise PreconditionError(f"model v{version} is not loaded: {self.last_error}")
         user = self._merger.features("user", [user_id])
         items = self._merger.features("item", list(item_ids))
         loaded = models.models.get(version) if version is not None else None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,14 +21,19 @@ from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.online import read_status
 from saiki.feature_repo.online_readers import online_reader
 from saiki.feature_repo.views import ViewCatalog
+from saiki.serving import observability
 from saiki.serving.event_service import EventService
 from saiki.serving.feature_service import FeatureService
 from saiki.serving.merge import FeatureMerger
+from saiki.serving.observability import ObservingInterceptor
 from saiki.serving.prediction_service import PredictionService
 from saiki.serving.predictor import PredictionLog, Predictor
 from saiki.serving.registry import ModelRegistry
+from saiki.serving.security import AuthInterceptor, TokenBook, check_exposure, server_credentials
 from saiki.serving.speed_status import SpeedWatermark
 from saiki.v1 import (
     events_pb2,
@@ -34,6 +43,8 @@ from saiki.v1 import (
     prediction_pb2,
     prediction_pb2_grpc,
 )
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
@@ -51,60 +62,178 @@ class RunningServer:
     health: health.HealthServicer
     on_stop: Callable[[], None]
     predictor: Predictor
+    readiness: Readiness
+    health_server: grpc.Server | None = None
+    health_port: int = 0
 
     def stop(self, grace: float = 2.0) -> None:
         """Refuse new calls, let running ones finish within ``grace`` seconds, then stop."""
+        self.readiness.stop()
         for name in (*SERVICE_NAMES, ""):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         self.on_stop()
 
 
+class Readiness:
+    """Keeps each service's health status and the server's gauges true, every interval.
+
+    EventService serves once started. FeatureService serves once its view index is loaded
+    (or there is explicitly no view yet: it answers the speed layer's tiles alone).
+    PredictionService serves while every model the registry and the experiment name is
+    loaded; a corrupt production model leaves it NOT_SERVING with the reason logged and
+    in the metrics, and the process up. The overall status ("") is SERVING when all are.
+    """
+
+    def __init__(
+        self,
+        config: SaikiConfig,
+        servicers: list[health.HealthServicer],
+        predictor: Predictor,
+        merger: FeatureMerger,
+    ) -> None:
+        self._config = config
+        self._servicers = servicers
+        self._predictor = predictor
+        self._merger = merger
+        self._stopped = threading.Event()
+        self._reported: str | None = None
+        self.update()
+        self._thread = threading.Thread(target=self._loop, name="readiness", daemon=True)
+        self._thread.start()
+
+    def statuses(self) -> dict[str, bool]:
+        """Service name -> serving now."""
+        event, feature, prediction = SERVICE_NAMES
+        return {event: True, feature: True, prediction: self._predictor.ready}
+
+    def update(self) -> None:
+        """Set health and gauges from the server's state now."""
+        self._predictor.refresh()
+        statuses = self.statuses()
+        statuses[""] = all(statuses.values())
+        for name, serving in statuses.items():
+            code = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for servicer in self._servicers:
+                servicer.set(name, code)
+            observability.HEALTH_SERVING.labels(name or "server").set(int(serving))
+        production = self._predictor.models.production
+        observability.MODEL_VERSION.set(production or 0)
+        cutoff = self._merger.index.cutoff_ms
+        observability.VIEW_AGE.set((now_ms() - cutoff) / 1000 if cutoff else 0)
+        status = read_status(self._config.data_dir / "speed")
+        if status is not None and status.max_ingest_ms:
+            observability.SPEED_LAG.set((now_ms() - status.max_ingest_ms) / 1000)
+        error = self._predictor.last_error
+        if error != self._reported:
+            self._reported = error
+            if error:
+                log.error("PredictionService NOT_SERVING: %s", error)
+            else:
+                log.info("every service SERVING")
+
+    def _loop(self) -> None:
+        interval = self._config.serving.reload_interval_ms / 1000
+        while not self._stopped.wait(interval):
+            try:
+                self.update()
+            except Exception:  # the loop must outlive a bad read; the log says what
+                log.exception("readiness update failed")
+
+    def stop(self) -> None:
+        """End the loop."""
+        self._stopped.set()
+
+
+def _listen(server: grpc.Server, address: str, config: SaikiConfig) -> int:
+    credentials = server_credentials(config)
+    try:
+        if credentials is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, credentials))
+    except RuntimeError as exc:  # grpcio reports a failed bind this way
+        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+
+
 def start_server(
-    config: SaikiConfig, host: str | None = None, port: int | None = None
+    config: SaikiConfig,
+    host: str | None = None,
+    port: int | None = None,
+    health_port: int | None = None,
 ) -> RunningServer:
-    """Build and start the server; ``port=0`` picks a free port (tests)."""
+    """Build and start the server; ``port=0`` picks a free port (tests). ``health_port``
+    (default ``[serving] health_port``; 0: none) starts a health-only server beside it."""
+    serving = config.serving
+    host = host or serving.host
+    check_exposure(config, host)
+    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor()]
+    if config.auth.tokens_file:
+        interceptors.insert(0, AuthInterceptor(TokenBook(Path(config.auth.tokens_file))))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.serving.threads),
+        futures.ThreadPoolExecutor(max_workers=serving.threads),
+        interceptors=interceptors,
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)],
+        maximum_concurrent_rpcs=serving.max_in_flight,
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
-        EventService(Ingestor(EventLog(config.log_dir))), server
+        EventService(Ingestor(EventLog(config.log_dir)), serving.max_events_per_ingest), server
     )
     merger = FeatureMerger(
         ViewCatalog(config.data_dir),
         online_reader(config),
-        reload_interval_ms=config.serving.reload_interval_ms,
-        cache=config.serving.feature_cache,
+        reload_interval_ms=serving.reload_interval_ms,
+        cache=serving.feature_cache,
     )
     features_pb2_grpc.add_FeatureServiceServicer_to_server(
-        FeatureService(merger, SpeedWatermark(config.data_dir), config.serving.max_ids), server
+        FeatureService(merger, SpeedWatermark(config.data_dir), serving.max_ids), server
     )
     prediction_log = PredictionLog(config.data_dir / "serving")
     predictor = Predictor(
         ModelRegistry(config.data_dir),
         merger,
-        precision=config.serving.precision,
+        precision=serving.precision,
         prediction_log=prediction_log,
-        reload_interval_ms=config.serving.reload_interval_ms,
+        reload_interval_ms=serving.reload_interval_ms,
     )
     prediction_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(predictor, config.serving.max_candidates), server
+        PredictionService(predictor, serving.max_candidates), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    address = f"{host or config.serving.host}:{config.serving.port if port is None else port}"
-    try:
-        bound = server.add_insecure_port(address)
-    except RuntimeError as exc:  # grpcio reports a failed bind this way
-        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+    bound = _listen(server, f"{host}:{serving.port if port is None else port}", config)
+    servicers = [health_servicer]
+    health_server, health_bound = None, 0
+    wanted_health = serving.health_port if health_port is None else health_port
+    if wanted_health:
+        health_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=1), options=[("grpc.so_reuseport", 1)]
+        )
+        own = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(own, health_server)
+        health_bound = _listen(health_server, f"{host}:{wanted_health}", config)
+        servicers.append(own)
+        health_server.start()
     server.start()
-    for name in (*SERVICE_NAMES, ""):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, bound, health_servicer, prediction_log.close, predictor)
+    readiness = Readiness(config, servicers, predictor, merger)
+    return RunningServer(
+        server,
+        bound,
+        health_servicer,
+        prediction_log.close,
+        predictor,
+        readiness,
+        health_server,
+        health_bound,
+    )
 
 
 def serve_forever(running: RunningServer) -> None:
@@ -120,10 +249,9 @@ def serve_forever(running: RunningServer) -> None:
     running.stop()
 
 
-def _worker(data_dir: str, host: str | None, port: int, ready: Any) -> None:
-    from saiki.core.config import load_config
-
-    running = start_server(load_config(data_dir), host=host, port=port)
+def _worker(config: SaikiConfig, host: str | None, port: int, ready: Any) -> None:
+    observability.configure_logging()
+    running = start_server(config, host=host, port=port)
     ready.put(running.port)
     serve_forever(running)
 
@@ -136,30 +264,51 @@ def serve_processes(
     on_ready: Callable[[int], None],
 ) -> None:
     """Run ``workers`` server processes on one port (SO_REUSEPORT: the kernel spreads
-    connections) and block until SIGINT/SIGTERM, which every worker gets too.
+    connections) and block until SIGINT/SIGTERM, which every worker gets too. With
+    ``[serving] metrics_port``, this process serves every worker's metrics at one
+    endpoint.
 
     The GIL makes one process one core; this is how saiki uses all of them.
     """
-    import multiprocessing
-
-    port = config.serving.port if port is None else port
+    observability.configure_logging()
+    serving = config.serving
+    port = serving.port if port is None else port
+    metrics_host = host or serving.host
     if workers <= 1:
         running = start_server(config, host=host, port=port)
+        metrics = observability.serve_metrics(serving.metrics_port, metrics_host)
         on_ready(running.port)
         serve_forever(running)
+        if metrics is not None:
+            metrics.shutdown()
         return
+    _serve_workers(config, host, port, workers, on_ready)
+
+
+def _serve_workers(
+    config: SaikiConfig, host: str | None, port: int, workers: int, on_ready: Callable[[int], None]
+) -> None:
+    serving = config.serving
+    metrics_host = host or serving.host
     if port == 0:
         raise ConfigError("several workers need a fixed --port to share")
+    import multiprocessing
+
+    folder = config.data_dir / "serving" / f"metrics-{os.getpid()}"
+    if serving.metrics_port:
+        observability.prepare_multiprocess(folder)
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(str(config.data_dir), host, port, ready))
-        for _ in range(workers)
+        context.Process(target=_worker, args=(config, host, port, ready)) for _ in range(workers)
     ]
     for process in processes:
         process.start()
     for _ in processes:
         ready.get(timeout=120)
+    metrics = None
+    if serving.metrics_port:
+        metrics = observability.serve_metrics(serving.metrics_port, metrics_host, folder)
     on_ready(port)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -172,3 +321,6 @@ def serve_processes(
             process.terminate()  # SIGTERM: each stops gracefully
     for process in processes:
         process.join(30)
+    if metrics is not None:
+        metrics.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -36,6 +36,18 @@ def status_code(error: SaikiError) -> grpc.StatusCode:
     return grpc.StatusCode.UNAVAILABLE
 
 
+def deadline_expired(context: grpc.ServicerContext) -> bool:
+    """True when the caller's deadline has passed: the call gets no (late) answer."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
+def abort_if_expired(context: grpc.ServicerContext, when: str) -> None:
+    """Abort with DEADLINE_EXCEEDED if the deadline passed (``when``: at which step)."""
+    if deadline_expired(context):
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline expired {when}")
+
+
 def rpc(handler: Handler) -> Handler:
     """Wrap a servicer method: a SaikiError aborts the call with its mapped status."""
 

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from saiki.core.config import SaikiConfig
+from saiki.core.config import SaikiConfig, load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import now_ms
@@ -116,5 +116,6 @@ def test_a_server_on_a_taken_port_fails_clearly(
     # SO_REUSEPORT lets saiki's own workers share a port; a port nobody may take fails.
     from saiki.core.errors import ConfigError
 
+    on_purpose = load_config(tmp_path, environ={}, serving={"insecure": True})
     with pytest.raises(ConfigError, match="cannot listen"):
-        start_server(make_config(tmp_path), host="203.0.113.1", port=1)
+        start_server(on_purpose, host="203.0.113.1", port=1)

@@ -101,13 +101,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_promote(args: argparse.Namespace) -> int:
     """``saiki models promote V``."""
-    from saiki.ops.models import parse_version
-    from saiki.serving.registry import ModelRegistry
+    from saiki.ops.models import parse_version, promote
 
-    registry = ModelRegistry(load_config(args.data_dir).data_dir)
     version = parse_version(args.version)
-    registry.load(version)  # refuse to promote an artifact that fails its checksum
-    previous = registry.promote(version)
+    previous = promote(load_config(args.data_dir), version, reason="by hand")
     if previous == version:
         print(f"v{version} is already in production")
     else:
@@ -117,9 +114,9 @@ def run_promote(args: argparse.Namespace) -> int:
 
 def run_rollback(args: argparse.Namespace) -> int:
     """``saiki models rollback``."""
-    from saiki.serving.registry import ModelRegistry
+    from saiki.ops.models import rollback
 
-    restored = ModelRegistry(load_config(args.data_dir).data_dir).rollback()
+    restored = rollback(load_config(args.data_dir))
     print(f"rolled back: v{restored} is in production")
     return 0
 

@@ -7,6 +7,7 @@ SaikiError
  ├── PreconditionError    the system is not in a state to answer (e.g. as_of before cutoff)
  ├── ArtifactError        a stored artifact is corrupt, tampered or incompatible
  └── ComponentError       a real component (Flink, Beam, Feast, Iceberg) failed under us
+      └── StorageError     the disk refused a write (full, read-only): names the path
 """
 
 from __future__ import annotations
@@ -43,3 +44,7 @@ class ArtifactError(SaikiError):
 
 class ComponentError(SaikiError):
     """A third-party component failed; the original error is chained."""
+
+
+class StorageError(ComponentError):
+    """A write to disk failed (no space, read-only, I/O error); nothing was acknowledged."""

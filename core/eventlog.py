@@ -49,7 +49,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.json as pa_json
 
-from saiki.core.errors import ComponentError
+from saiki.core.errors import ComponentError, StorageError
 from saiki.core.files import file_lock, fsync_path, write_synced
 
 _STAGE_COUNTER = itertools.count()
@@ -162,7 +162,11 @@ class Topic:
         sidecar = None
         if columns is not None:
             sidecar = staging / f"{token}.arrow"
-            write_synced(sidecar, _arrow_bytes(columns))
+            try:
+                write_synced(sidecar, _arrow_bytes(columns))
+            except StorageError:
+                path.unlink(missing_ok=True)
+                raise
         return StagedSegment(count, path, sidecar)
 
     def publish(self, staged: StagedSegment, watermark_ms: int = 0) -> Segment:

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from saiki.core.errors import StorageError
+
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
@@ -29,20 +31,31 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def write_synced(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` and fsync the file (not the folder)."""
-    with open(path, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Write ``payload`` to ``path`` and fsync the file (not the folder).
+
+    A failed write (a full disk, an I/O error) removes what it wrote and raises a
+    :class:`StorageError` naming the path: nothing half-written stays behind.
+    """
+    try:
+        with open(path, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def fsync_path(path: Path) -> None:
     """fsync a file or a folder by path (a folder's fsync makes renames in it durable)."""
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"cannot sync {path}: {exc.strerror or exc}") from exc
 
 
 def fsync_tree(root: Path) -> None:

@@ -28,7 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from saiki.core.errors import ComponentError
+from saiki.core.errors import ComponentError, StorageError
 from saiki.core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
 from saiki.core.schema import (
     EVENT_ARROW_SCHEMA,
@@ -168,7 +168,12 @@ def stage_batch(
                     "raw_sha256": digest,
                 }
             )
-        staged_quarantine = log.quarantine.stage([orjson.dumps(r) for r in records])
+        try:
+            staged_quarantine = log.quarantine.stage([orjson.dumps(r) for r in records])
+        except StorageError:
+            if staged_events is not None:
+                staged_events.discard()
+            raise
     return StagedBatch(
         len(checked), ids, staged_events, duplicates, rejected, staged_quarantine, newest
     )

@@ -3,7 +3,7 @@ and promote only on a win; and the A/B split that serves two versions side by si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from saiki.batch.master import MasterDataset
 from saiki.batch.run import newest_cutoff
 from saiki.batch.training import TrainingSetLineage, build_training_set, read_lineage
+from saiki.core import audit
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import InvalidInputError, PreconditionError
 from saiki.core.eventlog import EventLog
@@ -113,7 +114,7 @@ def train_and_register(
     if request.promote_if_better and (
         production is None or metrics["fp32"]["auc"] > metrics["production_backtest"]["auc"]
     ):
-        registry.promote(entry.version)
+        promote(config, entry.version, reason="won its backtest")
         promoted = True
     return TrainOutcome(entry, metrics, path, production, promoted)
 
@@ -144,6 +145,27 @@ def parse_split(name: str, split: str) -> Experiment:
 def set_experiment(config: SaikiConfig, experiment: Experiment | None) -> None:
     """Start an A/B split (servers pick it up within their reload interval), or end it."""
     write_experiment(config.data_dir / "models", experiment)
+    if experiment is None:
+        audit.record(config.data_dir, "experiment-end")
+    else:
+        variants = [asdict(v) for v in experiment.variants]
+        audit.record(config.data_dir, "experiment", name=experiment.name, variants=variants)
+
+
+def promote(config: SaikiConfig, version: int, reason: str = "") -> int | None:
+    """Put a version in production (its artifacts verified first); returns the previous."""
+    registry = ModelRegistry(config.data_dir)
+    registry.load(version)  # refuse to promote an artifact that fails its checksum
+    previous = registry.promote(version)
+    audit.record(config.data_dir, "promote", version=version, previous=previous, reason=reason)
+    return previous
+
+
+def rollback(config: SaikiConfig) -> int:
+    """Back to the previous production version; returns it."""
+    restored = ModelRegistry(config.data_dir).rollback()
+    audit.record(config.data_dir, "rollback", version=restored)
+    return restored
 
 
 def print_training_report(outcome: TrainOutcome) -> None:

@@ -40,6 +40,9 @@ from saiki.feature_repo.online import SpeedReader, SpeedRow, unpack_tiles
 from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITY_BY_NAME, FEATURE_NAMES, WINDOWS
 from saiki.feature_repo.tiles import ENTITY_ID, MINUTE, PrefixSums, encode, finalise
 from saiki.feature_repo.views import ViewCatalog, ViewManifest
+from saiki.serving.observability import FEATURE_CACHE
+
+_CACHE_HITS, _CACHE_MISSES = FEATURE_CACHE.labels("hit"), FEATURE_CACHE.labels("miss")
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -202,7 +205,9 @@ class FeatureMerger:
             self._generations[entity] = generation
         rows: Mapping[str, FloatArray] = generation.rows
         missing = [i for i in dict.fromkeys(ids) if i not in rows]
+        _CACHE_HITS.inc(len(ids) - len(missing))
         if missing:
+            _CACHE_MISSES.inc(len(missing))
             merged = self._merge(entity, missing, q, index)
             if merged.view_id != index.view_id:  # switched views on the way: start over
                 return self._merge(entity, ids, q, self._index)

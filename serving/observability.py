@@ -59,6 +59,11 @@ SPEED_LAG: Final = Gauge(
     "Now minus the speed layer's newest ingest time processed",
     multiprocess_mode="max",
 )
+MODEL_RELOAD_FAILING: Final = Gauge(
+    "saiki_model_reload_failing",
+    "1 while the registry or experiment names models that cannot be loaded (the log says why)",
+    multiprocess_mode="max",
+)
 HEALTH_SERVING: Final = Gauge(
     "saiki_health_serving",
     "1 when the service answers SERVING",

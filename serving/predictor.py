@@ -183,9 +183,12 @@ class Predictor:
 
     @property
     def ready(self) -> bool:
-        """True when every model the registry and the experiment name is loaded (or none
-        is named yet: the item-CTR baseline ranks, as the answers say)."""
-        return self.last_error is None
+        """True when every model the models in use name is loaded (or none is named yet:
+        the item-CTR baseline ranks, as the answers say). A reload that failed keeps the
+        models before it, so it leaves this true; ``last_error`` says what failed."""
+        models = self.models
+        named = {models.production} | {v.version for v in models.experiment.variants}
+        return all(v in models.models for v in named if v is not None)
 
     def _reload(self, release: bool = False) -> None:
         try:

@@ -125,6 +125,7 @@ class Readiness:
             observability.HEALTH_SERVING.labels(name or "server").set(int(serving))
         production = self._predictor.models.production
         observability.MODEL_VERSION.set(production or 0)
+        observability.MODEL_RELOAD_FAILING.set(int(self._predictor.last_error is not None))
         cutoff = self._merger.index.cutoff_ms
         observability.VIEW_AGE.set((now_ms() - cutoff) / 1000 if cutoff else 0)
         status = read_status(self._config.data_dir / "speed")
@@ -134,7 +135,8 @@ class Readiness:
         if error != self._reported:
             self._reported = error
             if error:
-                log.error("PredictionService NOT_SERVING: %s", error)
+                state = "still serving the models before" if statuses[""] else "NOT_SERVING"
+                log.error("model reload failed (PredictionService %s): %s", state, error)
             else:
                 log.info("every service SERVING")
 

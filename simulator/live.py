@@ -26,14 +26,11 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from saiki.serving.client import SaikiClient
 from saiki.simulator.world import DEVICES, World, item_id, user_id
 from saiki.v1 import (
     events_pb2,
-    events_pb2_grpc,
-    features_pb2,
-    features_pb2_grpc,
     prediction_pb2,
-    prediction_pb2_grpc,
 )
 
 PROBE_FEATURE = "impressions_1d"
@@ -91,12 +88,10 @@ class LivePopulation:
         shown: int = 8,
         seed: int = 0,
         probe_interval_s: float = 1.0,
+        token: str | None = None,
     ) -> None:
         self._world = world
-        self._channel = grpc.insecure_channel(address)
-        self._predict = prediction_pb2_grpc.PredictionServiceStub(self._channel)
-        self._ingest = events_pb2_grpc.EventServiceStub(self._channel)
-        self._features = features_pb2_grpc.FeatureServiceStub(self._channel)
+        self._client = SaikiClient(address, token=token, timeout_s=5)
         self._candidates = candidates
         self._shown = shown
         self._rng = np.random.default_rng(seed)
@@ -110,9 +105,7 @@ class LivePopulation:
         self._lock = threading.Lock()
 
     def _probe_value(self, user: str, as_of: Timestamp) -> float:
-        reply = self._features.GetFeatures(
-            features_pb2.GetFeaturesRequest(entity="user", ids=[user], as_of=as_of), timeout=5
-        )
+        reply = self._client.get_features("user", [user], as_of_ms=as_of.ToMilliseconds())
         return float(reply.entities[0].values[PROBE_FEATURE])
 
     def _watch_probes(self) -> None:
@@ -160,14 +153,11 @@ class LivePopulation:
         items = np.unique(world.sample_items(self._candidates * 2, rng))[: self._candidates]
         request_id = uuid.uuid4().hex
         started = time.perf_counter()
-        reply = self._predict.Predict(
-            prediction_pb2.PredictRequest(
-                user_id=user_id(user),
-                item_ids=[item_id(i) for i in items.tolist()],
-                device_id=DEVICES[device],
-                request_id=request_id,
-            ),
-            timeout=5,
+        reply = self._client.predict(
+            user_id(user),
+            [item_id(i) for i in items.tolist()],
+            device_id=DEVICES[device],
+            request_id=request_id,
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         shown = np.array([int(s.item_id[1:]) for s in reply.items[: self._shown]], np.int64)
@@ -201,7 +191,7 @@ class LivePopulation:
             # A query time after every event of this visit: only new arrivals change it.
             as_of = _timestamp(now + 5_000)
             probe = (as_of, self._probe_value(user_id(user), as_of) + len(shown))
-        self._ingest.Ingest(events_pb2.IngestRequest(events=events), timeout=10)
+        self._client.ingest(events, timeout_s=10)
         if probe is not None:
             self._probes.put(_Probe(time.perf_counter(), user_id(user), *probe))
         with self._lock:
@@ -275,4 +265,4 @@ class LivePopulation:
         """Let pending probes finish, then close the channel."""
         self._probes.put(None)
         self._prober.join(drain_s + 1)
-        self._channel.close()
+        self._client.close()

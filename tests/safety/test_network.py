@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from saiki.core.config import SaikiConfig, load_config
 from saiki.core.errors import ConfigError
@@ -213,5 +214,33 @@ def test_a_corrupt_production_model_leaves_the_server_up_and_predict_not_serving
             assert _code(lambda: client.predict("u1", ["i1"])) == Code.FAILED_PRECONDITION
             assert _code(lambda: client.get_features("user", ["u1"])) is None
         assert running.predictor.last_error
+    finally:
+        running.stop(0)
+
+
+def test_a_bad_experiment_file_keeps_the_loaded_model_serving_and_says_so(
+    trained: tuple[SaikiConfig, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from saiki.serving.experiment import FILE
+    from tests.conftest import make_config
+
+    root = tmp_path / "data"
+    shutil.copytree(trained[0].data_dir, root)
+    running = start_server(make_config(root), host="127.0.0.1", port=0)
+    try:
+        with SaikiClient(f"127.0.0.1:{running.port}", attempts=1) as client:
+            before = client.predict("u1", ["i1", "i2"]).model_version
+            (root / "models" / FILE).write_text("{not json")
+            deadline = time.monotonic() + 10
+            while running.predictor.last_error is None:
+                assert time.monotonic() < deadline, "the bad file was never noticed"
+                client.predict("u1", ["i1"])
+                time.sleep(0.1)
+            assert client.predict("u1", ["i1", "i2"]).model_version == before
+            assert client.health("") == health_pb2.HealthCheckResponse.SERVING
+            running.readiness.update()
+            assert REGISTRY.get_sample_value("saiki_model_reload_failing") == 1
     finally:
         running.stop(0)

@@ -100,12 +100,17 @@ async def floor(address: str) -> list[float]:
 
 
 def run_server(data: Path, precision: str, cache: bool = True) -> subprocess.Popen[str]:
+    # 8 calls in flight over two processes: each admits all of its share (the default,
+    # one running and one waiting per process, would refuse most of them; that trade is
+    # benchmarks/bench_overload.py's).
     return start_server(
         data,
         PORT,
         workers=2,
         SERVING_PRECISION=precision,
         SERVING_FEATURE_CACHE=str(cache).lower(),
+        SERVING_THREADS="2",
+        SERVING_MAX_IN_FLIGHT="8",
     )
 
 

@@ -9,8 +9,12 @@ Metrics (``prometheus_client``), at ``http://HOST:<[serving] metrics_port>/metri
   ``handled``: their count is ``received - handled - in_flight``;
 * ``saiki_rpc_in_flight``: calls running now;
 * ``saiki_feature_cache_total{result}``: merged rows served from memory or merged;
-* ``saiki_model_version``, ``saiki_view_age_seconds``, ``saiki_speed_lag_seconds``,
-  ``saiki_health_serving{service}``: gauges set by the server's readiness loop.
+* ``saiki_model_version``, ``saiki_model_reload_failing``, ``saiki_view_age_seconds``,
+  ``saiki_speed_lag_seconds``, ``saiki_health_serving{service}``: gauges set by the
+  server's readiness loop;
+* ``saiki_speed_job{figure}`` (events seen, tiled, late, rows written, flushes, pending
+  rows) and ``saiki_batch_view{figure}`` (events read, dead letters, seconds, cutoff):
+  the jobs' own figures, which they leave in the data dir and the server exports.
 
 With ``--workers N`` every worker process writes its figures to a shared folder
 (prometheus_client's multiprocess mode) and the parent process alone serves them: one
@@ -62,6 +66,20 @@ SPEED_LAG: Final = Gauge(
 MODEL_RELOAD_FAILING: Final = Gauge(
     "saiki_model_reload_failing",
     "1 while the registry or experiment names models that cannot be loaded (the log says why)",
+    multiprocess_mode="max",
+)
+# The jobs' own figures: the speed job and the batch run are separate (often short-lived)
+# processes that leave their figures in the data dir; the server exports them.
+SPEED_JOB: Final = Gauge(
+    "saiki_speed_job",
+    "The speed job's running totals, from its status file",
+    ("figure",),
+    multiprocess_mode="max",
+)
+BATCH_VIEW: Final = Gauge(
+    "saiki_batch_view",
+    "The serving batch view's run, from its manifest",
+    ("figure",),
     multiprocess_mode="max",
 )
 HEALTH_SERVING: Final = Gauge(

@@ -129,8 +129,15 @@ class Readiness:
         cutoff = self._merger.index.cutoff_ms
         observability.VIEW_AGE.set((now_ms() - cutoff) / 1000 if cutoff else 0)
         status = read_status(self._config.data_dir / "speed")
-        if status is not None and status.max_ingest_ms:
-            observability.SPEED_LAG.set((now_ms() - status.max_ingest_ms) / 1000)
+        if status is not None:
+            if status.max_ingest_ms:
+                observability.SPEED_LAG.set((now_ms() - status.max_ingest_ms) / 1000)
+            for figure in _SPEED_FIGURES:
+                observability.SPEED_JOB.labels(figure).set(getattr(status, figure))
+        manifest = self._merger.index.manifest
+        if manifest is not None:
+            for figure in _VIEW_FIGURES:
+                observability.BATCH_VIEW.labels(figure).set(getattr(manifest, figure))
         error = self._predictor.last_error
         if error != self._reported:
             self._reported = error
@@ -151,6 +158,17 @@ class Readiness:
     def stop(self) -> None:
         """End the loop."""
         self._stopped.set()
+
+
+_SPEED_FIGURES = (
+    "events_seen",
+    "events_tiled",
+    "late_events",
+    "rows_written",
+    "flushes",
+    "pending_rows",
+)
+_VIEW_FIGURES = ("events_read", "dead_letters", "seconds", "cutoff_ms")
 
 
 def _listen(server: grpc.Server, address: str, config: SaikiConfig) -> int:

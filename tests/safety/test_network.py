@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -15,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from saiki.core.config import SaikiConfig, load_config
 from saiki.core.errors import ConfigError
+from saiki.feature_repo.online import STATUS_FILE, SpeedStatus
 from saiki.ops.demo_services import free_port
 from saiki.serving import observability
 from saiki.serving.client import SaikiClient, Tls
@@ -164,6 +167,10 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def test_metrics_count_real_calls_by_method_and_status(config: SaikiConfig) -> None:
+    # What a speed job that ran leaves behind: the server exports its figures.
+    speed_dir = config.data_dir / "speed"
+    speed_dir.mkdir(parents=True)
+    (speed_dir / STATUS_FILE).write_text(json.dumps(asdict(SpeedStatus(events_seen=1234))))
     running = start_server(config, host="127.0.0.1", port=0)
     port = free_port()
     metrics = observability.serve_metrics(port, "127.0.0.1")
@@ -183,6 +190,7 @@ def test_metrics_count_real_calls_by_method_and_status(config: SaikiConfig) -> N
     assert after[ok] - before.get(ok, 0) == 5
     assert after[bad] - before.get(bad, 0) == 1
     assert after['saiki_health_serving{service="server"}'] == 1
+    assert after['saiki_speed_job{figure="events_seen"}'] == 1234  # the job's own figure
     assert "saiki_model_version" in after and "saiki_rpc_in_flight" in after
 
 

@@ -102,41 +102,71 @@ class SpeedWriter(Protocol):
         """Every row of one entity kind (the sink rebuilds its state from them)."""
 
 
+@dataclass(frozen=True)
+class Changes:
+    """Which entities' speed rows changed after a position of the change log.
+
+    ``seq`` is the position to ask from next time. ``entities`` maps an entity kind to
+    the ids written since; None means the log no longer reaches back that far (it is
+    trimmed as readers catch up), so any row may have changed.
+    """
+
+    seq: int
+    entities: Mapping[str, frozenset[str]] | None
+
+
 class SpeedReader(Protocol):
     """What serving reads speed rows through: one round per entity kind."""
 
     def read(self, entity: str, ids: Sequence[str]) -> Mapping[str, SpeedRow]:
         """The rows of these ids that exist (missing ids: no tiles yet)."""
 
-    def data_version(self) -> int | None:
-        """A number that changes whenever the store's rows may have changed, for caches
-        of what was read from it; None when the store cannot tell (nothing is cached)."""
+    def changes_since(self, seq: int | None) -> Changes | None:
+        """The entities written after ``seq`` (None: from now on, nothing yet), for
+        caches of what was read; None when the store cannot tell (nothing is cached).
+
+        A writer records a change after its rows are committed, and a reader asks for
+        changes before it reads rows: a write in between can only make a cache miss,
+        never leave a stale row in it."""
 
 
 class MemorySpeedStore:
     """An in-memory writer and reader, for unit tests of the sink and the merge."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_changes: int = 1_000) -> None:
         self._rows: dict[tuple[str, str], SpeedRow] = {}
         self._lock = threading.Lock()
+        self._changes: list[tuple[int, str, frozenset[str]]] = []
+        self._keep = keep_changes
         self.writes = 0
 
     def write(self, entity: str, rows: Sequence[SpeedRow]) -> None:
-        """Upsert rows."""
+        """Upsert rows, then record the change (as the real writer does: rows first)."""
         with self._lock:
             for row in rows:
                 self._rows[entity, row.entity_id] = row
             self.writes += 1
+            ids = frozenset(r.entity_id for r in rows)
+            self._changes.append((self.writes, entity, ids))
+            del self._changes[: -self._keep]
+
+    def changes_since(self, seq: int | None) -> Changes:
+        """The change log (the last ``keep_changes`` writes)."""
+        with self._lock:
+            if seq is None:
+                return Changes(self.writes, {})
+            newer = [c for c in self._changes if c[0] > seq]
+            if seq < self.writes and (not newer or newer[0][0] != seq + 1):
+                return Changes(self.writes, None)
+            entities: dict[str, set[str]] = {}
+            for _, entity, ids in newer:
+                entities.setdefault(entity, set()).update(ids)
+            return Changes(self.writes, {e: frozenset(ids) for e, ids in entities.items()})
 
     def read_all(self, entity: str) -> list[SpeedRow]:
         """Every row of one entity kind."""
         with self._lock:
             return [row for (kind, _), row in self._rows.items() if kind == entity]
-
-    def data_version(self) -> int:
-        """The number of writes so far."""
-        with self._lock:
-            return self.writes
 
     def read(self, entity: str, ids: Iterable[str]) -> dict[str, SpeedRow]:
         """Rows of the given ids that exist."""

@@ -9,10 +9,11 @@ from typing import Any, Final
 
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError
+from saiki.feature_repo.changes import read_changes
 from saiki.feature_repo.feast_import import import_feast
 from saiki.feature_repo.feast_repo import ENTITY_KEY_SERIALIZATION_VERSION, open_store
 from saiki.feature_repo.layout import online_store_path
-from saiki.feature_repo.online import SpeedRow
+from saiki.feature_repo.online import Changes, SpeedRow
 from saiki.feature_repo.spec import ENTITY_BY_NAME
 
 # The features of a speed row in the online store (feature_repo/definitions.py).
@@ -40,23 +41,12 @@ class SqliteOnlineReader:
         self._project = config.feast.project
         self._local = threading.local()
         self._keys: dict[tuple[str, str], bytes] = {}
-        self._versions: sqlite3.Connection | None = None
-        self._versions_lock = threading.Lock()
 
-    def data_version(self) -> int | None:
-        """SQLite's ``data_version`` seen from one connection of this reader: it changes
-        whenever another connection (the speed layer's sink, a batch publish, another
-        process) commits. One connection for it, since the numbers of two connections
-        are not comparable."""
-        with self._versions_lock:
-            if self._versions is None:
-                if not self._path.exists():
-                    return None
-                self._versions = sqlite3.connect(
-                    f"file:{self._path}?mode=ro", uri=True, check_same_thread=False
-                )
-            version: int = self._versions.execute("PRAGMA data_version").fetchone()[0]
-            return version
+    def changes_since(self, seq: int | None) -> Changes | None:
+        """The speed rows written after ``seq`` (see feature_repo/changes.py)."""
+        if not self._path.exists():
+            return Changes(0, {} if not seq else None)
+        return read_changes(self._connection(), seq)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -172,8 +162,8 @@ class FeastOnlineReader:
     def __init__(self, config: SaikiConfig) -> None:
         self._store = open_store(config)
 
-    def data_version(self) -> None:
-        """Feast's generic read path cannot tell when rows change: nothing is cached."""
+    def changes_since(self, seq: int | None) -> None:
+        """Feast's generic read path cannot tell which rows changed: nothing is cached."""
         return None
 
     def read(self, entity: str, ids: Sequence[str]) -> Mapping[str, SpeedRow]:

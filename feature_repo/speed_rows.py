@@ -9,7 +9,9 @@ import pandas as pd
 
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
+from saiki.feature_repo.changes import ChangeLogWriter
 from saiki.feature_repo.feast_repo import open_store
+from saiki.feature_repo.layout import online_store_path
 from saiki.feature_repo.online import SpeedRow
 from saiki.feature_repo.online_readers import SqliteOnlineReader
 from saiki.feature_repo.spec import ENTITY_BY_NAME
@@ -21,6 +23,11 @@ class FeastSpeedWriter:
     def __init__(self, config: SaikiConfig) -> None:
         self._store = open_store(config)
         self._config = config
+        self._changes = (
+            ChangeLogWriter(online_store_path(config.data_dir))
+            if config.feast.online_store == "sqlite"
+            else None
+        )
 
     def write(self, entity: str, rows: Sequence[SpeedRow]) -> None:
         """Upsert rows in one micro-batch."""
@@ -38,6 +45,8 @@ class FeastSpeedWriter:
             }
         )
         self._store.write_to_online_store(f"{entity}_speed", frame)
+        if self._changes is not None:  # after the rows' commit: see feature_repo/changes.py
+            self._changes.append(entity, [r.entity_id for r in rows])
 
     def read_all(self, entity: str) -> list[SpeedRow]:
         """Every speed row of an entity kind (the sink's state after a restart)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -54,8 +54,8 @@ class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[
         self._watermark = watermark
         self._max_ids = max_ids
         self._encoder = EntityEncoder(FEATURE_NAMES)
-        # Per entity kind: the merger's generation and the entities encoded for it.
-        self._encoded: dict[str, tuple[Hashable, dict[str, bytes]]] = {}
+        # Per entity kind: id -> (the merged row object it was encoded from, its bytes).
+        self._encoded: dict[str, dict[str, tuple[object, bytes]]] = {}
 
     @rpc
     def GetFeatures(  # noqa: N802 (gRPC method name)
@@ -74,9 +74,30 @@ class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[
             batch_cutoff=to_timestamp(merged.batch_cutoff_ms),
             speed_watermark=to_timestamp(self._watermark.current_ms()),
         )
-        if merged.generation is None:
+        if merged.rows is None:
             response.MergeFromString(b"".join(self._encoder.encode(merged.ids, merged.values)))
             return response
+        # Bytes encoded from a cached row hold while the merger serves that same row
+        # object: it replaces the object whenever it re-merges the entity.
+        encoded = self._encoded.setdefault(request.entity, {})
+        parts: list[bytes] = []
+        missing: list[int] = []
+        for n, (entity_id, row) in enumerate(zip(merged.ids, merged.rows, strict=True)):
+            held = encoded.get(entity_id)
+            if held is not None and held[0] is row:
+                parts.append(held[1])
+            else:
+                parts.append(b"")
+                missing.append(n)
+        if missing:
+            fresh = self._encoder.encode([merged.ids[n] for n in missing], merged.values[missing])
+            if len(encoded) + len(missing) > CACHE_LIMIT:
+                encoded.clear()
+            for n, blob in zip(missing, fresh, strict=True):
+                parts[n] = blob
+                encoded[merged.ids[n]] = (merged.rows[n], blob)
+        response.MergeFromString(b"".join(parts))
+        return response
         # The merger says when its rows still hold; so do the bytes encoded from them.
         generation, encoded = self._encoded.get(request.entity, (None, {}))
         if generation != merged.generation:

@@ -16,11 +16,13 @@ entity kind per request. A speed row packed for a newer cutoff than the view bei
 (``tiles_from_ms > T``) proves a newer view exists: the merger switches first, then merges.
 
 A merged row is a function of the view, the entity's speed row, ``floor_minute(q)`` and
-whether q falls on a minute. While none of them changes it is served from memory: the
-key of a cache generation holds the view id, the online store's data version (SQLite's
-``data_version``, which moves on any commit by another connection; read *before* the
-rows, so a write in between only makes the cache miss) and q's minute. Stores that
-cannot tell their version (Feast's generic reader) are never cached.
+whether q falls on a minute. While none of them changes it is served from memory: a
+cache generation is keyed by the view id and q's minute, and within it each entity's row
+holds until the speed rows' change log (``feature_repo/changes.py``) names that entity.
+The log is read *before* the rows, and the sink records a change *after* its rows commit,
+so a write in between can only make the cache miss: per entity, not per store, so a
+speed layer flushing every 100 ms re-merges the entities it touched, not everyone. A
+store that cannot tell what changed (Feast's generic reader) is never cached.
 """
 
 from __future__ import annotations
@@ -117,13 +119,16 @@ class MergedFeatures:
     query_ms: int
     batch_cutoff_ms: int
     view_id: str
-    # What the values are a function of (see FeatureMerger); None when not cacheable.
-    generation: Hashable | None = None
+    # The cached row objects served (one per id), when the rows came from the cache: a
+    # row object is replaced whenever its entity is re-merged, so anything derived from
+    # it (the wire bytes of GetFeatures) holds while the same object is served.
+    rows: tuple[FloatArray, ...] | None = None
 
 
 @dataclass
 class _Generation:
-    """Merged rows that hold while the view, the online store and q's minute stay put."""
+    """Merged rows that hold while the view and q's minute stay put, each until the
+    change log names its entity."""
 
     key: Hashable
     rows: dict[str, FloatArray] = field(default_factory=dict)
@@ -149,6 +154,8 @@ class FeatureMerger:
         self._checked_ms = clock()
         self._loading = threading.Lock()
         self._generations: dict[str, _Generation] = {}
+        self._cache_lock = threading.Lock()
+        self._changes_seq: int | None = None
 
     @property
     def index(self) -> BatchViewIndex:
@@ -187,18 +194,36 @@ class FeatureMerger:
             self._checked_ms = now
             self.refresh()
         q = now if as_of_ms is None else ceil_minute(as_of_ms)
-        # Read before the rows: a write in between makes the cache conservative, not stale.
-        version = self._speed.data_version() if self._cache else None
         index = self._index
         _check_cutoff(q, index)
-        if version is None or (as_of_ms is not None and q // MS_PER_MINUTE != now // MS_PER_MINUTE):
+        if not self._cache or (as_of_ms is not None and q // MS_PER_MINUTE != now // MS_PER_MINUTE):
             # Past minutes are merged, not cached: one client asking many as_of minutes
             # must not evict everyone's rows of the current one.
             return self._merge(entity, ids, q, index)
-        # A merged row is a function of the view, the speed rows, floor_minute(q) and
-        # whether q is on a minute (see the module doc): while none of them changes, a
-        # row is served from memory.
-        key = (index.view_id, version, q // MS_PER_MINUTE, q % MS_PER_MINUTE == 0)
+        with self._cache_lock:
+            return self._cached(entity, ids, q, index)
+
+    def _cached(
+        self, entity: str, ids: Sequence[str], q: int, index: BatchViewIndex
+    ) -> MergedFeatures:
+        """Serve from memory what holds; re-merge the entities the change log names.
+
+        Under one lock: the change log is read before the rows of a miss, and no other
+        thread can evict an entity between that read and the rows' insertion.
+        """
+        # Read before the rows: a write in between makes the cache miss, never stale.
+        changes = self._speed.changes_since(self._changes_seq)
+        if changes is None:  # the store cannot tell what changed
+            return self._merge(entity, ids, q, index)
+        self._changes_seq = changes.seq
+        if changes.entities is None:
+            self._generations.clear()
+        # A merged row is a function of the view, the entity's speed row, floor_minute(q)
+        # and whether q is on a minute (see the module doc).
+        key = (index.view_id, q // MS_PER_MINUTE, q % MS_PER_MINUTE == 0)
+        for kind, held in self._generations.items():
+            for changed in (changes.entities or {}).get(kind, ()):
+                held.rows.pop(changed, None)
         generation = self._generations.get(entity)
         if generation is None or generation.key != key:
             generation = _Generation(key)
@@ -216,8 +241,9 @@ class FeatureMerger:
                 generation.rows.update(fresh)
             else:  # full: serve these without keeping them
                 rows = collections.ChainMap(fresh, generation.rows)
-        values = np.vstack([rows[i] for i in ids]) if ids else _no_rows()
-        return MergedFeatures(list(ids), values, q, index.cutoff_ms, index.view_id, key)
+        served = [rows[i] for i in ids]
+        values = np.vstack(served) if ids else _no_rows()
+        return MergedFeatures(list(ids), values, q, index.cutoff_ms, index.view_id, tuple(served))
 
     def _merge(
         self, entity: str, ids: Sequence[str], q: int, index: BatchViewIndex

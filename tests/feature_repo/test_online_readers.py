@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from feast.protos.feast.types.Value_pb2 import Value
 
 from saiki.core.config import SaikiConfig
+from saiki.feature_repo.changes import TABLE
 from saiki.feature_repo.layout import online_store_path
-from saiki.feature_repo.online import WIDTH
+from saiki.feature_repo.online import Changes
 from saiki.feature_repo.online_readers import FeastOnlineReader, SqliteOnlineReader, online_reader
 from tests.conftest import make_config
 
@@ -39,11 +39,12 @@ def test_the_reader_follows_the_configured_online_store(lambda_env: SaikiConfig)
     assert isinstance(online_reader(lambda_env), SqliteOnlineReader)
 
 
-def test_the_sqlite_reader_sees_commits_of_other_processes(
+def test_the_sqlite_reader_sees_the_changes_another_process_records(
     lambda_env: SaikiConfig, tmp_path: Path
 ) -> None:
-    """What the server's feature cache relies on: ``data_version`` moves on a commit by
-    another process (the speed layer's sink), and only then."""
+    """What the server's feature cache relies on: the change log names exactly the
+    entities another process (the speed layer's sink) wrote after the reader's position,
+    and a reader the trimmed log no longer reaches is told to drop everything."""
     config = make_config(tmp_path / "data")
     copy = online_store_path(config.data_dir)
     copy.parent.mkdir(parents=True)
@@ -53,17 +54,23 @@ def test_the_sqlite_reader_sees_commits_of_other_processes(
         target.close()
     source.close()
     reader = SqliteOnlineReader(config)
+    start = reader.changes_since(None)
+    assert start is not None and start.entities == {}
     entity_id = sorted(reader.read_speed("item", None))[0]
-    first = reader.data_version()
     reader.read("item", [entity_id])
-    assert reader.data_version() == first
-    blob = Value(bytes_val=b"\0" * 8 * WIDTH).SerializeToString()
-    table = f"{config.feast.project}_item_speed"
+    assert reader.changes_since(start.seq) == Changes(start.seq, {})  # reads change nothing
     script = (
-        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
-        f"c.execute(\"UPDATE {table} SET value = ? WHERE feature_name = 'tiles'\", "
-        "(bytes.fromhex(sys.argv[2]),)); c.commit()"
+        "import sys; from pathlib import Path;"
+        "from saiki.feature_repo.changes import ChangeLogWriter;"
+        "log = ChangeLogWriter(Path(sys.argv[1]));"
+        "log.append('item', [sys.argv[2]]); log.append('user', ['u-x', 'u-y'])"
     )
-    subprocess.run([sys.executable, "-c", script, str(copy), blob.hex()], check=True)
-    assert reader.data_version() != first
-    assert reader.read("item", [entity_id])[entity_id].tiles == b"\0" * 8 * WIDTH
+    subprocess.run([sys.executable, "-c", script, str(copy), entity_id], check=True)
+    changed = reader.changes_since(start.seq)
+    assert changed is not None and changed.seq == start.seq + 2
+    assert changed.entities == {"item": {entity_id}, "user": {"u-x", "u-y"}}
+    with sqlite3.connect(copy) as connection:  # trimmed past a reader still at start
+        connection.execute(f"DELETE FROM {TABLE} WHERE seq = ?", (start.seq + 1,))
+    connection.close()
+    assert reader.changes_since(start.seq) == Changes(start.seq + 2, None)
+    assert reader.changes_since(start.seq + 1) == Changes(start.seq + 2, {"user": {"u-x", "u-y"}})

@@ -284,7 +284,13 @@ def _speed_sums(
     upper: int,
     cutoff_minute: int,
 ) -> IntArray:
-    """(ids, windows, aggregations) from speed rows: minutes in [max(lower, T), upper)."""
+    """(ids, windows, aggregations) from speed rows: minutes in [max(lower, T), upper).
+
+    Each window's sum is the difference of two prefix sums over the row's tiles, found by
+    binary search: the work grows with the rows' tiles once (decoding, one cumulative
+    sum), not with tiles x windows, which matters when a row holds a day of minutes
+    because a recompute is late.
+    """
     out = np.zeros((len(ids), len(WINDOWS), len(AGGREGATION_NAMES)), dtype=np.int64)
     positions, blobs = [], []
     for position, entity_id in enumerate(ids):
@@ -294,15 +300,22 @@ def _speed_sums(
             blobs.append(row.tiles)
     if not blobs:
         return out
-    # Every row has the same layout: decode them all at once. Each row's tiles are one
-    # contiguous block: mask the minutes of every window, then sum each block in one go.
+    # Every row has the same layout: decode them all at once, one block per row.
     minutes, values = unpack_tiles(b"".join(blobs))
     counts = np.array([len(b) // (8 * TILE_WIDTH) for b in blobs], dtype=np.int64)
-    starts = np.zeros(len(blobs), dtype=np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    bounds = np.maximum(lower, cutoff_minute)
-    inside = (minutes[:, None] >= bounds[None, :]) & (minutes[:, None] < upper)
-    contributions = inside[:, :, None] * values[:, None, :]
-    summed = np.add.reduceat(contributions.reshape(len(minutes), -1), starts, axis=0)
-    out[positions] = summed.reshape(len(blobs), len(WINDOWS), len(AGGREGATION_NAMES))
+    block = np.repeat(np.arange(len(blobs), dtype=np.int64), counts)
+    # (row, minute) as one sortable key: the sink keeps each row's minutes ascending.
+    keys = (block << 32) + minutes
+    if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        order = np.argsort(keys, kind="stable")  # a row written by another writer
+        keys, values = keys[order], values[order]
+    prefix = np.zeros((len(minutes) + 1, values.shape[1]), dtype=np.int64)
+    np.cumsum(values, axis=0, out=prefix[1:])
+    rows_at = np.arange(len(blobs), dtype=np.int64) << 32
+    bounds = np.maximum(lower, cutoff_minute)  # (windows,)
+    ends = np.searchsorted(keys, rows_at + upper)  # first tile at or after upper
+    begins = np.searchsorted(keys, rows_at[:, None] + bounds[None, :])  # (rows, windows)
+    begins = np.minimum(begins, ends[:, None])
+    sums = prefix[ends][:, None, :] - prefix[begins]
+    out[positions] = sums
     return out

@@ -205,3 +205,18 @@ def test_a_writer_racing_continuous_reads_is_never_missed(tmp_path: Path) -> Non
     np.testing.assert_array_equal(
         merger.features("item", ids).values, fresh.features("item", ids).values
     )
+
+
+def test_a_row_whose_tiles_are_out_of_order_sums_the_same(tmp_path: Path) -> None:
+    minutes = np.array([(START + k * M) // M for k in (80, 85, 88)])
+    values = np.array([[1, 0, 0], [2, 1, 50], [4, 0, 0]])
+    ordered, shuffled = CountingStore(), CountingStore()
+    ordered.write("item", [SpeedRow("i1", pack_tiles(minutes, values), 0, 1)])
+    shuffled.write("item", [SpeedRow("i1", pack_tiles(minutes[::-1], values[::-1]), 0, 1)])
+    clock = START + 90 * M
+    served = [
+        FeatureMerger(ViewCatalog(tmp_path), store, clock=lambda: clock).features("item", ["i1"])
+        for store in (ordered, shuffled)
+    ]
+    np.testing.assert_array_equal(served[0].values, served[1].values)
+    assert served[0].values[0, FEATURE_NAMES.index("impressions_1h")] == 7

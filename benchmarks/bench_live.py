@@ -1,0 +1,426 @@
+"""Serving in service: the speed layer writing, ingest flowing, reads measured meanwhile.
+
+Set-up: three simulated days up to now; a batch view 24 hours before now, so every speed
+row holds 24 h of tiles (a row in steady state under a daily recompute that failed
+once); a model trained and promoted; `saiki speed run` (caught up) and `saiki serve
+--workers 2` (2 threads, 16 in flight per worker) on the machine's two cores.
+
+Measured side by side in one run, each row for PHASE_S seconds, first while a driver
+sends 20 `Ingest` calls/s of 50 events (1,000 events/s; the speed layer flushes every
+~100 ms), then with no ingest (the quiet reference):
+
+* `GetFeatures` for 100 items and for 1 user, `Predict` for 100 candidates: p50/p99 and
+  calls/s at 1 call in flight, and `Predict` at 8 in flight;
+* the merged-row cache's hit rate over each row (the servers' own counters);
+* freshness, `Ingest` acked -> the new count served by `GetFeatures`, p50/p95;
+* baselines on the same keys: Feast's `get_online_features` and its store's own
+  `online_read` (SqliteOnlineStore through the Feast provider), in this process; saiki
+  with the cache off (a server started for that row).
+
+Then, quiet, in this process: `Predict` for 100 and 1,000 candidates with int8 and fp32,
+end to end and split into the merge, the forward pass and the response's serialisation.
+
+    python -m benchmarks.bench_live
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from benchmarks.bench_speed import saiki
+from benchmarks.common import DATA, conditions, fresh_dir, start_server
+from saiki.core.config import load_config
+from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
+from saiki.feature_repo.online import read_status
+from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.serving.client import SaikiClient
+from saiki.v1 import events_pb2
+
+PORT, METRICS_PORT, CACHE_OFF_PORT = 50_951, 50_952, 50_953
+PHASE_S = 12.0
+USERS = [f"u{n}" for n in range(2_000)]
+ITEMS = [f"i{n}" for n in range(800)]
+CALLS_PER_S, EVENTS_PER_CALL = 20, 50
+
+
+def prepare(data: Path) -> None:
+    """History to now, a view 24 h back, a model; then the speed layer catches up."""
+    end = floor_minute(now_ms())
+    traffic = data.parent / "live-traffic.jsonl"
+    steps = [
+        (
+            *("simulate", "--users", "2000", "--items", "800", "--days", "3", "--seed", "8"),
+            *("--end", format_iso(end), "--out", str(traffic)),
+        ),
+        ("ingest", str(traffic)),
+        ("batch", "run", "--as-of", format_iso(end - MS_PER_DAY)),
+        ("train", "--promote-if-better"),
+    ]
+    for step in steps:
+        done = saiki(data, *step)
+        if done.wait() != 0:
+            raise SystemExit(f"saiki {step[0]} failed")
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    values = np.array(samples) * 1000
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+def _drive(target: str, stop: Any, results: Any) -> None:
+    """The ingest driver, in its own process (so its GIL is not the measuring client's):
+    20 Ingest calls/s of 50 events for random users and items, and freshness probes:
+    after an acked call, the time until GetFeatures serves one of its users' new count."""
+    client = SaikiClient(target, timeout_s=10)
+    rng = np.random.default_rng(3)
+    sent = 0
+    freshness: list[float] = []
+
+    def impressions(user: str) -> float:
+        reply = client.get_features("user", [user])
+        return float(reply.entities[0].values["impressions_1h"])
+
+    period = 1 / CALLS_PER_S
+    tick = time.perf_counter()
+    probe_at = 0.0
+    while not stop.is_set():
+        now = now_ms()
+        users = rng.choice(USERS, EVENTS_PER_CALL)
+        items = rng.choice(ITEMS, EVENTS_PER_CALL)
+        events = []
+        for n, (user, item) in enumerate(zip(users, items, strict=True)):
+            event = events_pb2.Event(
+                event_id=f"live-{os.getpid()}-{sent + n}",
+                user_id=str(user),
+                item_id=str(item),
+                event_type=events_pb2.IMPRESSION,
+            )
+            event.event_time.FromMilliseconds(now - 1_000)
+            events.append(event)
+        probe = time.perf_counter() >= probe_at
+        if probe:
+            user = str(users[0])
+            before = impressions(user)
+        client.ingest(events)
+        acked = time.perf_counter()
+        sent += len(events)
+        if probe:
+            probe_at = acked + 1.0
+            wanted = before + int((users == users[0]).sum())
+            while impressions(user) < wanted and time.perf_counter() - acked < 10:
+                time.sleep(0.01)
+            freshness.append((time.perf_counter() - acked) * 1000)
+        tick += period
+        time.sleep(max(0.0, tick - time.perf_counter()))
+    client.close()
+    results.put((sent, freshness))
+
+
+class Ingest:
+    """The driver process: started, stopped, and what it measured."""
+
+    def __init__(self, target: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(target=_drive, args=(target, self._stop, self._results))
+        self.sent = 0
+        self.freshness_ms: list[float] = []
+
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sent, self.freshness_ms = self._results.get(timeout=60)
+        self._process.join(30)
+
+
+def _calls(client: SaikiClient, rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
+    items = [list(rng.choice(ITEMS, 100, replace=False)) for _ in range(64)]
+    users = list(rng.choice(USERS, 64))
+    turn = [0]
+
+    def nxt() -> int:
+        turn[0] += 1
+        return turn[0] % 64
+
+    return {
+        "GetFeatures, 100 items": lambda: client.get_features("item", items[nxt()]),
+        "GetFeatures, 1 user": lambda: client.get_features("user", [users[nxt()]]),
+        "Predict, 100 candidates": lambda: client.predict(users[nxt()], items[nxt()]),
+    }
+
+
+FAILURES: list[str] = []
+
+
+def _measure(
+    call: Callable[[], Any], seconds: float, in_flight: int = 1
+) -> tuple[list[float], float]:
+    samples: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def loop() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                call()
+            except grpc.RpcError as exc:
+                FAILURES.append(exc.code().name)
+                continue
+            with lock:
+                samples.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=loop) for _ in range(in_flight)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return samples, len(samples) / (time.perf_counter() - began)
+
+
+def _cache_counts() -> tuple[float, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read()
+    counts = {"hit": 0.0, "miss": 0.0}
+    for line in text.decode().splitlines():
+        if line.startswith("saiki_feature_cache_total"):
+            kind = "hit" if 'result="hit"' in line else "miss"
+            counts[kind] += float(line.rpartition(" ")[2])
+    return counts["hit"], counts["miss"]
+
+
+def serving_rows(target: str, label: str, rows: list[str]) -> None:
+    """Every call of `_calls` at 1 in flight (and Predict at 8), with the cache hit rate."""
+    rng = np.random.default_rng(11)
+    clients = [SaikiClient(target, timeout_s=10) for _ in range(8)]
+    try:
+        for name, call in _calls(clients[0], rng).items():
+            hits, misses = _cache_counts()
+            samples, rate = _measure(call, PHASE_S)
+            hits2, misses2 = _cache_counts()
+            served = (hits2 - hits) + (misses2 - misses)
+            hit_rate = (hits2 - hits) / served if served else float("nan")
+            p50, p99 = _percentiles(samples)
+            rows.append(
+                f"{label:<7}{name + ', 1 in flight':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
+                f"{hit_rate:>9.1%}"
+            )
+        per_client = [_calls(c, np.random.default_rng(20 + n)) for n, c in enumerate(clients)]
+        predicts = [calls["Predict, 100 candidates"] for calls in per_client]
+        pool: list[tuple[list[float], float]] = []
+
+        def one(n: int) -> None:
+            pool.append(_measure(predicts[n], PHASE_S))
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        samples = [s for part in pool for s in part[0]]
+        p50, p99 = _percentiles(samples)
+        rate = sum(part[1] for part in pool)
+        name = "Predict, 100 candidates, 8 in flight"
+        rows.append(f"{label:<7}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
+    finally:
+        for client in clients:
+            client.close()
+
+
+def feast_rows(data: Path, label: str, rows: list[str]) -> None:
+    """Feast on the same store and keys: get_online_features and the store's online_read."""
+    from feast.infra.key_encoding_utils import serialize_entity_key  # noqa: F401
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from saiki.feature_repo.feast_repo import open_store
+
+    store = open_store(load_config(data, environ={}))
+    rng = np.random.default_rng(12)
+    keys = [list(rng.choice(ITEMS, 100, replace=False)) for _ in range(64)]
+    features = [f"item_batch:{n}" for n in FEATURE_NAMES] + ["item_speed:tiles"]
+    view = store.get_feature_view("item_speed")
+    provider = store._get_provider()  # Feast's own online store read, as Feast calls it
+    turn = [0]
+
+    def generic() -> None:
+        turn[0] += 1
+        store.get_online_features(
+            features=features, entity_rows=[{"item_id": i} for i in keys[turn[0] % 64]]
+        ).to_dict()
+
+    def raw() -> None:
+        turn[0] += 1
+        entity_keys = [
+            EntityKey(join_keys=["item_id"], entity_values=[Value(string_val=i)])
+            for i in keys[turn[0] % 64]
+        ]
+        provider.online_read(store.config, view, entity_keys)
+
+    for name, call in (
+        ("Feast get_online_features, 100 items", generic),
+        ("Feast online_read (SQLite), 100 items", raw),
+    ):
+        samples, rate = _measure(call, PHASE_S / 2)
+        p50, p99 = _percentiles(samples)
+        rows.append(f"{label:<7}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
+
+
+def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
+    """saiki with the cache off: every call merges (a server started for this row)."""
+    server = start_server(
+        data, CACHE_OFF_PORT, SERVING_FEATURE_CACHE="false", SERVING_MAX_IN_FLIGHT="8"
+    )
+    try:
+        with SaikiClient(f"127.0.0.1:{CACHE_OFF_PORT}", timeout_s=10) as client:
+            call = _calls(client, np.random.default_rng(13))["GetFeatures, 100 items"]
+            samples, rate = _measure(call, PHASE_S / 2)
+        p50, p99 = _percentiles(samples)
+        rows.append(
+            f"{label:<7}{'GetFeatures, 100 items, cache off':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def breakdown(data: Path) -> list[str]:
+    """Predict's parts in this process, quiet: merge, forward pass, serialisation."""
+    import torch
+
+    from saiki.feature_repo.online_readers import online_reader
+    from saiki.feature_repo.views import ViewCatalog
+    from saiki.serving.merge import FeatureMerger
+    from saiki.serving.model import model_inputs
+    from saiki.serving.registry import ModelRegistry
+    from saiki.v1 import prediction_pb2
+
+    torch.set_num_threads(1)
+    config = load_config(data, environ={})
+    registry = ModelRegistry(data)
+    version = registry.production()
+    assert version is not None
+    lines = []
+    rng = np.random.default_rng(14)
+    for count in (100, 1_000):
+        candidates = [str(i) for i in rng.choice(ITEMS * 2, count, replace=False)]
+        candidates = [c if n < len(ITEMS) else f"{c}-cold" for n, c in enumerate(candidates)]
+        for precision in ("int8", "fp32"):
+            model, model_config = registry.load(version, precision)
+            merger = FeatureMerger(ViewCatalog(data), online_reader(config), cache=False)
+            parts = {"merge": [], "forward": [], "serialise": [], "total": []}
+            for n in range(200):
+                user = USERS[n % len(USERS)]
+                t0 = time.perf_counter()
+                features_user = merger.features("user", [user])
+                features_items = merger.features("item", candidates)
+                t1 = time.perf_counter()
+                dense = np.hstack(
+                    [np.repeat(features_user.values, count, axis=0), features_items.values]
+                )
+                inputs = model_inputs(
+                    model_config, dense, [user] * count, candidates, [None] * count
+                )
+                with torch.no_grad():
+                    scores = model(*inputs).numpy()
+                t2 = time.perf_counter()
+                order = np.argsort(-scores, kind="stable")
+                prediction_pb2.PredictResponse(
+                    items=[
+                        prediction_pb2.ScoredItem(item_id=candidates[i], score=float(scores[i]))
+                        for i in order.tolist()
+                    ]
+                ).SerializeToString()
+                t3 = time.perf_counter()
+                if n >= 20:
+                    for name, seconds in zip(
+                        parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True
+                    ):
+                        parts[name].append(seconds * 1000)
+            medians = {k: float(np.median(v)) for k, v in parts.items()}
+            lines.append(
+                f"{count:>6} candidates {precision}: merge {medians['merge']:.2f} ms, forward "
+                f"{medians['forward']:.2f} ms, serialise {medians['serialise']:.2f} ms, "
+                f"total {medians['total']:.2f} ms (medians of 180, cache off)"
+            )
+    return lines
+
+
+def main() -> None:
+    """The whole run: set-up, live rows, quiet rows, baselines, the breakdown."""
+    data = DATA / "live" / "data"
+    if not (os.environ.get("SAIKI_BENCH_REUSE") and (data / "models" / "registry.json").exists()):
+        data = fresh_dir("live") / "data"
+        prepare(data)
+    speed = saiki(data, "speed", "run")
+    deadline = time.monotonic() + 300
+    while True:
+        status = read_status(data / "speed")
+        if status is not None and status.pending_rows == 0 and status.events_seen > 0:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit("the speed layer did not catch up")
+        time.sleep(1)
+    server = start_server(
+        data,
+        PORT,
+        workers=2,
+        SERVING_THREADS="2",
+        SERVING_MAX_IN_FLIGHT="16",
+        SERVING_METRICS_PORT=str(METRICS_PORT),
+    )
+    rows: list[str] = []
+    target = f"127.0.0.1:{PORT}"
+    try:
+        ingest = Ingest(target)
+        ingest.start()
+        time.sleep(5)  # the speed layer is writing
+        serving_rows(target, "live", rows)
+        feast_rows(data, "live", rows)
+        cache_off_row(data, "live", rows)
+        ingest.stop()
+        time.sleep(3)  # the speed layer's last flush
+        serving_rows(target, "quiet", rows)
+        feast_rows(data, "quiet", rows)
+        cache_off_row(data, "quiet", rows)
+    finally:
+        server.terminate()
+        server.wait(60)
+        speed.terminate()
+        speed.wait(120)
+    status = read_status(data / "speed")
+    print(f"# live serving benchmark — {conditions()}")
+    print(
+        f"speed layer writing ({ingest.sent} events ingested at {CALLS_PER_S} calls/s x "
+        f"{EVENTS_PER_CALL}; {status.flushes if status else '?'} flushes in all); rows hold "
+        f"24 h of tiles since the cutoff; saiki serve --workers 2 (2 threads, 16 in flight "
+        f"each); one client process; {PHASE_S:.0f} s per row"
+    )
+    print(f"{'phase':<7}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'cache hit':>9}")
+    for row in rows:
+        print(row)
+    fresh = np.array(ingest.freshness_ms)
+    print(
+        f"freshness, Ingest ack -> value served: p50 {np.percentile(fresh, 50):.0f} ms, p95 "
+        f"{np.percentile(fresh, 95):.0f} ms over {len(fresh)} probes"
+    )
+    print(f"failed calls: {len(FAILURES)} {sorted(set(FAILURES))}")
+    for line in breakdown(data):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,12 +27,17 @@ class PredictionService(prediction_pb2_grpc.PredictionServiceServicer):  # type:
         )
         abort_if_expired(context, "before scoring")
         result = self._predictor.predict(
-            request.user_id, items, request.device_id, request.request_id
+            request.user_id,
+            items,
+            request.device_id,
+            request.request_id,
+            apply_threshold=request.apply_threshold,
         )
         abort_if_expired(context, "while scoring")  # never a late answer
         return prediction_pb2.PredictResponse(
             request_id=result.request_id,
             model_version=result.model_version,
             variant=result.variant,
+            threshold=result.threshold,
             items=[prediction_pb2.ScoredItem(item_id=i, score=s) for i, s in result.items],
         )

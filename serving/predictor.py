@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ class ModelSet:
     production: int | None
     models: dict[int, tuple[Any, ModelConfig]]
     stamp: tuple[float, float]
+    # Each loaded version's operating threshold, from its own metadata: a threshold is
+    # never a setting of its own that a new model could inherit unchanged.
+    thresholds: dict[int, float] = field(default_factory=dict)
 
     def model_for(self, user_id: str) -> tuple[str, int | None]:
         """(variant name, version) serving this user; None: the baseline."""
@@ -66,6 +69,7 @@ class Prediction:
     model_version: str
     variant: str
     items: list[tuple[str, float]]
+    threshold: float = 0.0  # the serving version's operating threshold (0: none)
 
 
 def validate_predict(
@@ -165,12 +169,14 @@ class Predictor:
         experiment = load_experiment(self._registry.root)
         production = self._registry.production()
         wanted = {production} | {v.version for v in experiment.variants}
-        models = {}
+        models, thresholds = {}, {}
         for version in sorted(v for v in wanted if v is not None):
             models[version] = current.models.get(version) or self._registry.load(
                 version, self._precision
             )
-        return ModelSet(experiment, production, models, stamp)
+            chosen = self._registry.get(version).metrics.get("threshold", {})
+            thresholds[version] = float(chosen.get("min_score", 0.0))
+        return ModelSet(experiment, production, models, stamp, thresholds)
 
     def refresh(self, wait: bool = False) -> None:
         """Pick up promotions and experiments (in the background unless ``wait``)."""
@@ -202,7 +208,11 @@ class Predictor:
                 with contextlib.suppress(SaikiError, OSError, ValueError):
                     production = self._registry.production()
             self.models = ModelSet(
-                self.models.experiment, production, self.models.models, self._stamp()
+                self.models.experiment,
+                production,
+                self.models.models,
+                self._stamp(),
+                self.models.thresholds,
             )
             log.error("model reload refused, still serving the models loaded before: %s", exc)
         finally:
@@ -210,9 +220,15 @@ class Predictor:
                 self._loading.release()
 
     def predict(
-        self, user_id: str, item_ids: Sequence[str], device_id: str = "", request_id: str = ""
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        device_id: str = "",
+        request_id: str = "",
+        apply_threshold: bool = False,
     ) -> Prediction:
-        """Rank candidates by predicted click probability, highest first."""
+        """Rank candidates by predicted click probability, highest first; with
+        ``apply_threshold``, only those at or above the serving version's threshold."""
         now = self._clock()
         if now - self._checked >= self._reload_ms:
             self._checked = now
@@ -241,8 +257,11 @@ class Predictor:
                 scores = model(*inputs).numpy().astype(np.float64)
             name = f"v{version}"
         order = np.argsort(-scores, kind="stable")
+        threshold = models.thresholds.get(version, 0.0) if version is not None else 0.0
+        if apply_threshold:
+            order = order[scores[order] >= threshold]
         ranked = [(item_ids[i], float(scores[i])) for i in order.tolist()]
-        result = Prediction(request_id or uuid.uuid4().hex, name, variant, ranked)
+        result = Prediction(request_id or uuid.uuid4().hex, name, variant, ranked, threshold)
         if self._log is not None:
             self._log.write(user_id, result)
         return result

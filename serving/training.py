@@ -79,6 +79,8 @@ class TrainingReport:
     baseline_item_ctr: Scores
     baseline_logistic: Scores
     latency_ms_batch100: dict[str, float] = field(default_factory=dict)
+    # The operating threshold that travels with the version (see operating_threshold).
+    threshold: dict[str, float] = field(default_factory=dict)
     epochs: int = 0
     seconds: float = 0.0
 
@@ -259,6 +261,32 @@ def latency_ms(
     return float(np.median(timings) * 1000)
 
 
+# The precision the operating threshold is chosen for: of the items shown (scored at or
+# above it), at least this share are clicked on the held-out days.
+TARGET_PRECISION = 0.5
+
+
+def operating_threshold(
+    labels: FloatArray, scores: FloatArray, target_precision: float = TARGET_PRECISION
+) -> dict[str, float]:
+    """The smallest score whose items, on held-out rows, are clicked at least
+    ``target_precision`` of the time (the most recall at that precision); with the
+    precision and recall it achieves. No score reaching it: the highest score, so the
+    threshold shows only the model's surest items."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], np.cumsum(labels[order])
+    precision = hits / np.arange(1, len(ranked) + 1)
+    reaching = np.flatnonzero(precision >= target_precision)
+    cut = int(reaching[-1]) if len(reaching) else 0
+    positives = max(float(labels.sum()), 1.0)
+    return {
+        "min_score": float(ranked[cut]),
+        "target_precision": target_precision,
+        "precision": float(precision[cut]),
+        "recall": float(hits[cut] / positives),
+    }
+
+
 def train_and_evaluate(
     path: Path,
     config: ModelConfig | None = None,
@@ -280,19 +308,21 @@ def train_and_evaluate(
     def scores(values: FloatArray) -> Scores:
         return Scores(auc(test.labels, values), log_loss(test.labels, values))
 
+    served = predict(quantised, config, test)  # the threshold is for the model as served
     report = TrainingReport(
         rows_train=len(train),
         rows_holdout=len(test),
         holdout_from_ms=boundary,
         positives_holdout=int(test.labels.sum()),
         fp32=scores(predict(model, config, test)),
-        int8=scores(predict(quantised, config, test)),
+        int8=scores(served),
         baseline_item_ctr=scores(item_ctr),
         baseline_logistic=scores(logistic_baseline(train, test, seed)),
         latency_ms_batch100={
             "fp32": latency_ms(model, config, test),
             "int8": latency_ms(quantised, config, test),
         },
+        threshold=operating_threshold(test.labels, served),
         epochs=epochs,
     )
     report.seconds = round(time.perf_counter() - started, 2)

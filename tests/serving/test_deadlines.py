@@ -44,7 +44,12 @@ class Predictor:
         self.calls = 0
 
     def predict(
-        self, user_id: str, item_ids: Sequence[str], device_id: str = "", request_id: str = ""
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        device_id: str = "",
+        request_id: str = "",
+        apply_threshold: bool = False,
     ) -> Prediction:
         self.calls += 1
         if self.spends_deadline:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from saiki.core.config import SaikiConfig
@@ -17,6 +18,7 @@ from saiki.serving.experiment import Experiment, Variant, write_experiment
 from saiki.serving.model import ModelConfig, RankingModel, quantise
 from saiki.serving.registry import ModelRegistry
 from saiki.serving.server import RunningServer, start_server
+from saiki.serving.training import TARGET_PRECISION, operating_threshold
 from saiki.v1 import prediction_pb2, prediction_pb2_grpc
 from tests.conftest import make_config
 
@@ -161,3 +163,45 @@ def test_ab_variants_follow_the_experiment(
     assert 150 < seen["control"] < 250
     logged = "".join(p.read_text() for p in (config.data_dir / "serving").glob("*.jsonl"))
     assert '"variant": "treatment"' in logged and '"request_id"' in logged
+
+
+def test_thresholds_travel_with_their_model_and_roll_back_with_it(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    config, running, stub = served
+    registry = ModelRegistry(config.data_dir)
+    chosen = registry.get(1).metrics["threshold"]
+    assert 0 < chosen["min_score"] < 1 and chosen["target_precision"] == TARGET_PRECISION
+    request = prediction_pb2.PredictRequest(user_id="u7", item_ids=ITEMS)
+    everything = stub.Predict(request)
+    assert len(everything.items) == len(ITEMS)  # not asked: nothing left out
+    assert everything.threshold == pytest.approx(chosen["min_score"])
+    request.apply_threshold = True
+    shown = stub.Predict(request)
+    expected = [i.item_id for i in everything.items if i.score >= chosen["min_score"]]
+    assert [i.item_id for i in shown.items] == expected
+    assert shown.threshold == pytest.approx(chosen["min_score"])
+
+    # A new version carries its own threshold, chosen on its own held-out rows.
+    model = RankingModel(ModelConfig()).eval()
+    metrics = {**registry.get(1).metrics, "threshold": {**chosen, "min_score": 0.999}}
+    v2 = registry.register(model, quantise(model), ModelConfig(), {"note": "test"}, metrics)
+    registry.promote(v2.version)
+    running.predictor.refresh(wait=True)
+    assert stub.Predict(request).threshold == pytest.approx(0.999)
+    registry.rollback()
+    running.predictor.refresh(wait=True)
+    back = stub.Predict(request)
+    assert (back.model_version, back.threshold) == ("v1", pytest.approx(chosen["min_score"]))
+
+
+def test_the_operating_threshold_meets_its_precision_on_the_rows_it_was_chosen_on() -> None:
+    rng = np.random.default_rng(5)
+    scores = rng.random(5_000)
+    labels = (rng.random(5_000) < scores).astype(np.float64)  # calibrated scores
+    chosen = operating_threshold(labels, scores, 0.8)
+    shown = scores >= chosen["min_score"]
+    assert labels[shown].mean() >= 0.8
+    assert chosen["precision"] == pytest.approx(labels[shown].mean())
+    lower = scores >= chosen["min_score"] - 0.05  # any lower threshold misses the target
+    assert labels[lower].mean() < 0.8 or lower.sum() == shown.sum()

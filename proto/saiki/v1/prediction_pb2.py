@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19saiki/v1/prediction.proto\x12\x08saiki.v1\"Z\n\x0ePredictRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"r\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12#\n\x05items\x18\x04 \x03(\x0b\x32\x14.saiki.v1.ScoredItem2S\n\x11PredictionService\x12>\n\x07Predict\x12\x18.saiki.v1.PredictRequest\x1a\x19.saiki.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19saiki/v1/prediction.proto\x12\x08saiki.v1\"s\n\x0ePredictRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x17\n\x0f\x61pply_threshold\x18\x05 \x01(\x08\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\x85\x01\n\x0fPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12#\n\x05items\x18\x04 \x03(\x0b\x32\x14.saiki.v1.ScoredItem\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x32S\n\x11PredictionService\x12>\n\x07Predict\x12\x18.saiki.v1.PredictRequest\x1a\x19.saiki.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -22,11 +22,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'saiki.v1.prediction_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTREQUEST']._serialized_start=39
-  _globals['_PREDICTREQUEST']._serialized_end=129
-  _globals['_SCOREDITEM']._serialized_start=131
-  _globals['_SCOREDITEM']._serialized_end=175
-  _globals['_PREDICTRESPONSE']._serialized_start=177
-  _globals['_PREDICTRESPONSE']._serialized_end=291
-  _globals['_PREDICTIONSERVICE']._serialized_start=293
-  _globals['_PREDICTIONSERVICE']._serialized_end=376
+  _globals['_PREDICTREQUEST']._serialized_end=154
+  _globals['_SCOREDITEM']._serialized_start=156
+  _globals['_SCOREDITEM']._serialized_end=200
+  _globals['_PREDICTRESPONSE']._serialized_start=203
+  _globals['_PREDICTRESPONSE']._serialized_end=336
+  _globals['_PREDICTIONSERVICE']._serialized_start=338
+  _globals['_PREDICTIONSERVICE']._serialized_end=421
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,7 @@ import numpy as np
 
 from benchmarks.bench_speed import saiki
 from benchmarks.common import DATA, conditions, fresh_dir, start_server
+from benchmarks.predict_parts import breakdown
 from saiki.core.config import load_config
 from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
 from saiki.feature_repo.online import read_status
@@ -295,68 +296,6 @@ def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
     finally:
         server.terminate()
         server.wait(30)
-
-
-def breakdown(data: Path) -> list[str]:
-    """Predict's parts in this process, quiet: merge, forward pass, serialisation."""
-    import torch
-
-    from saiki.feature_repo.online_readers import online_reader
-    from saiki.feature_repo.views import ViewCatalog
-    from saiki.serving.merge import FeatureMerger
-    from saiki.serving.model import model_inputs
-    from saiki.serving.registry import ModelRegistry
-    from saiki.v1 import prediction_pb2
-
-    torch.set_num_threads(1)
-    config = load_config(data, environ={})
-    registry = ModelRegistry(data)
-    version = registry.production()
-    assert version is not None
-    lines = []
-    rng = np.random.default_rng(14)
-    for count in (100, 1_000):
-        candidates = [str(i) for i in rng.choice(ITEMS * 2, count, replace=False)]
-        candidates = [c if n < len(ITEMS) else f"{c}-cold" for n, c in enumerate(candidates)]
-        for precision in ("int8", "fp32"):
-            model, model_config = registry.load(version, precision)
-            merger = FeatureMerger(ViewCatalog(data), online_reader(config), cache=False)
-            parts = {"merge": [], "forward": [], "serialise": [], "total": []}
-            for n in range(200):
-                user = USERS[n % len(USERS)]
-                t0 = time.perf_counter()
-                features_user = merger.features("user", [user])
-                features_items = merger.features("item", candidates)
-                t1 = time.perf_counter()
-                dense = np.hstack(
-                    [np.repeat(features_user.values, count, axis=0), features_items.values]
-                )
-                inputs = model_inputs(
-                    model_config, dense, [user] * count, candidates, [None] * count
-                )
-                with torch.no_grad():
-                    scores = model(*inputs).numpy()
-                t2 = time.perf_counter()
-                order = np.argsort(-scores, kind="stable")
-                prediction_pb2.PredictResponse(
-                    items=[
-                        prediction_pb2.ScoredItem(item_id=candidates[i], score=float(scores[i]))
-                        for i in order.tolist()
-                    ]
-                ).SerializeToString()
-                t3 = time.perf_counter()
-                if n >= 20:
-                    for name, seconds in zip(
-                        parts, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True
-                    ):
-                        parts[name].append(seconds * 1000)
-            medians = {k: float(np.median(v)) for k, v in parts.items()}
-            lines.append(
-                f"{count:>6} candidates {precision}: merge {medians['merge']:.2f} ms, forward "
-                f"{medians['forward']:.2f} ms, serialise {medians['serialise']:.2f} ms, "
-                f"total {medians['total']:.2f} ms (medians of 180, cache off)"
-            )
-    return lines
 
 
 def main() -> None:

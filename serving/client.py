@@ -15,12 +15,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from saiki.serving.names import SERVICE_NAMES
 from saiki.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -28,12 +29,6 @@ from saiki.v1 import (
     features_pb2_grpc,
     prediction_pb2,
     prediction_pb2_grpc,
-)
-
-_SERVICES: Final = (
-    "saiki.v1.EventService",
-    "saiki.v1.FeatureService",
-    "saiki.v1.PredictionService",
 )
 
 
@@ -47,7 +42,7 @@ def service_config(attempts: int = 4) -> str:
         "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
     }
     return json.dumps(
-        {"methodConfig": [{"name": [{"service": s} for s in _SERVICES], "retryPolicy": policy}]}
+        {"methodConfig": [{"name": [{"service": s} for s in SERVICE_NAMES], "retryPolicy": policy}]}
     )
 
 

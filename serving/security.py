@@ -35,13 +35,14 @@ import grpc
 
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
+from saiki.serving.names import EVENT_SERVICE, FEATURE_SERVICE, PREDICTION_SERVICE
 
 ROLES: Final = ("ingest", "read", "predict", "admin")
 # The role each service needs; a method of any other service (reflection) needs admin.
 SERVICE_ROLES: Final = {
-    "saiki.v1.EventService": "ingest",
-    "saiki.v1.FeatureService": "read",
-    "saiki.v1.PredictionService": "predict",
+    EVENT_SERVICE: "ingest",
+    FEATURE_SERVICE: "read",
+    PREDICTION_SERVICE: "predict",
 }
 OPEN_SERVICES: Final = frozenset({"grpc.health.v1.Health"})
 _RELOAD_EVERY_S: Final = 1.0

@@ -29,6 +29,7 @@ from saiki.serving import observability
 from saiki.serving.event_service import EventService
 from saiki.serving.feature_service import FeatureService
 from saiki.serving.merge import FeatureMerger
+from saiki.serving.names import SERVICE_NAMES
 from saiki.serving.observability import ObservingInterceptor
 from saiki.serving.prediction_service import PredictionService
 from saiki.serving.predictor import PredictionLog, Predictor
@@ -36,21 +37,12 @@ from saiki.serving.registry import ModelRegistry
 from saiki.serving.security import AuthInterceptor, TokenBook, check_exposure, server_credentials
 from saiki.serving.speed_status import SpeedWatermark
 from saiki.v1 import (
-    events_pb2,
     events_pb2_grpc,
-    features_pb2,
     features_pb2_grpc,
-    prediction_pb2,
     prediction_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAMES = (
-    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
-    features_pb2.DESCRIPTOR.services_by_name["FeatureService"].full_name,
-    prediction_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-)
 
 
 @dataclass

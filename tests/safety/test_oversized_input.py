@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import pyarrow.compute as pc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from saiki.batch.master import QUARANTINE_TABLE, MasterDataset
 from saiki.batch.run import BatchRunRequest, run_batch_view
@@ -21,23 +20,10 @@ from saiki.core.timeutil import floor_minute, format_iso, now_ms
 from saiki.serving.server import start_server
 from saiki.v1 import events_pb2, events_pb2_grpc
 from tests.conftest import run_saiki
+from tests.safety.test_bad_input import _event
 
 pytestmark = pytest.mark.slow
 HUGE = "x" * (5 << 20)
-
-
-def _event(event_id: str, **changes: object) -> events_pb2.Event:
-    when = Timestamp()
-    when.FromMilliseconds(now_ms() - 600_000)
-    fields: dict[str, object] = {
-        "event_id": event_id,
-        "event_time": when,
-        "user_id": "u1",
-        "item_id": "i1",
-        "event_type": events_pb2.IMPRESSION,
-    }
-    fields.update(changes)
-    return events_pb2.Event(**fields)  # type: ignore[arg-type]
 
 
 def test_five_megabyte_fields_are_quarantined_and_the_batch_layer_goes_on(

@@ -87,6 +87,7 @@ def run_list(args: argparse.Namespace) -> int:
             format_iso(v.created_ms),
             f"{v.metrics['fp32']['auc']:.4f}",
             f"{v.metrics['int8']['auc']:.4f}",
+            _threshold(v.metrics),
             v.lineage.get("snapshot_id", ""),
             v.spec_version,
         )
@@ -95,8 +96,22 @@ def run_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no models yet: run `saiki train`")
         return 0
-    print_table(("version", "stage", "created", "AUC fp32", "AUC int8", "snapshot", "spec"), rows)
+    print_table(
+        ("version", "stage", "created", "AUC fp32", "AUC int8", "threshold", "snapshot", "spec"),
+        rows,
+    )
     return 0
+
+
+def _threshold(metrics: dict[str, Any]) -> str:
+    """A version's operating threshold with the precision and recall it was chosen at."""
+    chosen = metrics.get("threshold")
+    if not chosen:
+        return "-"
+    return (
+        f"{chosen['min_score']:.3f} (precision {chosen['precision']:.2f}, "
+        f"recall {chosen['recall']:.2f})"
+    )
 
 
 def run_promote(args: argparse.Namespace) -> int:

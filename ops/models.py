@@ -189,6 +189,13 @@ def print_training_report(outcome: TrainOutcome) -> None:
         ("scorer (same held-out rows)", "AUC", "log loss"),
         [(label, f"{m['auc']:.4f}", f"{m['log_loss']:.4f}") for label, m in scorers],
     )
+    if "threshold" in metrics:
+        chosen = metrics["threshold"]
+        print(
+            f"operating threshold {chosen['min_score']:.4f}: on the held-out rows the items "
+            f"scored at or above it were clicked {chosen['precision']:.1%} of the time "
+            f"(target {chosen['target_precision']:.0%}), {chosen['recall']:.1%} of all clicks"
+        )
     latency = metrics["latency_ms_batch100"]
     print(
         f"int8 vs fp32: AUC {metrics['int8']['auc'] - metrics['fp32']['auc']:+.4f}, "

@@ -20,7 +20,7 @@ from saiki.serving.registry import ModelRegistry
 from saiki.serving.server import RunningServer, start_server
 from saiki.serving.training import TARGET_PRECISION, operating_threshold
 from saiki.v1 import prediction_pb2, prediction_pb2_grpc
-from tests.conftest import make_config
+from tests.conftest import make_config, run_saiki
 
 pytestmark = pytest.mark.slow
 ITEMS = [f"i{n}" for n in range(100)]
@@ -205,3 +205,12 @@ def test_the_operating_threshold_meets_its_precision_on_the_rows_it_was_chosen_o
     assert chosen["precision"] == pytest.approx(labels[shown].mean())
     lower = scores >= chosen["min_score"] - 0.05  # any lower threshold misses the target
     assert labels[lower].mean() < 0.8 or lower.sum() == shown.sum()
+
+
+def test_models_list_shows_each_versions_threshold(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    config = served[0]
+    chosen = ModelRegistry(config.data_dir).get(1).metrics["threshold"]
+    listed = run_saiki(config, "models", "list")
+    assert f"{chosen['min_score']:.3f} (precision {chosen['precision']:.2f}" in listed

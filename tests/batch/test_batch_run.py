@@ -102,20 +102,36 @@ def test_the_manifest_records_lineage_and_the_speed_handoff(
     assert ViewCatalog(config.data_dir).current_id() == manifest.view_id
 
 
+@pytest.mark.parametrize(
+    "beam_args",
+    [
+        (),
+        # Beam's DirectRunner in worker processes, one per core: the same view.
+        ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
+    ],
+    ids=["in-process", "multi-process"],
+)
 def test_the_same_snapshot_and_cutoff_give_identical_views(
-    viewed: tuple[SaikiConfig, ViewManifest, pd.DataFrame],
+    viewed: tuple[SaikiConfig, ViewManifest, pd.DataFrame], beam_args: tuple[str, ...]
 ) -> None:
     config, first, _ = viewed
     again = run_batch_view(
         config,
-        BatchRunRequest(as_of_ms=CUTOFF, snapshot_id=first.snapshot_id, make_current=False),
+        BatchRunRequest(
+            as_of_ms=CUTOFF,
+            snapshot_id=first.snapshot_id,
+            make_current=False,
+            beam_args=beam_args,
+            publish_online=False,
+        ),
     )
     catalog = ViewCatalog(config.data_dir)
     assert catalog.current_id() == first.view_id  # not made current
     for part in ("user_features", "user_tiles", "item_features", "item_tiles"):
-        key = ENTITY_ID if part.endswith("tiles") else part.split("_")[0] + "_id"
-        a = catalog.read(first.view_id, part).sort_by(key)
-        b = catalog.read(again.view_id, part).sort_by(key)
+        keys = [ENTITY_ID, MINUTE] if part.endswith("tiles") else [part.split("_")[0] + "_id"]
+        order = [(k, "ascending") for k in keys]
+        a = catalog.read(first.view_id, part).sort_by(order)
+        b = catalog.read(again.view_id, part).sort_by(order)
         assert a.equals(b), part
 
 

@@ -102,29 +102,72 @@ def test_the_manifest_records_lineage_and_the_speed_handoff(
     assert ViewCatalog(config.data_dir).current_id() == manifest.view_id
 
 
-@pytest.mark.parametrize(
-    "beam_args",
-    [
-        (),
-        # Beam's DirectRunner in worker processes, one per core: the same view.
-        ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
-    ],
-    ids=["in-process", "multi-process"],
-)
+@pytest.fixture(scope="module")
+def beam_job_service() -> Iterator[tuple[str, str]]:
+    """Beam's own portable job service and an external worker pool, on loopback: the
+    PortableRunner's route that needs no downloaded job-server jar. Yields their
+    addresses. The pool starts its workers as `python`: this interpreter, via PATH."""
+    from saiki.ops.demo_services import free_port
+
+    job, pool = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, flag, str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for module, flag, port in (
+            ("apache_beam.runners.portability.local_job_service_main", "--port", job),
+            ("apache_beam.runners.worker.worker_pool_main", "--service_port", pool),
+        )
+    ]
+    yield f"localhost:{job}", f"localhost:{pool}"
+    for process in started:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+
+
+RUNNERS = {
+    "in-process": (),
+    # Beam's DirectRunner in worker processes, one per core.
+    "multi-process": ("--direct_running_mode=multi_processing", "--direct_num_workers=2"),
+    # Beam's PortableRunner: its endpoints come from the beam_job_service fixture.
+    "portable": (),
+}
+
+
+@pytest.mark.parametrize("runner", list(RUNNERS))
 def test_the_same_snapshot_and_cutoff_give_identical_views(
-    viewed: tuple[SaikiConfig, ViewManifest, pd.DataFrame], beam_args: tuple[str, ...]
+    viewed: tuple[SaikiConfig, ViewManifest, pd.DataFrame],
+    runner: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     config, first, _ = viewed
+    beam_args = RUNNERS[runner]
+    name = "DirectRunner"
+    if runner == "portable":
+        job, pool = request.getfixturevalue("beam_job_service")
+        name = "PortableRunner"
+        beam_args = (
+            f"--job_endpoint={job}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={pool}",
+        )
     again = run_batch_view(
         config,
         BatchRunRequest(
             as_of_ms=CUTOFF,
             snapshot_id=first.snapshot_id,
             make_current=False,
+            runner=name,
             beam_args=beam_args,
             publish_online=False,
         ),
     )
+    assert again.runner == name
     catalog = ViewCatalog(config.data_dir)
     assert catalog.current_id() == first.view_id  # not made current
     for part in ("user_features", "user_tiles", "item_features", "item_tiles"):

@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/saiki demo --reset
 
-## test: run the whole test suite (unit and end-to-end tiers)
+## test: run the whole test suite (unit, end-to-end and cluster tiers)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 

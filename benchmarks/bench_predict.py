@@ -100,9 +100,8 @@ async def floor(address: str) -> list[float]:
 
 
 def run_server(data: Path, precision: str, cache: bool = True) -> subprocess.Popen[str]:
-    # 8 calls in flight over two processes: each admits all of its share (the default,
-    # one running and one waiting per process, would refuse most of them; that trade is
-    # benchmarks/bench_overload.py's).
+    # 8 calls in flight over two processes, each admitting all of its share (the
+    # defaults, spelled out so that the figures keep their conditions if defaults move).
     return start_server(
         data,
         PORT,

@@ -87,17 +87,20 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     workers: int = 1
-    # Python threads per server process: one holds the GIL at a time, so a second thread
-    # only makes two calls each slower; scale with workers (processes) instead.
-    threads: int = 1
+    # Python threads per server process. One holds the GIL at a time, so more threads do
+    # not add capacity; two let a short call (a health probe, a cached read) pass one
+    # that waits on the online store. Scale with workers (processes).
+    threads: int = 2
     precision: Literal["int8", "fp32"] = "int8"
     max_candidates: int = 1000
     max_ids: int = 10_000
     max_events_per_ingest: int = 10_000
     # RPCs one process holds at once, running or queued; one more is refused at once with
-    # RESOURCE_EXHAUSTED rather than queued (gRPC's own bound, counted in its C core), so
-    # an admitted call waits for at most one other (benchmarks/bench_overload.py).
-    max_in_flight: int = 2
+    # RESOURCE_EXHAUSTED rather than queued (gRPC's own bound, counted in its C core). A
+    # smaller bound keeps admitted calls fast under overload (threads = max_in_flight = 1
+    # held their p99 to 1.3x the unloaded one in benchmarks/bench_overload.py, 8 to 10x)
+    # at the price of refusing concurrent calls sooner.
+    max_in_flight: int = 8
     # A second, small server answering only grpc.health.v1 (0: none), so health is
     # answered while the main port is saturated; point probes at it.
     health_port: int = 0

@@ -45,6 +45,8 @@ from saiki.feature_repo.views import ViewCatalog, ViewManifest
 from saiki.serving.observability import FEATURE_CACHE
 
 _CACHE_HITS, _CACHE_MISSES = FEATURE_CACHE.labels("hit"), FEATURE_CACHE.labels("miss")
+# Generations kept per entity kind: now and as-of-now for this minute and the last.
+_LIVE_GENERATIONS = 4
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -153,7 +155,9 @@ class FeatureMerger:
         self._index = BatchViewIndex.load(catalog, catalog.current_id())
         self._checked_ms = clock()
         self._loading = threading.Lock()
-        self._generations: dict[str, _Generation] = {}
+        # Per entity kind, the live generations by key, newest last: "now" (inside this
+        # minute) and "as of now" (its ceiling) are both served from memory.
+        self._generations: dict[str, dict[Hashable, _Generation]] = {}
         self._cache_lock = threading.Lock()
         self._changes_seq: int | None = None
 
@@ -196,9 +200,11 @@ class FeatureMerger:
         q = now if as_of_ms is None else ceil_minute(as_of_ms)
         index = self._index
         _check_cutoff(q, index)
-        if not self._cache or (as_of_ms is not None and q // MS_PER_MINUTE != now // MS_PER_MINUTE):
-            # Past minutes are merged, not cached: one client asking many as_of minutes
-            # must not evict everyone's rows of the current one.
+        minutes_ahead = q // MS_PER_MINUTE - now // MS_PER_MINUTE
+        if not self._cache or not 0 <= minutes_ahead <= 1:
+            # Only q in this minute or at the next boundary (what "now" and an as_of of
+            # now round to) is cached: one client asking many other minutes must not
+            # evict everyone's rows.
             return self._merge(entity, ids, q, index)
         with self._cache_lock:
             return self._cached(entity, ids, q, index)
@@ -221,13 +227,18 @@ class FeatureMerger:
         # A merged row is a function of the view, the entity's speed row, floor_minute(q)
         # and whether q is on a minute (see the module doc).
         key = (index.view_id, q // MS_PER_MINUTE, q % MS_PER_MINUTE == 0)
-        for kind, held in self._generations.items():
-            for changed in (changes.entities or {}).get(kind, ()):
-                held.rows.pop(changed, None)
-        generation = self._generations.get(entity)
-        if generation is None or generation.key != key:
-            generation = _Generation(key)
-            self._generations[entity] = generation
+        for kind, generations in self._generations.items():
+            changed = (changes.entities or {}).get(kind, ())
+            if changed:
+                for live in generations.values():
+                    for entity_id in changed:
+                        live.rows.pop(entity_id, None)
+        held = self._generations.setdefault(entity, {})
+        generation = held.get(key)
+        if generation is None:
+            generation = held[key] = _Generation(key)
+            while len(held) > _LIVE_GENERATIONS:
+                del held[next(iter(held))]  # the oldest
         rows: Mapping[str, FloatArray] = generation.rows
         missing = [i for i in dict.fromkeys(ids) if i not in rows]
         _CACHE_HITS.inc(len(ids) - len(missing))

@@ -220,3 +220,22 @@ def test_a_row_whose_tiles_are_out_of_order_sums_the_same(tmp_path: Path) -> Non
     ]
     np.testing.assert_array_equal(served[0].values, served[1].values)
     assert served[0].values[0, FEATURE_NAMES.index("impressions_1h")] == 7
+
+
+def test_now_and_as_of_now_are_both_served_from_memory(tmp_path: Path) -> None:
+    """A prober asking "as of now" (its minute's ceiling) between calls for "now" must not
+    make either miss; a past minute is merged every time and never evicts them."""
+    store = CountingStore()
+    store.write("item", [_row(i, 1) for i in ITEMS])
+    now = START + 90 * M + 30_000
+    merger = FeatureMerger(ViewCatalog(tmp_path), store, clock=lambda: now)
+    merger.features("item", ITEMS)
+    merger.features("item", ITEMS, now)
+    reads = store.reads
+    for _ in range(3):
+        assert merger.features("item", ITEMS).rows is not None
+        assert merger.features("item", ITEMS, now).rows is not None
+    assert store.reads == reads
+    assert merger.features("item", ITEMS, now - 30 * M).rows is None  # merged, not kept
+    merger.features("item", ITEMS)
+    assert store.reads == reads + 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -124,10 +125,27 @@ def beam_job_service() -> Iterator[tuple[str, str]]:
             ("apache_beam.runners.worker.worker_pool_main", "--service_port", pool),
         )
     ]
-    yield f"localhost:{job}", f"localhost:{pool}"
-    for process in started:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(30)
+    try:
+        for port in (job, pool):  # both listening before any pipeline is submitted
+            _wait_listening(port, started, timeout_s=120)
+        yield f"localhost:{job}", f"localhost:{pool}"
+    finally:
+        for process in started:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
+def _wait_listening(port: int, processes: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Until something accepts connections on ``port`` (a service started just now)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert all(p.poll() is None for p in processes), "a Beam service exited at start"
+        assert time.monotonic() < deadline, f"nothing listens on port {port}"
+        time.sleep(0.2)
 
 
 RUNNERS = {

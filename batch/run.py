@@ -243,6 +243,7 @@ def run_batch_view(
         if request.publish_online:
             publish_online(config, manifest, previous)
         catalog.make_current(manifest.view_id)
+        catalog.prune(config.schedule.keep_views)
     return manifest
 
 

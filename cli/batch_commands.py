@@ -35,7 +35,7 @@ def add_parsers(subparsers: Any) -> None:
         "--runner", default="DirectRunner", choices=RUNNERS, help="Beam runner (default: embedded)"
     )
     run.add_argument("--no-load", action="store_true", help="do not load the event log first")
-    run.set_defaults(handler=run_batch, beam_passthrough=True)
+    run.set_defaults(handler=run_batch, beam_passthrough=True, job_name="recompute")
 
     views = verbs.add_parser("views", help="list published batch views")
     views.set_defaults(handler=run_views)

@@ -52,7 +52,7 @@ def add_parsers(subparsers: Any) -> None:
     which.add_argument("--as-of", default=None, help="the newest snapshot at this time")
     show.set_defaults(handler=run_master_show)
     load = verbs.add_parser("load", help="append what the event log holds beyond the table")
-    load.set_defaults(handler=run_master_load)
+    load.set_defaults(handler=run_master_load, job_name="load")
 
 
 def run_simulate(args: argparse.Namespace) -> int:

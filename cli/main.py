@@ -19,9 +19,11 @@ from saiki.cli import (
     model_commands,
     ops_commands,
     serve_commands,
+    service_commands,
     speed_commands,
 )
 from saiki.core.errors import SaikiError
+from saiki.core.process import die_with_parent
 
 _MODULES = (
     data_commands,
@@ -30,6 +32,7 @@ _MODULES = (
     serve_commands,
     model_commands,
     ops_commands,
+    service_commands,
     demo_commands,
 )
 
@@ -53,13 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a failure prints a one-line reason and returns non-zero."""
+    die_with_parent()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "beam_passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.beam_args = extra
     try:
-        code = args.handler(args)
+        code = _run(args)
     except SaikiError as exc:
         print(f"saiki {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -67,6 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saiki {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the handler; a scheduled job's command (``job_name``) keeps a status record
+    of each run, read by ``saiki status`` whoever ran it (``saiki up`` or cron)."""
+    job = getattr(args, "job_name", None)
+    if job is None:
+        return int(args.handler(args) or 0)
+    from saiki.core.config import resolve_data_dir
+    from saiki.ops.status import job_record
+
+    with job_record(resolve_data_dir(args.data_dir), job) as record:
+        code = int(args.handler(args) or 0)
+        if code:
+            # `saiki monitor` exits 1 when a retrain is due: an answer, not a failure.
+            record.outcome = "due" if job == "monitor" and code == 1 else "failed"
+            record.detail = record.detail or f"exit {code}"
+    return code
 
 
 if __name__ == "__main__":

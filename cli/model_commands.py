@@ -36,7 +36,7 @@ def add_parsers(subparsers: Any) -> None:
         action="store_true",
         help="promote when its held-out AUC beats production's",
     )
-    train.set_defaults(handler=run_train)
+    train.set_defaults(handler=run_train, job_name="retrain")
 
     models = subparsers.add_parser("models", help="the model registry")
     verbs = models.add_subparsers(dest="verb", metavar="VERB", required=True)

@@ -22,7 +22,7 @@ def add_parsers(subparsers: Any) -> None:
         "monitor", help="feature drift and live CTR; exits 1 when a retrain is due"
     )
     monitor.add_argument("--window", default="1h", help="how far back to look (e.g. 1h, 30m)")
-    monitor.set_defaults(handler=run_monitor)
+    monitor.set_defaults(handler=run_monitor, job_name="monitor")
     report = subparsers.add_parser("report", help="write the HTML report and its PNG plots")
     report.set_defaults(handler=run_report)
 

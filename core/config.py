@@ -130,6 +130,21 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """When ``saiki up`` runs each job: an interval (``30s``, ``5m``, ``1h``, ``1d``) or a
+    five-field cron expression (``0 3 * * *``). The same jobs are plain commands, so cron
+    can run them instead (infra/README.md)."""
+
+    load: str = "5m"  # saiki master load: the event log into the master dataset
+    recompute: str = "1h"  # saiki batch run: recompute, publish, hand off
+    monitor: str = "15m"  # saiki monitor: drift and live CTR
+    retrain: str = "1d"  # saiki train --promote-if-better (also when monitor says so)
+    # Published batch views kept; older ones are removed after each recompute (at least
+    # two: a server may still serve the previous view during a handoff).
+    keep_views: int = 3
+
+
+@dataclass(frozen=True)
 class SaikiConfig:
     """The whole configuration; ``data_dir`` is absolute."""
 
@@ -140,6 +155,7 @@ class SaikiConfig:
     feast: FeastConfig = field(default_factory=FeastConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     @property
     def catalog_uri(self) -> str:
@@ -164,6 +180,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "feast": FeastConfig,
     "serving": ServingConfig,
     "auth": AuthConfig,
+    "schedule": ScheduleConfig,
 }
 
 
@@ -228,6 +245,7 @@ _MINIMA: dict[tuple[str, str], int] = {
     ("serving", "health_port"): 0,
     ("serving", "metrics_port"): 0,
     ("serving", "reload_interval_ms"): 1,
+    ("schedule", "keep_views"): 2,
 }
 
 

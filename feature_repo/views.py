@@ -17,6 +17,8 @@ current in one atomic step, and readers see either the old view or the new one.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import json
 import os
 import shutil
@@ -101,11 +103,11 @@ class ViewCatalog:
         """Every published view, oldest first."""
         if not self.root.exists():
             return []
-        found = [
-            self.manifest(p.name)
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
-        ]
+        found = []
+        for p in self.root.iterdir():
+            if p.is_dir() and not p.name.startswith("."):
+                with contextlib.suppress(NotFoundError):  # pruned while listing
+                    found.append(self.manifest(p.name))
         return sorted(found, key=lambda m: (m.created_ms, m.view_id))
 
     def new_view_id(self) -> str:
@@ -142,6 +144,22 @@ class ViewCatalog:
         fsync_path(pointer)
         os.rename(pointer, self.root / CURRENT)
         fsync_path(self.root)
+
+    def prune(self, keep: int) -> builtins.list[str]:
+        """Remove published views beyond the newest ``keep`` (the current one always
+        stays); returns the removed ids. Called after a handoff, so a server still on the
+        previous view (``keep`` is at least two) finds it whole."""
+        current = self.current_id()
+        views = self.list()
+        doomed = [m.view_id for m in views[: max(len(views) - keep, 0)] if m.view_id != current]
+        for view_id in doomed:
+            # Hidden first (one rename), so no reader lists a half-removed view.
+            hidden = self.root / f"{_STAGING_PREFIX}{view_id}"
+            os.rename(self.path(view_id), hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
+        if doomed:
+            fsync_path(self.root)
+        return doomed
 
     def sweep_staging(self) -> int:
         """Remove folders of runs that died before publishing."""

@@ -1,0 +1,452 @@
+"""``saiki up``: the gRPC server, the speed layer and a scheduler, supervised until SIGTERM.
+
+* **Parts.** The server (``saiki serve``) and the speed layer (``saiki speed run``) run as
+  child processes, each in its own process group with its own log under ``<data>/logs``.
+  A child that exits is restarted after a backoff (1 s, doubling to 60 s; back to 1 s
+  once it has stayed up a minute); its whole process group goes first, so a speed
+  driver's JVM never outlives it. The speed layer resumes from its newest checkpoint.
+* **Jobs.** APScheduler fires ``load``, ``recompute``, ``monitor`` and ``retrain`` on the
+  cadences of ``[schedule]``; each runs the plain ``saiki`` command as a child process,
+  one job at a time (two cores serve first). A job that fails or is killed is retried
+  with backoff (30 s doubling to 15 min, never past its next scheduled run) and reported;
+  the others go on. ``monitor`` exiting "retrain due" starts ``retrain`` at once, unless
+  a retrain has run since the last recompute (nothing new to learn from: no loop).
+* **Status.** Parts, jobs and the service itself keep records under ``<data>/status``
+  (``saiki.ops.status``), which ``saiki status`` reads.
+* **Stopping.** SIGTERM or Ctrl-C: the scheduler stops taking jobs, a running job gets
+  SIGTERM, the server drains, the speed layer cancels its job keeping its checkpoints.
+  If ``saiki up`` itself is killed, its children get SIGKILL from the kernel
+  (``saiki.core.process``), and the next ``saiki up`` kills any process group the last
+  one recorded that is still alive before it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import PreconditionError
+from saiki.core.process import PARENT_ENV
+from saiki.ops.schedule import JobSpec, job_specs, next_run, retry_delay, trigger_for
+from saiki.ops.status import (
+    PartRecord,
+    ServiceRecord,
+    read_job,
+    read_service,
+    status_dir,
+    write_job,
+    write_part,
+    write_service,
+)
+
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
+STABLE_AFTER_S = 60.0  # up this long: the next restart waits RESTART_FIRST_S again
+STOP_GRACE_S = 40.0
+LOG_MAX_BYTES = 20 * 1024 * 1024  # a log past this is rotated to <name>.log.1
+
+
+def logs_dir(data_dir: Path) -> Path:
+    """One log per part and per job."""
+    return data_dir / "logs"
+
+
+def saiki_argv(config: SaikiConfig, *argv: str) -> list[str]:
+    """The command line of ``saiki --data-dir D ARGV…`` in this interpreter."""
+    return [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(config.data_dir), *argv]
+
+
+def spawn(
+    config: SaikiConfig, argv: Sequence[str], log: IO[bytes], **env: str
+) -> subprocess.Popen[bytes]:
+    """Start a ``saiki`` child in its own process group, killed if this process dies."""
+    return subprocess.Popen(
+        saiki_argv(config, *argv),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env},
+    )
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a child's whole process group (it leads its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def rotate(path: Path, max_bytes: int = LOG_MAX_BYTES) -> bool:
+    """Copy a log past ``max_bytes`` to ``<name>.1`` and empty it in place (the child
+    keeps writing to the same open file, in append mode)."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    backup = path.with_name(path.name + ".1")
+    with open(path, "rb") as source, open(backup, "wb") as copy:
+        while chunk := source.read(1 << 20):
+            copy.write(chunk)
+    os.truncate(path, 0)
+    return True
+
+
+def _iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _exit_text(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit {code}"
+
+
+@dataclass
+class Part:
+    """One supervised child: how to start it and what happened to it."""
+
+    name: str
+    argv: tuple[str, ...]
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = RESTART_FIRST_S
+    restart_at: float | None = None
+    last_exit: str = ""
+
+    def record(self, state: str, data_dir: Path) -> None:
+        write_part(
+            data_dir,
+            PartRecord(
+                name=self.name,
+                state=state,
+                pid=self.process.pid if self.process else 0,
+                started_at=self.started_at,
+                restarts=self.restarts,
+                last_exit=self.last_exit,
+                log=str(logs_dir(data_dir) / f"{self.name}.log"),
+            ),
+        )
+
+
+@dataclass
+class Service:
+    """The supervisor and scheduler of ``saiki up``."""
+
+    config: SaikiConfig
+    serve_argv: tuple[str, ...]
+    speed_argv: tuple[str, ...] = ("speed", "run")
+    say: Any = print
+    parts: list[Part] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _job_process: subprocess.Popen[bytes] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _scheduler: Any = None
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or ``stopping`` is set); returns the exit code."""
+        data_dir = self.config.data_dir
+        for spec in job_specs(self.config):
+            trigger_for(spec.name, spec.cadence)  # a bad cadence fails before anything starts
+        with self._exclusive(data_dir):
+            self._reap_leftovers(data_dir)
+            logs_dir(data_dir).mkdir(parents=True, exist_ok=True)
+            record = ServiceRecord(
+                pid=os.getpid(),
+                started_at=time.time(),
+                address=self._address(),
+                schedule={s.name: s.cadence for s in job_specs(self.config)},
+            )
+            write_service(data_dir, record)
+            self.parts = [Part("speed", self.speed_argv), Part("server", self.serve_argv)]
+            previous = {
+                signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_signal),
+                signal.SIGINT: signal.signal(signal.SIGINT, self._on_signal),
+            }
+            try:
+                for part in self.parts:
+                    self._start(part)
+                self._save_groups(record)
+                self._start_scheduler()
+                self.say(
+                    f"saiki up: pid {os.getpid()}, serving on {record.address}; "
+                    f"logs in {logs_dir(data_dir)}"
+                )
+                while not self.stopping.wait(0.5):
+                    self._supervise()
+                    self._save_groups(record)
+            finally:
+                self._stop()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                record.stopped_at = time.time()
+                record.groups = []
+                write_service(data_dir, record)
+        return 0
+
+    def _address(self) -> str:
+        args = list(self.serve_argv)
+        host = args[args.index("--host") + 1] if "--host" in args else self.config.serving.host
+        port = args[args.index("--port") + 1] if "--port" in args else self.config.serving.port
+        return f"{host}:{port}"
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.say(f"saiki up: {signal.Signals(signum).name}: stopping")
+        self.stopping.set()
+
+    @contextlib.contextmanager
+    def _exclusive(self, data_dir: Path) -> Iterator[None]:
+        """One ``saiki up`` per data dir."""
+        path = status_dir(data_dir) / "up.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                running = read_service(data_dir)
+                raise PreconditionError(
+                    f"saiki up already runs on {data_dir}"
+                    + (f" (pid {running.pid})" if running else "")
+                ) from None
+            yield
+
+    def _reap_leftovers(self, data_dir: Path) -> None:
+        """Kill what a ``saiki up`` that was itself killed left running (a JVM, a job)."""
+        last = read_service(data_dir)
+        if last is None:
+            return
+        for group in last.groups:
+            if group_members(group):
+                self.say(f"saiki up: ending process group {group} left by pid {last.pid}")
+                kill_group(group)
+
+    def _save_groups(self, record: ServiceRecord) -> None:
+        groups = [p.process.pid for p in self.parts if p.process and p.process.poll() is None]
+        job = self._job_process
+        if job is not None and job.poll() is None:
+            groups.append(job.pid)
+        if groups != record.groups:
+            record.groups = groups
+            write_service(self.config.data_dir, record)
+
+    # ---- parts ------------------------------------------------------------------------
+
+    def _start(self, part: Part) -> None:
+        path = logs_dir(self.config.data_dir) / f"{part.name}.log"
+        rotate(path)
+        if part.log is not None:
+            part.log.close()
+        part.log = open(path, "ab")  # noqa: SIM115 (closed when the part stops)
+        part.process = spawn(self.config, part.argv, part.log)
+        part.started_at = time.time()
+        part.restart_at = None
+        part.record("up", self.config.data_dir)
+        self.say(f"saiki up: started the {part.name} (pid {part.process.pid})")
+
+    def _supervise(self) -> None:
+        now = time.time()
+        for part in self.parts:
+            process = part.process
+            if part.restart_at is not None:
+                if now >= part.restart_at:
+                    part.restarts += 1
+                    self._start(part)
+                continue
+            if process is None:
+                continue
+            code = process.poll()
+            if code is None:
+                if now - part.started_at >= STABLE_AFTER_S:
+                    part.backoff = RESTART_FIRST_S
+                continue
+            kill_group(process.pid)  # whatever it started (the JVM) goes with it
+            part.last_exit = _exit_text(code)
+            part.restart_at = now + part.backoff
+            self.say(
+                f"saiki up: the {part.name} ended ({part.last_exit}); restarting in "
+                f"{part.backoff:.0f}s (log: {logs_dir(self.config.data_dir) / part.name}.log)"
+            )
+            part.backoff = min(part.backoff * 2, RESTART_MAX_S)
+            part.record("restarting", self.config.data_dir)
+        for name in ("up", *(p.name for p in self.parts)):
+            rotate(logs_dir(self.config.data_dir) / f"{name}.log")
+
+    def _stop(self) -> None:
+        """Jobs first, then the server (it drains), then the speed layer."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        with self._lock:
+            job = self._job_process
+        if job is not None and job.poll() is None:
+            kill_group(job.pid, signal.SIGTERM)
+        for part in reversed(self.parts):
+            if part.process is not None and part.process.poll() is None:
+                kill_group(part.process.pid, signal.SIGTERM)
+                try:
+                    part.process.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    self.say(f"saiki up: the {part.name} did not stop in time: killed")
+                kill_group(part.process.pid)
+                part.process.wait()
+            if part.log is not None:
+                part.log.close()
+            part.restart_at = None
+            part.record("stopped", self.config.data_dir)
+        if job is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                job.wait(STOP_GRACE_S)
+            kill_group(job.pid)
+
+    # ---- jobs -------------------------------------------------------------------------
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},  # one job at a time
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone="UTC",
+        )
+        now = time.time()
+        import datetime as dt
+
+        for spec in job_specs(self.config):
+            last = read_job(self.config.data_dir, spec.name)
+            first = next_run(spec.name, spec.cadence, last.started_at if last else None, now)
+            scheduler.add_job(
+                self.run_job,
+                trigger_for(spec.name, spec.cadence),
+                args=(spec, "scheduled"),
+                id=spec.name,
+                next_run_time=dt.datetime.fromtimestamp(first, dt.UTC) if first else None,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def run_job(self, spec: JobSpec, trigger: str) -> int | None:
+        """Run one job's command to its end; retry on failure, react to its answer."""
+        if self.stopping.is_set():
+            return None
+        path = logs_dir(self.config.data_dir) / f"{spec.name}.log"
+        rotate(path)
+        started = time.time()
+        with open(path, "ab") as log:
+            log.write(f"\n== {spec.name} ({trigger}) at {_iso_now()}\n".encode())
+            log.flush()
+            process = spawn(self.config, spec.argv, log, SAIKI_JOB_TRIGGER=trigger)
+            with self._lock:
+                self._job_process = process
+            code = process.wait()
+            kill_group(process.pid)
+        with self._lock:
+            self._job_process = None
+        seconds = time.time() - started
+        if code < 0:
+            self._mark_killed(spec.name, process.pid, code)
+        if self.stopping.is_set():
+            return code
+        if code == 0 or (spec.name == "monitor" and code == 1):
+            self.say(
+                f"saiki up: {spec.name} "
+                f"{'ok' if code == 0 else 'says a retrain is due'} ({seconds:.1f}s)"
+            )
+            if spec.name == "monitor" and code == 1:
+                self._retrain_if_new_data()
+            return code
+        record = read_job(self.config.data_dir, spec.name)
+        failures = record.failures if record else 1
+        delay = retry_delay(failures)
+        self.say(
+            f"saiki up: {spec.name} failed ({_exit_text(code)}, {seconds:.1f}s); retry "
+            f"{failures} in {delay:.0f}s; log: {path}"
+        )
+        self._later(spec, "retry", delay)
+        return code
+
+    def _mark_killed(self, name: str, pid: int, code: int) -> None:
+        """A job killed by a signal could not write its own outcome."""
+        record = read_job(self.config.data_dir, name)
+        if record is not None and record.outcome == "running" and record.pid == pid:
+            record.outcome = "failed"
+            record.detail = f"killed by {_exit_text(code)}"
+            record.failures += 1
+            record.finished_at = time.time()
+            write_job(self.config.data_dir, record)
+
+    def _later(self, spec: JobSpec, trigger: str, delay: float) -> None:
+        import datetime as dt
+
+        scheduler = self._scheduler
+        if scheduler is None or self.stopping.is_set():
+            return
+        at = dt.datetime.fromtimestamp(time.time() + delay, dt.UTC)
+        scheduled = scheduler.get_job(spec.name)
+        if (
+            scheduled is not None
+            and scheduled.next_run_time is not None
+            and scheduled.next_run_time <= at
+        ):
+            return  # the scheduled run comes first and is the retry
+        scheduler.add_job(
+            self.run_job,
+            "date",
+            run_date=at,
+            args=(spec, trigger),
+            id=f"{spec.name}-{trigger}",
+            replace_existing=True,
+        )
+
+    def _retrain_if_new_data(self) -> None:
+        """Retrain now, unless a retrain already ran after the newest recompute."""
+        data_dir = self.config.data_dir
+        retrain, recompute = read_job(data_dir, "retrain"), read_job(data_dir, "recompute")
+        if retrain is not None and (
+            recompute is None or retrain.started_at >= recompute.started_at
+        ):
+            self.say("saiki up: retrain due, but nothing recomputed since the last retrain")
+            return
+        spec = next(s for s in job_specs(self.config) if s.name == "retrain")
+        self._later(spec, "policy", 0.0)
+
+
+def group_members(group: int) -> list[int]:
+    """The live processes of a process group (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(") ", 1)[1].split()
+        # Only saiki's own processes and the JVMs they start, never a stranger that
+        # reused the number.
+        if (
+            int(fields[2]) == group
+            and fields[0] != "Z"
+            and (b"saiki" in cmdline or b"java" in cmdline)
+        ):
+            members.append(int(entry.name))
+    return members
+
+
+def run_up(config: SaikiConfig, serve_argv: Sequence[str]) -> int:
+    """``saiki up``: supervise until a signal."""
+    logs_dir(config.data_dir).mkdir(parents=True, exist_ok=True)
+    return Service(config, tuple(serve_argv)).run()

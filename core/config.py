@@ -54,6 +54,10 @@ class LogConfig:
     kafka_topic: str = "saiki.events"
     # `saiki ingest` writes one segment per this many input lines.
     segment_events: int = 200_000
+    # Ingest calls of one server process are committed in groups (one segment and one
+    # fsync per group, each caller acknowledged after it); a group waits this long after
+    # its first call for more. 0: only what queued during the previous commit.
+    group_commit_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,7 @@ def load_config(
 # Numbers that must be at least some value (ports may be 0: any free port).
 _MINIMA: dict[tuple[str, str], int] = {
     ("log", "segment_events"): 1,
+    ("log", "group_commit_ms"): 0,
     ("speed", "allowed_lateness_s"): 0,
     ("speed", "state_ttl_s"): 1,
     ("speed", "checkpoint_interval_ms"): 10,

@@ -222,6 +222,16 @@ def check_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rejectio
         return check_json_lines(lines, ingest_ms)
 
 
+def check_inputs(inputs: Sequence[RawEvent], ingest_ms: int) -> list[Event | Rejection]:
+    """Validate decoded inputs; one that did not decode is already a Rejection."""
+    return [
+        item.decoded
+        if isinstance(item.decoded, Rejection)
+        else validate_event(item.decoded, ingest_ms)
+        for item in inputs
+    ]
+
+
 class LogTail:
     """What an appender must know of the whole log: every event_id, and the watermark.
 
@@ -279,12 +289,7 @@ class Ingestor:
     def ingest(self, inputs: Sequence[RawEvent]) -> IngestResult:
         """Validate and append a batch of decoded inputs (the RPC path)."""
         ingest_ms = self.clock()
-        checked = [
-            item.decoded
-            if isinstance(item.decoded, Rejection)
-            else validate_event(item.decoded, ingest_ms)
-            for item in inputs
-        ]
+        checked = check_inputs(inputs, ingest_ms)
         return self.commit(
             stage_batch(
                 self.log, checked, ingest_ms, lambda i: (inputs[i].payload, inputs[i].source)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
 from saiki.core.errors import InvalidInputError
+from saiki.core.group_commit import GroupCommitter
 from saiki.core.ingest import Ingestor, RawEvent
 from saiki.serving.status import abort_if_expired, rpc
 from saiki.v1 import events_pb2, events_pb2_grpc
@@ -64,11 +64,15 @@ def raw_payload(event: events_pb2.Event) -> str:
 class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
     """Validates and appends each request's events; answers per-event rejections."""
 
-    def __init__(self, ingestor: Ingestor, max_events: int) -> None:
-        self._ingestor = ingestor
+    def __init__(self, ingestor: Ingestor, max_events: int, linger_ms: float = 0.0) -> None:
+        # One committer per process: calls share segments and fsyncs (core/group_commit);
+        # the log's file lock orders this process against others.
+        self._committer = GroupCommitter(ingestor, linger_ms)
         self._max_events = max_events
-        # One writer per process; the log's file lock orders this process against others.
-        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Commit what is queued and stop the committer."""
+        self._committer.close()
 
     @rpc
     def Ingest(  # noqa: N802 (gRPC method name)
@@ -90,8 +94,7 @@ class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
         ]
         if not inputs:
             return events_pb2.IngestResponse()
-        with self._lock:
-            result = self._ingestor.ingest(inputs)
+        result = self._committer.submit(inputs)
         return events_pb2.IngestResponse(
             accepted=result.accepted,
             duplicates=result.duplicates,

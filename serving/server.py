@@ -193,9 +193,12 @@ def start_server(
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)],
         maximum_concurrent_rpcs=serving.max_in_flight,
     )
-    events_pb2_grpc.add_EventServiceServicer_to_server(
-        EventService(Ingestor(EventLog(config.log_dir)), serving.max_events_per_ingest), server
+    event_service = EventService(
+        Ingestor(EventLog(config.log_dir)),
+        serving.max_events_per_ingest,
+        linger_ms=config.log.group_commit_ms,
     )
+    events_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     merger = FeatureMerger(
         ViewCatalog(config.data_dir),
         online_reader(config),
@@ -236,11 +239,16 @@ def start_server(
         health_server.start()
     server.start()
     readiness = Readiness(config, servicers, predictor, merger)
+
+    def on_stop() -> None:
+        event_service.close()
+        prediction_log.close()
+
     return RunningServer(
         server,
         bound,
         health_servicer,
-        prediction_log.close,
+        on_stop,
         predictor,
         readiness,
         health_server,

@@ -1,0 +1,246 @@
+"""Soak: ``saiki up`` under steady traffic for an hour, measured per window.
+
+Set-up: one simulated day of history up to now (2,000 users, 800 items), ingested, a batch
+view, a model trained and promoted; then ``saiki up`` (server with 1 worker, the speed
+layer with a fixed JVM heap, ``-Xms = -Xmx``, so its RSS means something, and the
+scheduler with ``recompute`` shortened so that several handoffs happen) on the machine's
+two cores. A driver process sends 20 ``Ingest`` calls/s × 50 events and probes freshness
+(``Ingest`` acked → the new count served by ``GetFeatures``) once a second; this process
+sends ``Predict`` for 100 candidates, one call in flight, 10 calls/s.
+
+Printed per window: CPU (cores) and RSS of ``saiki up``, the server, the speed driver,
+its JVM and the scheduled jobs; segments in the folder Flink's source lists; the online
+store's bytes (the speed rows); freshness p50/p95; ``Predict`` p99; failed calls; and
+whether a recompute (handoff) ran in the window.
+
+    python -m benchmarks.bench_soak                      # 60 min, 5-min windows
+    SOAK_MINUTES=15 SOAK_WINDOW_S=150 SOAK_RECOMPUTE=5m python -m benchmarks.bench_soak
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+
+from benchmarks.bench_live import ITEMS, USERS, prepare
+from benchmarks.common import PROJECT, conditions, fresh_dir
+from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.layout import online_store_path
+from saiki.ops.status import read_job
+from saiki.serving.client import SaikiClient
+from saiki.v1 import events_pb2
+
+PORT = 50_961
+MINUTES = float(os.environ.get("SOAK_MINUTES", "60"))
+WINDOW_S = float(os.environ.get("SOAK_WINDOW_S", "300"))
+RECOMPUTE = os.environ.get("SOAK_RECOMPUTE", "10m")
+HEAP = os.environ.get("SOAK_JVM_HEAP", "1g")
+CALLS_PER_S, EVENTS_PER_CALL, PREDICTS_PER_S = 20, 50, 10
+
+
+def _drive(target: str, stop: Any, out: Any) -> None:
+    """Ingest at the fixed rate; report (time, freshness ms) probes and failures."""
+    client = SaikiClient(target, timeout_s=10)
+    rng = np.random.default_rng(3)
+    sent, period = 0, 1 / CALLS_PER_S
+    tick = time.perf_counter()
+    probe_at = 0.0
+
+    def impressions(user: str) -> float:
+        reply = client.get_features("user", [user])
+        return float(reply.entities[0].values["impressions_1h"])
+
+    while not stop.is_set():
+        now = now_ms()
+        users = rng.choice(USERS, EVENTS_PER_CALL)
+        events = []
+        for n, (user, item) in enumerate(
+            zip(users, rng.choice(ITEMS, EVENTS_PER_CALL), strict=True)
+        ):
+            event = events_pb2.Event(
+                event_id=f"soak-{os.getpid()}-{sent + n}",
+                user_id=str(user),
+                item_id=str(item),
+                event_type=events_pb2.IMPRESSION,
+            )
+            event.event_time.FromMilliseconds(now - 1_000)
+            events.append(event)
+        try:
+            probe = time.perf_counter() >= probe_at
+            if probe:
+                user = str(users[0])
+                before = impressions(user)
+            client.ingest(events)
+            acked = time.perf_counter()
+            sent += len(events)
+            if probe:
+                probe_at = acked + 1.0
+                wanted = before + int((users == users[0]).sum())
+                while impressions(user) < wanted and time.perf_counter() - acked < 30:
+                    time.sleep(0.01)
+                out.put(("fresh", time.time(), (time.perf_counter() - acked) * 1000))
+        except Exception as exc:  # counted, and the soak goes on
+            out.put(("failed", time.time(), f"ingest: {exc!r}"[:200]))
+            time.sleep(0.5)
+        tick += period
+        time.sleep(max(0.0, tick - time.perf_counter()))
+    client.close()
+
+
+def _processes(up: psutil.Process) -> dict[str, list[psutil.Process]]:
+    """``saiki up``'s tree by role."""
+    roles: dict[str, list[psutil.Process]] = {
+        "up": [up],
+        "server": [],
+        "speed": [],
+        "jvm": [],
+        "jobs": [],
+    }
+    for child in up.children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "java" in line:
+            roles["jvm"].append(child)
+        elif " serve" in line:
+            roles["server"].append(child)
+        elif " speed run" in line:
+            roles["speed"].append(child)
+        elif "saiki.cli.main" in line:
+            roles["jobs"].append(child)
+    return roles
+
+
+def _cpu_rss(processes: list[psutil.Process]) -> tuple[float, float]:
+    cpu, rss = 0.0, 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            cpu += times.user + times.system
+            rss += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return cpu, rss / 2**20
+
+
+def main() -> None:
+    data = fresh_dir("soak") / "data"
+    print(f"# soak: {MINUTES:g} min, windows of {WINDOW_S:g}s, recompute every {RECOMPUTE}")
+    print(f"# {conditions()}")
+    prepare(data)
+    (data / "saiki.toml").write_text(
+        f'[schedule]\nload = "5m"\nrecompute = "{RECOMPUTE}"\nmonitor = "15m"\nretrain = "1d"\n'
+        f"[serving]\nport = {PORT}\n"
+    )
+    config = load_config(data, environ={})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    env["JVM_ARGS"] = f"-Xms{HEAP} -Xmx{HEAP}"
+    log = open(data.parent / "up.out", "wb")  # noqa: SIM115
+    up = subprocess.Popen(
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), "up"],
+        cwd=PROJECT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    target = f"127.0.0.1:{PORT}"
+    client = SaikiClient(target, timeout_s=10)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            client.predict(USERS[0], ITEMS[:100])
+            break
+        except Exception:
+            if time.monotonic() > deadline or up.poll() is not None:
+                raise SystemExit("saiki up did not start serving") from None
+            time.sleep(1)
+    time.sleep(30)  # the speed layer catches up with the history
+    context = multiprocessing.get_context("spawn")
+    stop, out = context.Event(), context.Queue()
+    driver = context.Process(target=_drive, args=(target, stop, out))
+    driver.start()
+    predicts: list[tuple[float, float]] = []
+    failures: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def predict_load() -> None:
+        rng = np.random.default_rng(5)
+        while not done.is_set():
+            begin = time.perf_counter()
+            try:
+                client.predict(str(rng.choice(USERS)), list(rng.choice(ITEMS, 100, replace=False)))
+                predicts.append((time.time(), (time.perf_counter() - begin) * 1000))
+            except Exception as exc:
+                failures.append((time.time(), f"predict: {exc!r}"[:200]))
+            time.sleep(max(0.0, 1 / PREDICTS_PER_S - (time.perf_counter() - begin)))
+
+    loader = threading.Thread(target=predict_load, daemon=True)
+    loader.start()
+    events_dir = EventLog(config.log_dir).events.directory
+    online = online_store_path(data)
+    roles = ("up", "server", "speed", "jvm", "jobs")
+    head = "window  handoff  " + "  ".join(f"{r:>14}" for r in roles)
+    print(head + "  segments  online MB  fresh p50/p95 ms  Predict p99  failed")
+    fresh: list[tuple[float, float]] = []
+    parent = psutil.Process(up.pid)
+    last = {r: _cpu_rss(v)[0] for r, v in _processes(parent).items()}
+    recomputes = read_job(data, "recompute")
+    last_runs = recomputes.runs if recomputes else 0
+    started = time.time()
+    try:
+        for window in range(int(MINUTES * 60 // WINDOW_S)):
+            begin = time.time()
+            time.sleep(max(0.0, started + (window + 1) * WINDOW_S - time.time()))
+            end = time.time()
+            while not out.empty():
+                kind, at, value = out.get()
+                (fresh.append((at, value)) if kind == "fresh" else failures.append((at, value)))
+            tree = _processes(parent)
+            cells = []
+            for role in roles:
+                cpu, rss = _cpu_rss(tree[role])
+                cells.append(f"{(cpu - last.get(role, 0.0)) / (end - begin):5.2f}c {rss:6.0f}M")
+                last[role] = cpu
+            job = read_job(data, "recompute")
+            runs = job.runs if job else 0
+            handoff = runs > last_runs
+            last_runs = runs
+            in_window = [v for t, v in fresh if begin <= t < end]
+            p50, p95 = np.percentile(in_window, [50, 95]) if in_window else (np.nan, np.nan)
+            p99 = np.percentile([v for t, v in predicts if begin <= t < end] or [np.nan], 99)
+            failed = sum(1 for t, _ in failures if begin <= t < end)
+            segments = sum(1 for p in events_dir.iterdir() if not p.name.startswith("_"))
+            online_mb = online.stat().st_size / 2**20 if online.exists() else 0.0
+            print(
+                f"{window + 1:>6}  {'yes' if handoff else 'no':>7}  {'  '.join(cells)}  "
+                f"{segments:>8}  {online_mb:>9.1f}  {p50:7.0f} / {p95:6.0f}  "
+                f"{p99:8.1f} ms  {failed:>6}",
+                flush=True,
+            )
+    finally:
+        done.set()
+        stop.set()
+        driver.join(60)
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(120)
+        log.close()
+        client.close()
+    for at, what in failures[:10]:
+        print(f"# failed at {time.strftime('%H:%M:%S', time.gmtime(at))}: {what}")
+
+
+if __name__ == "__main__":
+    main()

@@ -123,12 +123,16 @@ def _processes(up: psutil.Process) -> dict[str, list[psutil.Process]]:
     return roles
 
 
-def _cpu_rss(processes: list[psutil.Process]) -> tuple[float, float]:
+def _cpu_rss(processes: list[psutil.Process], reaped: bool = False) -> tuple[float, float]:
+    """CPU seconds and RSS (MiB) of ``processes``; with ``reaped``, also the CPU of their
+    children that have exited (the jobs, which live seconds and end between samples)."""
     cpu, rss = 0.0, 0.0
     for process in processes:
         try:
             times = process.cpu_times()
             cpu += times.user + times.system
+            if reaped:
+                cpu += times.children_user + times.children_system
             rss += process.memory_info().rss
         except psutil.Error:
             continue
@@ -197,6 +201,7 @@ def main() -> None:
     fresh: list[tuple[float, float]] = []
     parent = psutil.Process(up.pid)
     last = {r: _cpu_rss(v)[0] for r, v in _processes(parent).items()}
+    last["jobs"] = _cpu_rss([parent], reaped=True)[0] - _cpu_rss([parent])[0]
     recomputes = read_job(data, "recompute")
     last_runs = recomputes.runs if recomputes else 0
     started = time.time()
@@ -212,6 +217,8 @@ def main() -> None:
             cells = []
             for role in roles:
                 cpu, rss = _cpu_rss(tree[role])
+                if role == "jobs":  # the exited ones, reaped by saiki up, and any running
+                    cpu += _cpu_rss([parent], reaped=True)[0] - _cpu_rss([parent])[0]
                 cells.append(f"{(cpu - last.get(role, 0.0)) / (end - begin):5.2f}c {rss:6.0f}M")
                 last[role] = cpu
             job = read_job(data, "recompute")

@@ -10,12 +10,17 @@ the writer lock, and the folder fsync'd. Readers therefore never see a partial s
 and Flink's filesystem source (which skips names starting with ``.`` or ``_``) picks each
 segment up exactly once.
 
-**Nothing ever leaves the topic's folder.** Flink's source lists the folder by reading its
-names, then stat'ing each; a name that vanished in between (a staged file renamed away)
-fails the whole listing, and the source retries only at its next monitor interval. Files
-staged in the folder itself made that race likelier the longer the folder grew, until the
-speed layer saw no new segment for seconds at a time (docs/speed.md). Staged files
-therefore live in ``_staging/``, whose renames only ever *add* a name to the folder.
+**Nothing leaves the topic's folder while a reader may list it.** Flink's source lists
+the folder by reading its names, then stat'ing each; a name that vanished in between (a
+staged file renamed away) fails the whole listing, and the source retries only at its
+next monitor interval. Files staged in the folder itself made that race likelier the
+longer the folder grew, until the speed layer saw no new segment for seconds at a time
+(docs/speed.md). Staged files therefore live in ``_staging/``, whose renames only ever
+*add* a name to the folder. Old segments leave it for ``_archive/`` only through
+:meth:`Topic.archive`, which the speed layer calls before it starts a job (no listing
+then), always a prefix of the log and never the newest segment; a reader asking for
+offsets before the first segment left in the folder gets the archived ones too, so every
+offset stays readable and the head never moves back.
 
 The events topic also keeps an Arrow IPC copy of each segment (``_arrow/seg-….arrow``):
 the same rows, columnar, so that the master loader does not parse JSON again. It is a
@@ -59,6 +64,7 @@ QUARANTINE_TOPIC: Final = "quarantine"
 
 SIDECAR_DIR = "_arrow"  # beside the segments; skipped by Flink's source like any "_" name
 STAGING_DIR = "_staging"  # where segments are written before they are published
+ARCHIVE_DIR = "_archive"  # old segments, out of the folder Flink's source lists
 _SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})-(\d{13})\.jsonl$")
 _STAGED_MAX_AGE_S: Final = 3600
 
@@ -113,14 +119,40 @@ class Topic:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._parsed: dict[str, Segment] = {}
+        self._archived: tuple[int, list[Segment]] = (-1, [])  # (folder mtime, segments)
 
     def segments(self, from_offset: int = 0) -> list[Segment]:
-        """The committed segments holding any offset at or after ``from_offset``, in order."""
+        """The committed segments holding any offset at or after ``from_offset``, in order
+        (archived ones included when ``from_offset`` lies before the folder's first)."""
         if not self.directory.exists():
             return []
-        parsed = self._parsed
+        found = self._scan(self.directory, from_offset, self._parsed)
+        if not found or found[0].first > from_offset:
+            # Listed after the folder: a segment archived meanwhile is in one or both.
+            known = {s.first for s in found}
+            older = [s for s in self.archived() if s.end > from_offset and s.first not in known]
+            found = older + found
+        return found
+
+    def live_segments(self) -> list[Segment]:
+        """The segments in the folder Flink's source lists (not archived)."""
+        return self._scan(self.directory, 0, self._parsed) if self.directory.exists() else []
+
+    def archived(self) -> list[Segment]:
+        """The archived segments, in order (re-listed only when the archive changed)."""
+        folder = self.directory / ARCHIVE_DIR
+        try:
+            stamp = folder.stat().st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if stamp != self._archived[0]:
+            self._archived = (stamp, self._scan(folder, 0, {}))
+        return self._archived[1]
+
+    @staticmethod
+    def _scan(folder: Path, from_offset: int, parsed: dict[str, Segment]) -> list[Segment]:
         found = []
-        for entry in os.scandir(self.directory):
+        for entry in os.scandir(folder):
             segment = parsed.get(entry.name)
             if segment is None:
                 match = _SEGMENT.match(entry.name)
@@ -133,9 +165,31 @@ class Topic:
         found.sort(key=_first_offset)
         return found
 
+    def archive(self, segments: Sequence[Segment]) -> int:
+        """Move a prefix of the folder's segments (and their Arrow copies) to ``_archive/``;
+        the caller guarantees that no reader lists the folder meanwhile (the speed layer
+        calls this before it starts a job). The newest segment always stays, so the head is
+        found in the folder. Returns how many moved."""
+        live = self.live_segments()
+        wanted = {s.first for s in segments}
+        prefix = list(itertools.takewhile(lambda s: s.first in wanted, live[:-1]))
+        if not prefix:
+            return 0
+        folder = self.directory / ARCHIVE_DIR
+        (folder / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
+        for segment in prefix:
+            if segment.sidecar.exists():
+                os.rename(segment.sidecar, folder / SIDECAR_DIR / segment.sidecar.name)
+            os.rename(segment.path, folder / segment.path.name)
+            self._parsed.pop(segment.path.name, None)
+        for path in (folder / SIDECAR_DIR, folder, self.directory / SIDECAR_DIR, self.directory):
+            fsync_path(path)
+        return len(prefix)
+
     def head(self) -> int:
         """The next offset to be written (the number of records ever appended)."""
-        segments = self.segments()
+        # The newest segment never leaves the folder (see archive()).
+        segments = self.live_segments() or self.archived()
         return segments[-1].end if segments else 0
 
     def stage(self, lines: Sequence[bytes], columns: pa.Table | None = None) -> StagedSegment:
@@ -207,6 +261,10 @@ class Topic:
 
         ``schema`` names the record fields wanted (without ``offset``).
         """
+        if not segment.path.exists():  # archived since it was listed
+            moved = self.directory / ARCHIVE_DIR / segment.path.name
+            if segment.path.parent == self.directory and moved.exists():
+                segment = Segment(segment.first, segment.count, moved, segment.watermark_ms)
         table = None
         sidecar = segment.sidecar if segment.sidecar.exists() else None
         if sidecar is not None:

@@ -69,8 +69,12 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
 
         status = SpeedStatus(
             job_started_ms=now_ms(),
+            start_offset=self._spec.first_offset,
             start_cutoff_ms=self._spec.epoch_cutoff_ms,
             allowed_lateness_ms=self._spec.allowed_lateness_s * 1000,
+            # A position in the log: records before the folder's first segment at a fresh
+            # start were archived, not read (speed.runner.archive_before_cutoff).
+            events_seen=self._spec.first_offset,
             state="running",
         )
         self._sink = TileSink(None, self._spec.speed_dir, current_cutoff, status)
@@ -124,7 +128,7 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         self._lists[1].clear()
         self._pending_count = len(restored)
         counters = self._counters.value() or {}
-        self._sink.status.events_seen = counters.get("seen", 0)
+        self._sink.status.events_seen = counters.get("seen", self._spec.first_offset)
         self._sink.status.late_events = counters.get("late", 0)
         self._recovered = True
 

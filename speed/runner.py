@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -30,6 +31,7 @@ from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import EventLog, Topic
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
+from saiki.core.schema import MAX_FUTURE_MS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
@@ -112,10 +114,10 @@ def progress(config: SaikiConfig) -> SpeedProgress:
     the ``ingest_ms`` column of the oldest unread segment.
     """
     events = _events(config.log_dir)
-    segments = events.segments()
-    head = segments[-1].end if segments else 0
+    segments = events.live_segments()
+    head = segments[-1].end if segments else events.head()
     status = read_status(config.data_dir / "speed")
-    seen = status.events_seen if status else 0
+    seen = status.events_seen if status else 0  # a log position: from the first offset read
     lag = max(head - seen, 0)
     lag_seconds = 0.0
     unread = next((s for s in segments if s.end > seen), None) if lag else None
@@ -124,6 +126,42 @@ def progress(config: SaikiConfig) -> SpeedProgress:
         oldest = table.column("ingest_ms")[max(seen - unread.first, 0)].as_py()
         lag_seconds = max((now_ms() - oldest) / 1000, 0.0)
     return SpeedProgress(status, head, lag, lag_seconds, len(segments))
+
+
+def archive_before_cutoff(config: SaikiConfig, cutoff_ms: int) -> int:
+    """Before a fresh job starts (no job lists the folder), move out of the folder the
+    oldest segments it would read for nothing: those the master dataset holds (the
+    current view was computed past them) whose every event lies before ``cutoff_ms``, the
+    fresh job's epoch cutoff. The next segment's name holds the log watermark, the newest
+    event time capped at ingest time among all records before it; an event is at most
+    ``MAX_FUTURE_MS`` ahead of its ingest time, so that watermark plus the bound at or
+    before the cutoff proves it for every earlier segment. Returns how many moved."""
+    view = ViewCatalog(config.data_dir).current()
+    if view is None:
+        return 0
+    events = _events(config.log_dir)
+    live = events.live_segments()
+    eligible = []
+    for segment, following in itertools.pairwise(live):
+        if segment.end > view.log_next_offset or following.watermark_ms + MAX_FUTURE_MS > cutoff_ms:
+            break
+        eligible.append(segment)
+    return events.archive(eligible)
+
+
+def _start_spec(
+    config: SaikiConfig, fresh: bool, reached: Callable[[str], None]
+) -> tuple[SpeedJobSpec, Path | None]:
+    """The job to start, saved as the lineage; a fresh start first archives what it would
+    read for nothing, and its count of records read starts after that."""
+    spec, checkpoint = resolve_spec(config, fresh)
+    if checkpoint is None and not spec.kafka_bootstrap:
+        archived = archive_before_cutoff(config, spec.epoch_cutoff_ms)
+        live = _events(config.log_dir).live_segments()
+        reached(f"{archived} segments archived, {len(live)} left to list")
+        spec = replace(spec, first_offset=live[0].first if live else 0)
+    save_lineage(spec)
+    return spec, checkpoint
 
 
 def run_speed(
@@ -150,8 +188,7 @@ def run_speed(
     os.environ["PYTHONPATH"] = embedded_python_path()
     os.environ["JVM_ARGS"] = jvm_args(config.data_dir / "speed")  # if the JVM starts here
     (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
-    spec, checkpoint = resolve_spec(config, fresh)
-    save_lineage(spec)
+    spec, checkpoint = _start_spec(config, fresh, reached)
     stop = stop or threading.Event()
     # The sink writes to the Feast views: they must be registered before the job runs.
     # Registering imports Feast (~5 s) and applies (~2 s): done in a separate process

@@ -36,6 +36,9 @@ class SpeedJobSpec:
     kafka_bootstrap: str = ""
     kafka_topic: str = ""
     shape: int = JOB_SHAPE
+    # The first log offset in the folder when the job started fresh (older segments had
+    # been archived): the job's count of records read starts there.
+    first_offset: int = 0
 
     @property
     def speed_dir(self) -> Path:

@@ -172,9 +172,10 @@ class TileSink:
             self.status.late_events = max(self.status.late_events, total)
 
     def on_progress(self, total: int, max_event_ms: int, max_ingest_ms: int) -> None:
-        """What the source has read in all (every event, tiled or not)."""
+        """What the source has read in all (every event, tiled or not), counted from
+        the first offset the job read (``status.start_offset``)."""
         with self._lock:
-            self.status.events_seen = max(self.status.events_seen, total)
+            self.status.events_seen = max(self.status.events_seen, self.status.start_offset + total)
             self.status.max_event_ms = max(self.status.max_event_ms, max_event_ms)
             self.status.max_ingest_ms = max(self.status.max_ingest_ms, max_ingest_ms)
             self.status.watermark_ms = max(

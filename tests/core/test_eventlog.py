@@ -145,3 +145,34 @@ def test_two_processes_appending_at_once_keep_offsets_dense_and_ids_unique(
 def test_publishing_needs_a_staged_segment_with_rows(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty"):
         Topic(tmp_path).stage([])
+
+
+def test_archiving_moves_a_prefix_out_of_the_listed_folder_and_every_offset_stays(
+    tmp_path: Path,
+) -> None:
+    topic, reader = Topic(tmp_path / "t"), Topic(tmp_path / "t")
+    columns = pa.table({"n": [0]})
+    segments = [topic.append(lines(n), columns.set_column(0, "n", [[n]])) for n in range(5)]
+    listed_before = reader.segments()  # a reader that listed before the archive
+    # Only a prefix moves: asking for 0, 1 and 3 moves 0 and 1; the newest never moves.
+    assert topic.archive([segments[0], segments[1], segments[3]]) == 2
+    assert topic.archive(segments) == 2  # 2 and 3; 4, the newest, stays
+    assert [s.first for s in topic.live_segments()] == [4]
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "_archive",
+        SIDECAR_DIR,
+        "_staging",
+        segments[4].path.name,
+    ]
+    assert [s.first for s in reader.archived()] == [0, 1, 2, 3]
+    assert [s.first for s in reader.segments()] == [0, 1, 2, 3, 4]
+    assert [s.first for s in reader.segments(from_offset=4)] == [4]  # the folder alone
+    assert reader.head() == topic.head() == 5
+    rows = pa.concat_tables(t for _, t in reader.read_range(0, SCHEMA)).to_pylist()
+    assert rows == [{"offset": n, "n": n} for n in range(5)]
+    # A segment listed before it moved is still read (from the archive, Arrow copy too).
+    moved = reader.read(listed_before[1], SCHEMA).to_pylist()
+    assert moved == [{"offset": 1, "n": 1}]
+    assert (tmp_path / "t" / "_archive" / SIDECAR_DIR / listed_before[1].sidecar.name).exists()
+    appended = topic.append(lines(5))
+    assert appended.first == 5 and reader.head() == 6

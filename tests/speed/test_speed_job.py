@@ -92,8 +92,11 @@ def test_status_names_watermark_lag_and_counts(lambda_env: SaikiConfig) -> None:
     head = EventLog(lambda_env.log_dir).events.head()
     assert f"read {head}/{head} events, lag 0" in text
     assert "late (left to batch)" in text and "watermark 2026-11-20T" in text
-    segments = len(EventLog(lambda_env.log_dir).events.segments())
+    # The fresh job archived the segments wholly before its cutoff: it lists the rest.
+    events = EventLog(lambda_env.log_dir).events
+    segments = len(events.live_segments())
     assert f"log: {segments} segments, re-listed by the source every 200 ms" in text
+    assert len(events.archived()) > 0 and len(events.segments()) > segments
 
 
 def _wait(condition: object, timeout: float, what: str) -> None:
@@ -160,6 +163,9 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     finally:
         job.wait(30)
     ingest_files(Ingestor(log), [*parts[fed:], half_c], chunk_bytes=20_000, workers=1)
+    # The job started fresh, archiving what lay wholly before its cutoff: the restore
+    # below runs on a log whose oldest segments left the folder it lists.
+    assert log.events.archived() and log.events.live_segments()[0].first > 0
     run_saiki(config, "speed", "run", "--until-idle")
     want, late_count = expected(config)
     got = served_tiles(config)
@@ -171,3 +177,40 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     assert status is not None and status.late_events == late_count
     assert status.events_seen == log.events.head()
     assert isinstance(pd.Timestamp(status.watermark_ms, unit="ms"), pd.Timestamp)
+
+
+def test_a_fresh_start_after_a_handoff_archives_and_then_resumes_exactly(
+    lambda_env: SaikiConfig, tmp_path: Path
+) -> None:
+    from saiki.batch.run import BatchRunRequest, run_batch_view
+
+    root = tmp_path / "data"
+    shutil.copytree(lambda_env.data_dir, root, ignore=shutil.ignore_patterns("checkpoints"))
+    config = make_config(root)
+    log = EventLog(config.log_dir)
+    archived_before = len(log.events.archived())
+    run_batch_view(config, BatchRunRequest(as_of_ms=END_MS))  # the handoff
+    run_saiki(config, "speed", "run", "--until-idle", "--fresh")
+    # Everything the new view holds and that lies before its cutoff left the folder.
+    assert len(log.events.archived()) > archived_before
+    listed = log.events.live_segments()
+    assert len(listed) < len(log.events.segments()) // 4
+    want, _ = expected(config)
+    assert served_tiles(config) == want
+    status = read_status(root / "speed")
+    assert status is not None and status.events_seen == log.events.head()
+    assert status.start_offset == listed[0].first
+    # New events after the cutoff, then a restart from the job's checkpoint: each new
+    # event is read once, none of the archived ones again.
+    extra = tmp_path / "after.jsonl"
+    write_jsonl(
+        World(users=150, items=80, seed=23),
+        TrafficOptions(days=0.05, end_ms=END_MS + 2 * 3_600_000),
+        extra,
+    )
+    ingest_files(Ingestor(log), [extra], chunk_bytes=20_000, workers=1)
+    run_saiki(config, "speed", "run", "--until-idle")
+    want, _ = expected(config)
+    assert len(want) > 100 and served_tiles(config) == want
+    status = read_status(root / "speed")
+    assert status is not None and status.events_seen == log.events.head()

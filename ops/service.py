@@ -124,6 +124,7 @@ class Part:
     backoff: float = RESTART_FIRST_S
     restart_at: float | None = None
     last_exit: str = ""
+    once: tuple[str, ...] = ()  # extra arguments for the next start only
 
     def record(self, state: str, data_dir: Path) -> None:
         write_part(
@@ -153,6 +154,7 @@ class Service:
     _job_process: subprocess.Popen[bytes] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _scheduler: Any = None
+    _refresh_speed: threading.Event = field(default_factory=threading.Event)
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -250,13 +252,17 @@ class Service:
         if part.log is not None:
             part.log.close()
         part.log = open(path, "ab")  # noqa: SIM115 (closed when the part stops)
-        part.process = spawn(self.config, part.argv, part.log)
+        part.process = spawn(self.config, (*part.argv, *part.once), part.log)
+        part.once = ()
         part.started_at = time.time()
         part.restart_at = None
         part.record("up", self.config.data_dir)
         self.say(f"saiki up: started the {part.name} (pid {part.process.pid})")
 
     def _supervise(self) -> None:
+        if self._refresh_speed.is_set():
+            self._refresh_speed.clear()
+            self._restart_speed_fresh()
         now = time.time()
         for part in self.parts:
             process = part.process
@@ -283,6 +289,26 @@ class Service:
             part.record("restarting", self.config.data_dir)
         for name in ("up", *(p.name for p in self.parts)):
             rotate(logs_dir(self.config.data_dir) / f"{name}.log")
+
+    def _restart_speed_fresh(self) -> None:
+        """After a handoff: stop the speed job (its checkpoint kept) and start it fresh
+        from the new cutoff, so that it archives the segments the new view made useless
+        and its source forgets their paths (docs/service.md). The online store keeps
+        every tile meanwhile; events ingested during the restart are served once the new
+        job has read them."""
+        part = next((p for p in self.parts if p.name == "speed"), None)
+        if part is None or part.process is None or part.process.poll() is not None:
+            return
+        self.say("saiki up: new batch view: restarting the speed layer fresh from its cutoff")
+        kill_group(part.process.pid, signal.SIGTERM)
+        try:
+            part.process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.say("saiki up: the speed layer did not stop in time: killed")
+        kill_group(part.process.pid)
+        part.process.wait()
+        part.once = ("--fresh",)
+        self._start(part)
 
     def _stop(self) -> None:
         """Jobs first, then the server (it drains), then the speed layer."""
@@ -359,6 +385,8 @@ class Service:
             self._mark_killed(spec.name, process.pid, code)
         if self.stopping.is_set():
             return code
+        if code == 0 and spec.name == "recompute":
+            self._refresh_speed.set()
         if code == 0 or (spec.name == "monitor" and code == 1):
             self.say(
                 f"saiki up: {spec.name} "

@@ -59,7 +59,11 @@ def log_records(config: object) -> pd.DataFrame:
 
     log_dir = config.data_dir / "log" / "events"  # type: ignore[attr-defined]
     rows = []
-    for path in sorted(glob.glob(str(log_dir / "seg-*.jsonl"))):
+    # The folder the speed layer lists, and the archive its oldest segments moved to.
+    paths = glob.glob(str(log_dir / "seg-*.jsonl")) + glob.glob(
+        str(log_dir / "_archive" / "seg-*.jsonl")
+    )
+    for path in sorted(paths):
         first = int(re.search(r"seg-(\d{16})-", path).group(1))  # type: ignore[union-attr]
         with open(path) as handle:
             for number, line in enumerate(handle):

@@ -22,6 +22,12 @@ def add_parsers(subparsers: Any) -> None:
         "monitor", help="feature drift and live CTR; exits 1 when a retrain is due"
     )
     monitor.add_argument("--window", default="1h", help="how far back to look (e.g. 1h, 30m)")
+    monitor.add_argument(
+        "--guard",
+        action="store_true",
+        help="roll production back when its live CTR clearly regressed against the "
+        "version it replaced",
+    )
     monitor.set_defaults(handler=run_monitor, job_name="monitor")
     report = subparsers.add_parser("report", help="write the HTML report and its PNG plots")
     report.set_defaults(handler=run_report)
@@ -70,8 +76,20 @@ def run_monitor(args: argparse.Namespace) -> int:
         f"production v{found.production}: {found.requests} rankings in the window; "
         f"{found.impressions} impressions, {found.clicks} clicks: live CTR "
         f"{found.live_ctr:.3f} vs expected {found.expected_ctr:.3f} "
-        f"(ratio {found.ctr_ratio:.2f})"
+        f"(ratio {found.ctr_ratio:.2f}, "
+        + (
+            f"reference {found.reference_ratio:.2f})"
+            if found.reference_ratio is not None
+            else "no reference yet)"
+        )
     )
+    if args.guard:
+        from saiki.ops.monitoring import guard
+
+        acted = guard(config, found)
+        if acted:
+            print(acted)
+            return 0  # the previous version serves again: no retrain on this verdict
     worst = sorted(found.psi.items(), key=lambda kv: -kv[1])[:8]
     if worst:
         print_table(
@@ -84,8 +102,11 @@ def run_monitor(args: argparse.Namespace) -> int:
             reasons.append(
                 f"{len(found.drifted)} feature(s) drifted: {', '.join(found.drifted[:5])}"
             )
-        if found.ctr_ratio < 0.8 and found.impressions:
-            reasons.append(f"live CTR at {found.ctr_ratio:.0%} of expectation")
+        if found.ctr_fell:
+            reasons.append(
+                f"live CTR at {found.ctr_ratio:.2f} of expectation, under 0.8 of the "
+                f"version's reference {found.reference_ratio:.2f}"
+            )
         print("retrain due: " + "; ".join(reasons))
         return 1
     print("no retrain due")

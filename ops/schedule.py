@@ -40,7 +40,7 @@ def job_specs(config: SaikiConfig) -> list[JobSpec]:
     return [
         JobSpec("load", schedule.load, ("master", "load")),
         JobSpec("recompute", schedule.recompute, ("batch", "run")),
-        JobSpec("monitor", schedule.monitor, ("monitor",)),
+        JobSpec("monitor", schedule.monitor, ("monitor", "--guard")),
         JobSpec("retrain", schedule.retrain, ("train", "--promote-if-better")),
     ]
 

@@ -7,13 +7,27 @@ Two signals, over the last hour of serving:
   and items ranked in the last hour, merged now. PSI over 0.25 is drift.
 * **live CTR against expectation**: the clicks the production model's rankings earned,
   against the clicks its own scores predicted for the items users were shown (the sum
-  of their scores). Falling below 0.8 of expectation means the model's picture of the
-  users is out of date. The items shown are the ones the model scored highest, so even
-  a well-calibrated model over-promises on them a little (the winner's curse: in the
-  quick demo a freshly trained model's ratio was 0.85); the limit leaves room for that.
+  of their scores), as a ratio. The items shown are the ones the model scored highest,
+  so every model over-promises on them (the winner's curse), and by how much depends on
+  the model: in the demo a freshly promoted v2 earned 0.64 of what its scores promised
+  on stable traffic, where v1 had earned 0.85. An absolute limit therefore flagged a
+  model the moment it was promoted, and a policy acting on it would retrain in a loop.
+  The ratio is judged against the version's own **reference**: the ratio of its first
+  window with enough impressions, if that window began within 6 hours of the end of the
+  version's training data (a model still fresh: kept in
+  ``<data>/serving/baselines.json``). A retrain is due when the ratio falls below 0.8 of
+  the reference: the model's picture of the users has gone out of date since it started.
+  A version first seen live long after its data ended (the demo's "yesterday's model",
+  first served after its users changed) has no such reference and is judged against
+  0.8 itself, as before.
 
 A retrain is due when either fires; ``saiki monitor`` then exits non-zero, so that a
 scheduler (cron, Airflow) can run ``saiki train --promote-if-better``.
+
+**Regression after a promote**: the baselines also keep each version's latest live CTR.
+When the version in production has enough impressions and its live CTR is below 0.8 of
+the latest live CTR of the version it replaced, the promotion was a clear regression;
+``saiki monitor --guard`` (as ``saiki up`` runs it) rolls back.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saiki.core.eventlog import EventLog
+from saiki.core.files import atomic_write
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.merge import FeatureMerger
@@ -36,8 +51,13 @@ from saiki.serving.model import DENSE_COLUMNS
 from saiki.serving.registry import ModelRegistry
 
 PSI_LIMIT = 0.25
-CTR_RATIO_LIMIT = 0.8
+CTR_RATIO_LIMIT = 0.8  # of the version's own reference ratio
+REGRESSION_LIMIT = 0.8  # of the replaced version's latest live CTR
 MIN_IMPRESSIONS = 200
+# A first live window that starts at most this long after the version's training data
+# ended measures the model while it is fresh: it becomes the version's reference.
+REFERENCE_FRESH_MS = 6 * 3_600_000
+BASELINES_FILE = "baselines.json"
 
 
 def psi(
@@ -68,6 +88,10 @@ class MonitorReport:
     impressions: int = 0
     clicks: int = 0
     expected_clicks: float = 0.0
+    # The version's ratio in its first window with enough impressions (None: this is it,
+    # or there has been none yet).
+    reference_ratio: float | None = None
+    trained_to_ms: int = 0  # the end of the production version's training data
 
     @property
     def drifted(self) -> list[str]:
@@ -90,10 +114,87 @@ class MonitorReport:
         return self.clicks / self.expected_clicks if self.expected_clicks else 1.0
 
     @property
+    def ctr_fell(self) -> bool:
+        """Live CTR against expectation fell below 0.8 of the version's reference."""
+        reference = 1.0 if self.reference_ratio is None else self.reference_ratio
+        return self.impressions >= MIN_IMPRESSIONS and self.ctr_ratio < CTR_RATIO_LIMIT * reference
+
+    @property
     def retrain_due(self) -> bool:
-        """True when features drifted or live CTR fell well below expectation."""
-        ctr_fell = self.impressions >= MIN_IMPRESSIONS and self.ctr_ratio < CTR_RATIO_LIMIT
-        return bool(self.drifted) or ctr_fell
+        """True when features drifted or live CTR fell well below the reference."""
+        return bool(self.drifted) or self.ctr_fell
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What one version earned live: its reference window and its latest one."""
+
+    reference_ratio: float | None  # None: first seen live when no longer fresh
+    latest_ctr: float
+    latest_impressions: int
+    latest_ms: int
+
+
+class Baselines:
+    """Each version's live reference and latest CTR, in ``<data>/serving/baselines.json``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "serving" / BASELINES_FILE
+
+    def read(self) -> dict[str, Baseline]:
+        """Every version's baseline, by name (``v3``)."""
+        try:
+            raw = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return {name: Baseline(**value) for name, value in raw.items()}
+
+    def observe(self, report: MonitorReport) -> MonitorReport:
+        """Judge ``report`` against its version's reference, set the reference if this is
+        the version's first window with enough impressions, and record its latest CTR."""
+        if report.production is None or report.impressions < MIN_IMPRESSIONS:
+            known = self.read().get(f"v{report.production}")
+            report.reference_ratio = known.reference_ratio if known else None
+            return report
+        name = f"v{report.production}"
+        baselines = self.read()
+        known = baselines.get(name)
+        if known is not None:
+            reference_ratio = known.reference_ratio
+        elif report.window_ms[0] - report.trained_to_ms <= REFERENCE_FRESH_MS:
+            reference_ratio = report.ctr_ratio
+        else:
+            reference_ratio = None
+        report.reference_ratio = reference_ratio
+        baselines[name] = Baseline(
+            reference_ratio=reference_ratio,
+            latest_ctr=report.live_ctr,
+            latest_impressions=report.impressions,
+            latest_ms=report.window_ms[1],
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            self.path,
+            json.dumps({k: v.__dict__ for k, v in baselines.items()}, indent=1),
+            durable=False,
+        )
+        return report
+
+
+def regression(report: MonitorReport, previous: int | None, baselines: Baselines) -> str | None:
+    """Why the promotion of ``report.production`` over ``previous`` was a clear
+    regression, or None: its live CTR under 0.8 of the replaced version's latest."""
+    if previous is None or report.impressions < MIN_IMPRESSIONS:
+        return None
+    before = baselines.read().get(f"v{previous}")
+    if before is None or before.latest_impressions < MIN_IMPRESSIONS:
+        return None
+    if report.live_ctr < REGRESSION_LIMIT * before.latest_ctr:
+        return (
+            f"v{report.production} earns a live CTR of {report.live_ctr:.3f}, under "
+            f"{REGRESSION_LIMIT:.0%} of v{previous}'s {before.latest_ctr:.3f} before it"
+        )
+    return None
 
 
 def read_predictions(folder: Path, since_ms: int) -> list[dict[str, object]]:
@@ -140,6 +241,7 @@ def monitor(
     report.requests = len(predictions)
     if production is None or not predictions:
         return report
+    report.trained_to_ms = int(registry.get(production).lineage.get("to_ms", 0))
     training = Path(str(registry.get(production).lineage.get("training_set", "")))
     users = sorted({str(p["user_id"]) for p in predictions})
     items = sorted({str(i) for p in predictions for i in _items(p)})

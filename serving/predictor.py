@@ -94,19 +94,49 @@ def validate_predict(
 
 
 class PredictionLog:
-    """Every served ranking, as JSON lines: what attributes later clicks to variants."""
+    """Every served ranking, as JSON lines: what attributes later clicks to variants.
 
-    def __init__(self, folder: Path) -> None:
+    One file per process and hour (``predictions-<pid>-<start ms>.jsonl``): a file is
+    closed once it is an hour old and the next record opens a new one; files whose
+    records are all older than ``retention_ms`` (any process's) are removed then. ``saiki
+    monitor`` reads the last hour; the demo's checks read minutes."""
+
+    ROTATE_MS = 3_600_000
+    RETENTION_MS = 48 * 3_600_000
+
+    def __init__(
+        self,
+        folder: Path,
+        clock: Callable[[], int] = now_ms,
+        retention_ms: int = RETENTION_MS,
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"predictions-{os.getpid()}-{now_ms()}.jsonl"
-        self._handle = open(self.path, "a", buffering=1 << 16)  # noqa: SIM115 (kept open)
+        self.folder = folder
+        self._clock = clock
+        self._retention_ms = retention_ms
         self._lock = threading.Lock()
         self._flushed = time.monotonic()
+        self._open()
+
+    def _open(self) -> None:
+        self._started_ms = self._clock()
+        self.path = self.folder / f"predictions-{os.getpid()}-{self._started_ms}.jsonl"
+        self._handle = open(self.path, "a", buffering=1 << 16)  # noqa: SIM115 (kept open)
+
+    def _rotate(self) -> None:
+        self._handle.close()
+        self._open()
+        # A file holds records from its start (in its name) to under an hour after it.
+        horizon = self._clock() - self._retention_ms - self.ROTATE_MS
+        for old in self.folder.glob("predictions-*-*.jsonl"):
+            started = old.stem.rsplit("-", 1)[-1]
+            if old != self.path and started.isdigit() and int(started) < horizon:
+                old.unlink(missing_ok=True)
 
     def write(self, user_id: str, prediction: Prediction) -> None:
         """Append one record; flushed at least every half second."""
         record = {
-            "time_ms": now_ms(),
+            "time_ms": self._clock(),
             "request_id": prediction.request_id,
             "user_id": user_id,
             "variant": prediction.variant,
@@ -116,6 +146,8 @@ class PredictionLog:
             "candidates": len(prediction.items),
         }
         with self._lock:
+            if record["time_ms"] - self._started_ms >= self.ROTATE_MS:
+                self._rotate()
             self._handle.write(json.dumps(record) + "\n")
             if time.monotonic() - self._flushed > 0.5:
                 self._handle.flush()

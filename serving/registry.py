@@ -176,6 +176,11 @@ class ModelRegistry:
             self._write_stages(stages)
             return int(previous) if previous is not None else None
 
+    def previous(self) -> int | None:
+        """The version production replaced last (what :meth:`rollback` restores)."""
+        history = self._stages()["history"]
+        return int(history[-1]) if history else None
+
     def rollback(self) -> int:
         """Put the previous production version back; returns it."""
         with self._locked():

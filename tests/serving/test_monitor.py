@@ -1,10 +1,14 @@
-"""The drift signal of ``saiki monitor``: the population stability index."""
+"""``saiki monitor``: the drift signal (PSI), the live CTR judged against the version's
+own reference, and the regression guard after a promote."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from saiki.serving.monitor import PSI_LIMIT, MonitorReport, psi
+import numpy as np
+import pytest
+
+from saiki.serving.monitor import PSI_LIMIT, Baselines, MonitorReport, psi, regression
 
 
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shifted_one() -> None:
@@ -38,3 +42,64 @@ def test_a_retrain_is_due_on_drift_or_on_a_live_ctr_well_below_expectation() -> 
     assert worse.retrain_due
     too_few = MonitorReport((0, 1), 1, psi={}, impressions=50, clicks=1, expected_clicks=20.0)
     assert not too_few.retrain_due
+
+
+HOUR = 3_600_000
+
+
+def window(
+    version: int, start_ms: int, clicks: int, expected: float, trained_to_ms: int
+) -> MonitorReport:
+    return MonitorReport(
+        (start_ms, start_ms + HOUR),
+        version,
+        psi={},
+        impressions=2_000,
+        clicks=clicks,
+        expected_clicks=expected,
+        trained_to_ms=trained_to_ms,
+    )
+
+
+def test_a_freshly_retrained_model_on_stable_traffic_settles_and_a_shift_is_flagged(
+    tmp_path: Path,
+) -> None:
+    baselines = Baselines(tmp_path)
+    trained = 100 * HOUR
+    # The demo's v2: its top-ranked items earn 0.64 of what its scores promise (the
+    # winner's curse). Judged absolutely that was "retrain due" at once, every time.
+    first = window(2, trained + HOUR, clicks=640, expected=1_000.0, trained_to_ms=trained)
+    assert first.retrain_due  # the old rule, before a reference exists
+    first = baselines.observe(first)
+    assert first.reference_ratio == pytest.approx(0.64) and not first.retrain_due
+    for n, clicks in enumerate((630, 655, 600)):  # stable traffic: no retrain, no loop
+        later = window(2, trained + (n + 2) * HOUR, clicks, 1_000.0, trained)
+        assert not baselines.observe(later).retrain_due
+    shifted = baselines.observe(window(2, trained + 9 * HOUR, 450, 1_000.0, trained))
+    assert shifted.retrain_due and shifted.ctr_fell  # 0.45 < 0.8 x 0.64
+
+
+def test_a_model_first_served_long_after_its_data_is_judged_without_a_reference(
+    tmp_path: Path,
+) -> None:
+    # The demo's "yesterday's model": first served a day after its data, users changed.
+    baselines = Baselines(tmp_path)
+    stale = baselines.observe(window(1, 100 * HOUR, 500, 1_000.0, trained_to_ms=76 * HOUR))
+    assert stale.reference_ratio is None and stale.retrain_due
+    again = baselines.observe(window(1, 101 * HOUR, 500, 1_000.0, trained_to_ms=76 * HOUR))
+    assert again.reference_ratio is None and again.retrain_due
+
+
+def test_a_clear_regression_after_a_promote_is_named_and_a_small_dip_is_not(
+    tmp_path: Path,
+) -> None:
+    baselines = Baselines(tmp_path)
+    baselines.observe(window(1, 10 * HOUR, 400, 500.0, trained_to_ms=9 * HOUR))  # CTR 0.20
+    dip = baselines.observe(window(2, 12 * HOUR, 340, 500.0, trained_to_ms=11 * HOUR))
+    assert regression(dip, 1, baselines) is None  # 0.17: within 0.8 of 0.20
+    worse = window(2, 13 * HOUR, 300, 500.0, trained_to_ms=11 * HOUR)  # CTR 0.15
+    why = regression(baselines.observe(worse), 1, baselines)
+    assert why is not None and "v2" in why and "v1" in why
+    few = MonitorReport((0, 1), 2, impressions=50, clicks=1, expected_clicks=10.0)
+    assert regression(few, 1, baselines) is None  # too few impressions to judge
+    assert regression(worse, None, baselines) is None  # nothing to go back to

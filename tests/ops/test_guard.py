@@ -1,0 +1,53 @@
+"""The guard of ``saiki monitor --guard``: a promotion that clearly earns less than the
+version it replaced is rolled back in the registry; servers then reload the old one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from saiki.core.config import SaikiConfig
+from saiki.ops.monitoring import guard
+from saiki.serving.monitor import Baselines, MonitorReport
+from saiki.serving.registry import ModelRegistry
+from tests.conftest import make_config
+
+HOUR = 3_600_000
+
+
+def _two_versions(trained: tuple[SaikiConfig, Path], root: Path) -> SaikiConfig:
+    """A registry holding the trained v1 and a v2 (its copy), v2 promoted over v1."""
+    source = ModelRegistry(trained[0].data_dir)
+    config = make_config(root)
+    target = ModelRegistry(root)
+    shutil.copytree(source.root, target.root)
+    second = target.root / "v0002"
+    shutil.copytree(target.root / "v0001", second)
+    meta = json.loads((second / "meta.json").read_text())
+    (second / "meta.json").write_text(json.dumps({**meta, "version": 2}))
+    target.promote(2)
+    return config
+
+
+def _live(version: int, clicks: int, start: int) -> MonitorReport:
+    return MonitorReport(
+        (start, start + HOUR), version, impressions=2_000, clicks=clicks, expected_clicks=800.0
+    )
+
+
+def test_the_guard_rolls_a_clear_regression_back_and_leaves_a_fair_promotion(
+    trained: tuple[SaikiConfig, Path], tmp_path: Path
+) -> None:
+    config = _two_versions(trained, tmp_path / "data")
+    registry = ModelRegistry(config.data_dir)
+    assert (registry.production(), registry.previous()) == (2, 1)
+    baselines = Baselines(config.data_dir)
+    baselines.observe(_live(1, 400, 10 * HOUR))  # v1 earned a CTR of 0.20 before
+    fair = baselines.observe(_live(2, 380, 12 * HOUR))
+    assert guard(config, fair) is None and registry.production() == 2
+    bad = baselines.observe(_live(2, 240, 13 * HOUR))  # 0.12 < 0.8 x 0.20
+    done = guard(config, bad)
+    assert done is not None and "rolled back to v1" in done
+    assert registry.production() == 1
+    assert guard(config, bad) is None  # v2 is no longer in production: nothing to do

@@ -135,8 +135,9 @@ class PredictionLog:
 
     def write(self, user_id: str, prediction: Prediction) -> None:
         """Append one record; flushed at least every half second."""
+        at = self._clock()
         record = {
-            "time_ms": self._clock(),
+            "time_ms": at,
             "request_id": prediction.request_id,
             "user_id": user_id,
             "variant": prediction.variant,
@@ -146,7 +147,7 @@ class PredictionLog:
             "candidates": len(prediction.items),
         }
         with self._lock:
-            if record["time_ms"] - self._started_ms >= self.ROTATE_MS:
+            if at - self._started_ms >= self.ROTATE_MS:
                 self._rotate()
             self._handle.write(json.dumps(record) + "\n")
             if time.monotonic() - self._flushed > 0.5:

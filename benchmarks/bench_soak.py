@@ -4,14 +4,16 @@ Set-up: one simulated day of history up to now (2,000 users, 800 items), ingeste
 view, a model trained and promoted; then ``saiki up`` (server with 1 worker, the speed
 layer with a fixed JVM heap, ``-Xms = -Xmx``, so its RSS means something, and the
 scheduler with ``recompute`` shortened so that several handoffs happen) on the machine's
-two cores. A driver process sends 20 ``Ingest`` calls/s × 50 events and probes freshness
-(``Ingest`` acked → the new count served by ``GetFeatures``) once a second; this process
-sends ``Predict`` for 100 candidates, one call in flight, 10 calls/s.
+two cores. A driver process sends 20 ``Ingest`` calls/s × 50 events; a thread of it
+probes freshness once a second on a user of its own (one event acknowledged → served by
+``GetFeatures``), so a slow probe never holds the offered rate back; this process sends
+``Predict`` for 100 candidates, one call in flight, 10 calls/s.
 
-Printed per window: CPU (cores) and RSS of ``saiki up``, the server, the speed driver,
-its JVM and the scheduled jobs; segments in the folder Flink's source lists; the online
-store's bytes (the speed rows); freshness p50/p95; ``Predict`` p99; failed calls; and
-whether a recompute (handoff) ran in the window.
+Printed per window: CPU (cores, sampled per process twice a second, so a restarted part
+counts from its start) and RSS (at the window's end) of ``saiki up``, the server, the
+speed driver, its JVM and the scheduled jobs; ``Ingest`` calls acknowledged per second;
+segments in the folder Flink's source lists; the online store's bytes (the speed rows);
+freshness p50/p95; ``Predict`` p99; failed calls; and whether a recompute (handoff) ran.
 
     python -m benchmarks.bench_soak                      # 60 min, 5-min windows
     SOAK_MINUTES=15 SOAK_WINDOW_S=150 SOAK_RECOMPUTE=5m python -m benchmarks.bench_soak
@@ -50,23 +52,48 @@ CALLS_PER_S, EVENTS_PER_CALL, PREDICTS_PER_S = 20, 50, 10
 
 
 def _drive(target: str, stop: Any, out: Any) -> None:
-    """Ingest at the fixed rate; report (time, freshness ms) probes and failures."""
+    """Ingest at the fixed rate; a probe thread measures freshness once a second on its
+    own users (one event each), so a slow probe never holds the offered rate back."""
     client = SaikiClient(target, timeout_s=10)
     rng = np.random.default_rng(3)
+
+    def probe() -> None:
+        n = 0
+        while not stop.wait(1.0):
+            user = f"probe-{os.getpid()}-{n}"
+            n += 1
+            event = events_pb2.Event(
+                event_id=f"{user}-e",
+                user_id=user,
+                item_id=ITEMS[0],
+                event_type=events_pb2.IMPRESSION,
+            )
+            event.event_time.FromMilliseconds(now_ms() - 1_000)
+            try:
+                client.ingest([event])
+                acked = time.perf_counter()
+                while time.perf_counter() - acked < 60 and not stop.is_set():
+                    reply = client.get_features("user", [user])
+                    if reply.entities[0].values["impressions_1h"] >= 1:
+                        break
+                    time.sleep(0.01)
+                out.put(("fresh", time.time(), (time.perf_counter() - acked) * 1000))
+            except Exception as exc:
+                out.put(("failed", time.time(), f"probe: {exc!r}"[:200]))
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
     sent, period = 0, 1 / CALLS_PER_S
     tick = time.perf_counter()
-    probe_at = 0.0
-
-    def impressions(user: str) -> float:
-        reply = client.get_features("user", [user])
-        return float(reply.entities[0].values["impressions_1h"])
-
     while not stop.is_set():
         now = now_ms()
-        users = rng.choice(USERS, EVENTS_PER_CALL)
         events = []
         for n, (user, item) in enumerate(
-            zip(users, rng.choice(ITEMS, EVENTS_PER_CALL), strict=True)
+            zip(
+                rng.choice(USERS, EVENTS_PER_CALL),
+                rng.choice(ITEMS, EVENTS_PER_CALL),
+                strict=True,
+            )
         ):
             event = events_pb2.Event(
                 event_id=f"soak-{os.getpid()}-{sent + n}",
@@ -77,24 +104,15 @@ def _drive(target: str, stop: Any, out: Any) -> None:
             event.event_time.FromMilliseconds(now - 1_000)
             events.append(event)
         try:
-            probe = time.perf_counter() >= probe_at
-            if probe:
-                user = str(users[0])
-                before = impressions(user)
             client.ingest(events)
-            acked = time.perf_counter()
             sent += len(events)
-            if probe:
-                probe_at = acked + 1.0
-                wanted = before + int((users == users[0]).sum())
-                while impressions(user) < wanted and time.perf_counter() - acked < 30:
-                    time.sleep(0.01)
-                out.put(("fresh", time.time(), (time.perf_counter() - acked) * 1000))
+            out.put(("acked", time.time(), 1))
         except Exception as exc:  # counted, and the soak goes on
             out.put(("failed", time.time(), f"ingest: {exc!r}"[:200]))
             time.sleep(0.5)
         tick += period
         time.sleep(max(0.0, tick - time.perf_counter()))
+    prober.join(70)
     client.close()
 
 
@@ -123,20 +141,69 @@ def _processes(up: psutil.Process) -> dict[str, list[psutil.Process]]:
     return roles
 
 
-def _cpu_rss(processes: list[psutil.Process], reaped: bool = False) -> tuple[float, float]:
-    """CPU seconds and RSS (MiB) of ``processes``; with ``reaped``, also the CPU of their
-    children that have exited (the jobs, which live seconds and end between samples)."""
-    cpu, rss = 0.0, 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            cpu += times.user + times.system
-            if reaped:
-                cpu += times.children_user + times.children_system
-            rss += process.memory_info().rss
-        except psutil.Error:
-            continue
-    return cpu, rss / 2**20
+class Sampler:
+    """Samples ``saiki up``'s process tree twice a second: CPU used per role (by pid, so a
+    restarted part counts from its start and a job that lives seconds is caught while it
+    runs) and the latest RSS per role."""
+
+    def __init__(self, parent: psutil.Process, roles: tuple[str, ...]) -> None:
+        self._parent = parent
+        self._last: dict[int, float] = {}
+        self._used = dict.fromkeys(roles, 0.0)
+        self._rss = dict.fromkeys(roles, 0.0)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sample()
+        self._used = dict.fromkeys(roles, 0.0)  # from now on
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _sample(self) -> None:
+        tree = _processes(self._parent)
+        with self._lock:
+            for role, members in tree.items():
+                rss = 0.0
+                for process in members:
+                    try:
+                        times = process.cpu_times()
+                        rss += process.memory_info().rss
+                    except psutil.Error:
+                        continue
+                    total = times.user + times.system
+                    self._used[role] += total - self._last.get(process.pid, 0.0)
+                    self._last[process.pid] = total
+                self._rss[role] = rss / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self._sample()
+
+    def take(self) -> dict[str, tuple[float, float]]:
+        """CPU seconds per role since the last call, and the latest RSS (MiB)."""
+        self._sample()
+        with self._lock:
+            taken = {role: (used, self._rss[role]) for role, used in self._used.items()}
+            self._used = dict.fromkeys(self._used, 0.0)
+        return taken
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _drain(
+    out: Any,
+    fresh: list[tuple[float, float]],
+    acked: list[float],
+    failures: list[tuple[float, str]],
+) -> None:
+    """Take the driver's reports: freshness probes, acknowledged calls, failures."""
+    while not out.empty():
+        kind, at, value = out.get()
+        if kind == "fresh":
+            fresh.append((at, value))
+        elif kind == "acked":
+            acked.append(at)
+        else:
+            failures.append((at, value))
 
 
 def main() -> None:
@@ -197,11 +264,10 @@ def main() -> None:
     online = online_store_path(data)
     roles = ("up", "server", "speed", "jvm", "jobs")
     head = "window  handoff  " + "  ".join(f"{r:>14}" for r in roles)
-    print(head + "  segments  online MB  fresh p50/p95 ms  Predict p99  failed")
+    print(head + "  calls/s  segments  online MB  fresh p50/p95 ms  Predict p99  failed")
     fresh: list[tuple[float, float]] = []
-    parent = psutil.Process(up.pid)
-    last = {r: _cpu_rss(v)[0] for r, v in _processes(parent).items()}
-    last["jobs"] = _cpu_rss([parent], reaped=True)[0] - _cpu_rss([parent])[0]
+    acked: list[float] = []
+    sampler = Sampler(psutil.Process(up.pid), roles)
     recomputes = read_job(data, "recompute")
     last_runs = recomputes.runs if recomputes else 0
     started = time.time()
@@ -210,17 +276,9 @@ def main() -> None:
             begin = time.time()
             time.sleep(max(0.0, started + (window + 1) * WINDOW_S - time.time()))
             end = time.time()
-            while not out.empty():
-                kind, at, value = out.get()
-                (fresh.append((at, value)) if kind == "fresh" else failures.append((at, value)))
-            tree = _processes(parent)
-            cells = []
-            for role in roles:
-                cpu, rss = _cpu_rss(tree[role])
-                if role == "jobs":  # the exited ones, reaped by saiki up, and any running
-                    cpu += _cpu_rss([parent], reaped=True)[0] - _cpu_rss([parent])[0]
-                cells.append(f"{(cpu - last.get(role, 0.0)) / (end - begin):5.2f}c {rss:6.0f}M")
-                last[role] = cpu
+            _drain(out, fresh, acked, failures)
+            used = sampler.take()
+            cells = [f"{used[r][0] / (end - begin):5.2f}c {used[r][1]:6.0f}M" for r in roles]
             job = read_job(data, "recompute")
             runs = job.runs if job else 0
             handoff = runs > last_runs
@@ -231,13 +289,15 @@ def main() -> None:
             failed = sum(1 for t, _ in failures if begin <= t < end)
             segments = sum(1 for p in events_dir.iterdir() if not p.name.startswith("_"))
             online_mb = online.stat().st_size / 2**20 if online.exists() else 0.0
+            rate = sum(1 for t in acked if begin <= t < end) / (end - begin)
             print(
                 f"{window + 1:>6}  {'yes' if handoff else 'no':>7}  {'  '.join(cells)}  "
-                f"{segments:>8}  {online_mb:>9.1f}  {p50:7.0f} / {p95:6.0f}  "
+                f"{rate:7.1f}  {segments:>8}  {online_mb:>9.1f}  {p50:7.0f} / {p95:6.0f}  "
                 f"{p99:8.1f} ms  {failed:>6}",
                 flush=True,
             )
     finally:
+        sampler.stop()
         done.set()
         stop.set()
         driver.join(60)

@@ -92,7 +92,9 @@ def service_status(config: SaikiConfig, now: float | None = None) -> StatusRepor
             if job is not None and job.finished_at is not None
             else "-"
         )
-        upcoming = next_run(name, cadences[name], job.started_at if job else None, now)
+        # A job that never ran first runs one interval after `saiki up` started.
+        base = job.started_at if job else (service.started_at if service else None)
+        upcoming = next_run(name, cadences[name], base, now)
         detail = job.detail if job else ""
         if job is not None and job.failures:
             detail = f"{job.failures} failed in a row: {detail}"
@@ -133,8 +135,9 @@ def _serving_lines(config: SaikiConfig) -> list[str]:
     model = "-"
     if production is not None:
         entry = registry.get(production)
-        auc = entry.metrics.get("auc")
-        model = f"{entry.name}" + (f" (AUC {auc:.4f})" if isinstance(auc, float) else "")
+        fp32 = entry.metrics.get("fp32")
+        auc = fp32.get("auc") if isinstance(fp32, dict) else None
+        model = f"{entry.name}" + (f" (held-out AUC {auc:.4f})" if isinstance(auc, float) else "")
     return [
         "view in service: "
         + (f"{view.view_id}, cutoff {format_iso(view.cutoff_ms)}" if view else "-")

@@ -281,11 +281,8 @@ def _verify(data: Path, drill: Drill) -> None:
         text=True,
         check=False,
     )
-    print(
-        consistency.stdout.strip().splitlines()[-1]
-        if consistency.stdout
-        else consistency.stderr[-500:]
-    )
+    verdict = [line for line in consistency.stdout.splitlines() if line.startswith("consistency")]
+    print(verdict[0] if verdict else consistency.stderr[-500:])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import pytest
 
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
+from saiki.ops.processes import rotate
 from saiki.ops.schedule import RETRY_MAX_S, next_run, retry_delay, trigger_for, validate
-from saiki.ops.service import rotate
 from saiki.ops.status import job_record, read_job
 from tests.conftest import make_config
 

@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from saiki.core.config import SaikiConfig
 from saiki.ops.demo_services import free_port
-from saiki.ops.service import group_members
+from saiki.ops.processes import group_members
 from saiki.ops.status import pid_alive, read_job, read_part, read_service
 from saiki.v1 import features_pb2, features_pb2_grpc
 from tests.conftest import END_MS, LAMBDA_CUTOFF_MS, ROOT, make_config, run_saiki

@@ -45,7 +45,6 @@ from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.client import SaikiClient
-from saiki.v1 import events_pb2
 
 PORT, METRICS_PORT, CACHE_OFF_PORT = 50_951, 50_952, 50_953
 PHASE_S = 12.0
@@ -98,16 +97,7 @@ def _drive(target: str, stop: Any, results: Any) -> None:
         now = now_ms()
         users = rng.choice(USERS, EVENTS_PER_CALL)
         items = rng.choice(ITEMS, EVENTS_PER_CALL)
-        events = []
-        for n, (user, item) in enumerate(zip(users, items, strict=True)):
-            event = events_pb2.Event(
-                event_id=f"live-{os.getpid()}-{sent + n}",
-                user_id=str(user),
-                item_id=str(item),
-                event_type=events_pb2.IMPRESSION,
-            )
-            event.event_time.FromMilliseconds(now - 1_000)
-            events.append(event)
+        events = impressions(users, items, f"live-{os.getpid()}", sent, now - 1_000)
         probe = time.perf_counter() >= probe_at
         if probe:
             user = str(users[0])

@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 
 from benchmarks.bench_live import ITEMS, USERS, prepare
-from benchmarks.common import PROJECT, conditions, fresh_dir
+from benchmarks.common import PROJECT, conditions, fresh_dir, impressions
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import now_ms
@@ -87,22 +87,13 @@ def _drive(target: str, stop: Any, out: Any) -> None:
     tick = time.perf_counter()
     while not stop.is_set():
         now = now_ms()
-        events = []
-        for n, (user, item) in enumerate(
-            zip(
-                rng.choice(USERS, EVENTS_PER_CALL),
-                rng.choice(ITEMS, EVENTS_PER_CALL),
-                strict=True,
-            )
-        ):
-            event = events_pb2.Event(
-                event_id=f"soak-{os.getpid()}-{sent + n}",
-                user_id=str(user),
-                item_id=str(item),
-                event_type=events_pb2.IMPRESSION,
-            )
-            event.event_time.FromMilliseconds(now - 1_000)
-            events.append(event)
+        events = impressions(
+            rng.choice(USERS, EVENTS_PER_CALL),
+            rng.choice(ITEMS, EVENTS_PER_CALL),
+            f"soak-{os.getpid()}",
+            sent,
+            now - 1_000,
+        )
         try:
             client.ingest(events)
             sent += len(events)

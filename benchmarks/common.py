@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 PROJECT = ROOT.parent
@@ -103,3 +104,21 @@ def start_server(data: Path, port: int, workers: int = 1, **settings: str) -> su
     if server.stdout is not None:
         server.stdout.readline()  # "saiki serving on …"
     return server
+
+
+def impressions(users: Any, items: Any, prefix: str, first: int, at_ms: int) -> list[Any]:
+    """One ``Ingest`` call's impressions: user and item pairs, ids ``prefix-first…``,
+    all at ``at_ms``."""
+    from saiki.v1 import events_pb2
+
+    events = []
+    for n, (user, item) in enumerate(zip(users, items, strict=True)):
+        event = events_pb2.Event(
+            event_id=f"{prefix}-{first + n}",
+            user_id=str(user),
+            item_id=str(item),
+            event_type=events_pb2.IMPRESSION,
+        )
+        event.event_time.FromMilliseconds(at_ms)
+        events.append(event)
+    return events

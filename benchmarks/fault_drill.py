@@ -38,11 +38,10 @@ import psutil
 import pyarrow.compute as pc
 
 from benchmarks.bench_live import ITEMS, USERS, prepare
-from benchmarks.common import PROJECT, conditions, fresh_dir
+from benchmarks.common import PROJECT, conditions, fresh_dir, impressions
 from saiki.core.timeutil import now_ms
 from saiki.ops.status import read_job, read_part, read_service
 from saiki.serving.client import SaikiClient
-from saiki.v1 import events_pb2
 
 PORT = 50_971
 RECOVERED_MS = 2_000
@@ -58,18 +57,9 @@ def _drive(target: str, stop: Any, out: Any, acked_path: str) -> None:
         while not stop.is_set():
             now = now_ms()
             users = rng.choice(USERS, EVENTS_PER_CALL)
-            events = []
-            for n, (user, item) in enumerate(
-                zip(users, rng.choice(ITEMS, EVENTS_PER_CALL), strict=True)
-            ):
-                event = events_pb2.Event(
-                    event_id=f"drill-{sent + n}",
-                    user_id=str(user),
-                    item_id=str(item),
-                    event_type=events_pb2.IMPRESSION,
-                )
-                event.event_time.FromMilliseconds(now - 1_000)
-                events.append(event)
+            events = impressions(
+                users, rng.choice(ITEMS, EVENTS_PER_CALL), "drill", sent, now - 1_000
+            )
             probe = time.perf_counter() >= probe_at
             before = None
             while not stop.is_set():

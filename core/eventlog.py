@@ -223,14 +223,32 @@ class Topic:
                 raise
         return StagedSegment(count, path, sidecar)
 
-    def publish(self, staged: StagedSegment, watermark_ms: int = 0) -> Segment:
+    def next_segment(self, first: int, count: int, watermark_ms: int = 0) -> Segment:
+        """The segment a publish at offset ``first`` would make (nothing is written)."""
+        name = f"seg-{first:016d}-{count:08d}-{watermark_ms:013d}.jsonl"
+        return Segment(first, count, self.directory / name, watermark_ms)
+
+    def find(self, name: str) -> Segment | None:
+        """The committed segment of that file name, in the folder or archived; else None."""
+        match = _SEGMENT.match(name)
+        if not match:
+            return None
+        for folder in (self.directory, self.directory / ARCHIVE_DIR):
+            if (folder / name).exists():
+                return Segment(int(match[1]), int(match[2]), folder / name, int(match[3]))
+        return None
+
+    def publish(
+        self, staged: StagedSegment, watermark_ms: int = 0, first: int | None = None
+    ) -> Segment:
         """Make a staged segment the next one of the topic; the caller holds the writer lock.
 
         ``watermark_ms`` is the log watermark at the segment's start (see the module doc).
+        ``first`` is the head when the caller knows it (the ingest path keeps it in its id
+        index); otherwise the folder is listed to find it.
         """
-        first = self.head()
-        name = f"seg-{first:016d}-{staged.count:08d}-{watermark_ms:013d}.jsonl"
-        segment = Segment(first, staged.count, self.directory / name, watermark_ms)
+        first = self.head() if first is None else first
+        segment = self.next_segment(first, staged.count, watermark_ms)
         if staged.sidecar is not None:
             segment.sidecar.parent.mkdir(exist_ok=True)
             os.rename(staged.sidecar, segment.sidecar)

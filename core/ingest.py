@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import typing
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from saiki.core.errors import ComponentError, StorageError
 from saiki.core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
+from saiki.core.id_index import INDEX_FILE, IdIndex, IndexState
 from saiki.core.schema import (
     EVENT_ARROW_SCHEMA,
     FIELDS,
@@ -233,47 +234,102 @@ def check_inputs(inputs: Sequence[RawEvent], ingest_ms: int) -> list[Event | Rej
 
 
 class LogTail:
-    """What an appender must know of the whole log: every event_id, and the watermark.
+    """What an appender must know of the whole log: which event_ids it holds, the next
+    offset of each topic and the watermark.
 
-    Kept in memory and caught up under the writer lock from segments other processes
-    wrote. The id set is exact (not a sketch): a duplicate must never be confused with a
-    new event. About 100 bytes per id; ten million ids take about a gigabyte.
+    Kept on disk in the id index (``core/id_index.py``), exact (not a sketch: a duplicate
+    must never be confused with a new event) in the bounded memory of SQLite's page cache,
+    and caught up under the writer lock. No listing of the topic's folder on the way: the
+    heads are the index's. A process compares the index with the log once, at its first
+    append.
     """
 
     def __init__(self, log: EventLog) -> None:
         self._log = log
-        self._ids: set[str] = set()
-        self._upto = 0
-        self.watermark_ms = 0  # newest capped event time in the log so far
+        self.index = IdIndex(log.root / INDEX_FILE)
+        self._reconciled = False
+        self.state = IndexState()
 
-    def catch_up(self) -> None:
-        """Take in the segments written since the last call (by any process)."""
-        schema = pa.schema(
-            [
-                pa.field(n, SEGMENT_ARROW_SCHEMA.field(n).type)
-                for n in ("event_id", "event_time", "ingest_ms")
-            ]
+    def close(self) -> None:
+        """Close the index."""
+        self.index.close()
+
+    def catch_up(self) -> IndexState:
+        """The index's state with whatever other processes appended (call under the lock)."""
+        state = self.index.state()
+        if state.events_intent or state.quarantine_intent:
+            state = self._resolve(state)
+        if not self._reconciled:
+            state = self._reconcile(state)
+            self._reconciled = True
+        self.state = state
+        return state
+
+    def _resolve(self, state: IndexState) -> IndexState:
+        """A writer died between its intent and its record: take in what it published."""
+        events = self._log.events.find(state.events_intent) if state.events_intent else None
+        quarantine = (
+            self._log.quarantine.find(state.quarantine_intent) if state.quarantine_intent else None
         )
-        for segment in self._log.events.segments(self._upto):
-            table = self._log.events.read(segment, schema)
-            with _gc_paused():
-                self._ids.update(table.column("event_id").to_pylist())
-            capped = pc.min_element_wise(table.column("event_time"), table.column("ingest_ms"))
-            self.watermark_ms = max(self.watermark_ms, int(pc.max(capped).as_py() or 0))
-            self._upto = segment.end
+        ids: list[str] = []
+        watermark = state.watermark_ms
+        if events is not None and events.first == state.events_head:
+            ids, watermark = self._read(events, watermark)
+        else:
+            events = None
+        if quarantine is not None and quarantine.first != state.quarantine_head:
+            quarantine = None
+        self.index.record(
+            ids,
+            events_head=events.end if events is not None else None,
+            quarantine_head=quarantine.end if quarantine is not None else None,
+            watermark_ms=watermark,
+            strict=False,
+        )
+        return self.index.state()
 
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._ids
+    def _reconcile(self, state: IndexState) -> IndexState:
+        """Take in the segments the index lacks (a log older than the index, a lost index
+        file); rebuild it if it is ahead of the log (a log replaced under it)."""
+        events = self._log.events
+        segments = events.segments(state.events_head)
+        if events.head() < state.events_head or (
+            segments and segments[0].first != state.events_head
+        ):
+            self.index.reset()
+            state = IndexState()
+            segments = events.segments(0)
+        watermark = state.watermark_ms
+        pending: list[str] = []
+        for number, segment in enumerate(segments, start=1):
+            ids, watermark = self._read(segment, watermark)
+            pending.extend(ids)
+            if len(pending) >= 200_000 or number == len(segments):
+                self.index.record(
+                    pending, events_head=segment.end, watermark_ms=watermark, strict=False
+                )
+                pending = []
+        quarantine_head = self._log.quarantine.head()
+        if quarantine_head != state.quarantine_head:
+            self.index.record((), quarantine_head=quarantine_head)
+        return self.index.state()
 
-    def isdisjoint(self, event_ids: Iterable[str]) -> bool:
-        """True when none of these ids is in the log (checked in C)."""
-        return self._ids.isdisjoint(event_ids)
+    def _read(self, segment: Segment, watermark_ms: int) -> tuple[list[str], int]:
+        """A segment's event ids, and the watermark once it is taken in."""
+        table = self._log.events.read(segment, _ID_SCHEMA)
+        capped = pc.min_element_wise(table.column("event_time"), table.column("ingest_ms"))
+        newest = int(pc.max(capped).as_py() or 0)
+        with _gc_paused():
+            ids: list[str] = table.column("event_id").to_pylist()
+        return ids, max(watermark_ms, newest)
 
-    def remember(self, event_ids: Iterable[str], upto: int, newest_ms: int) -> None:
-        """Take in the segment this process just appended, ending at offset ``upto``."""
-        self._ids.update(event_ids)
-        self._upto = upto
-        self.watermark_ms = max(self.watermark_ms, newest_ms)
+
+_ID_SCHEMA = pa.schema(
+    [
+        pa.field(n, SEGMENT_ARROW_SCHEMA.field(n).type)
+        for n in ("event_id", "event_time", "ingest_ms")
+    ]
+)
 
 
 class Ingestor:
@@ -284,7 +340,11 @@ class Ingestor:
         self.clock = clock
         for topic in (log.events, log.quarantine):
             topic.sweep_staged()  # what a writer that crashed over an hour ago left staged
-        self._seen = LogTail(log)
+        self._tail = LogTail(log)
+
+    def close(self) -> None:
+        """Release the id index."""
+        self._tail.close()
 
     def ingest(self, inputs: Sequence[RawEvent]) -> IngestResult:
         """Validate and append a batch of decoded inputs (the RPC path)."""
@@ -310,32 +370,60 @@ class Ingestor:
         return self.commit(staged)
 
     def commit(self, batch: StagedBatch) -> IngestResult:
-        """Publish a staged batch: its events not yet in the log, and its quarantine."""
+        """Publish a staged batch: its events not yet in the log, and its quarantine.
+
+        Under the writer lock: drop the ids the index holds, record the intent, rename
+        the segments in, record their ids and the new heads (``core/id_index.py``).
+        """
         result = IngestResult(duplicates=batch.duplicates, quarantined=len(batch.rejections))
         result.rejections = batch.rejections
         try:
             with self.log.writer_lock():
-                self._seen.catch_up()
+                state = self._tail.catch_up()
                 staged, newest = batch.events, batch.newest_ms
-                if staged is not None and not self._seen.isdisjoint(batch.event_ids):
-                    staged, dropped, newest = self._without_seen(staged, batch.event_ids)
-                    result.duplicates += dropped
                 if staged is not None:
-                    segment = self.log.events.publish(staged, self._seen.watermark_ms)
-                    self._seen.remember(batch.event_ids, segment.end, newest)
+                    known = self._tail.index.known(batch.event_ids)
+                    if known:
+                        staged, dropped, newest = self._without(staged, batch.event_ids, known)
+                        result.duplicates += dropped
+                events = quarantine = None
+                if staged is not None:
+                    events = self.log.events.next_segment(
+                        state.events_head, staged.count, state.watermark_ms
+                    )
+                if batch.quarantine is not None:
+                    quarantine = self.log.quarantine.next_segment(
+                        state.quarantine_head, batch.quarantine.count
+                    )
+                if events is None and quarantine is None:
+                    return result
+                self._tail.index.intend(
+                    events.path.name if events is not None else "",
+                    quarantine.path.name if quarantine is not None else "",
+                )
+                if staged is not None:
+                    segment = self.log.events.publish(
+                        staged, state.watermark_ms, first=state.events_head
+                    )
                     result.segments.append(segment)
                     result.accepted = staged.count
                 if batch.quarantine is not None:
-                    self.log.quarantine.publish(batch.quarantine)
+                    self.log.quarantine.publish(batch.quarantine, first=state.quarantine_head)
+                self._tail.index.record(
+                    batch.event_ids if staged is not None else (),
+                    events_head=events.end if events is not None else None,
+                    quarantine_head=quarantine.end if quarantine is not None else None,
+                    watermark_ms=max(state.watermark_ms, newest),
+                )
         finally:
             batch.discard()  # whatever was not published (no-op for published files)
         return result
 
-    def _without_seen(
-        self, staged: StagedSegment, event_ids: list[str]
+    def _without(
+        self, staged: StagedSegment, event_ids: list[str], known: set[str]
     ) -> tuple[StagedSegment | None, int, int]:
         """Re-stage a segment without the events the log already holds (retries)."""
-        keep = [i for i, event_id in enumerate(event_ids) if event_id not in self._seen]
+        keep = [i for i, event_id in enumerate(event_ids) if event_id not in known]
         dropped = len(event_ids) - len(keep)
         if not keep:
             staged.discard()

@@ -105,7 +105,7 @@ def test_a_failed_append_reaches_every_caller_of_the_group_and_loses_nothing(
     committer = GroupCommitter(Ingestor(log, clock=lambda: NOW), linger_ms=300)
     real_publish = Topic.publish
 
-    def failing(self: Topic, staged: object, watermark_ms: int = 0) -> object:
+    def failing(self: Topic, staged: object, *args: object, **kwargs: object) -> object:
         raise OSError("disk full")
 
     monkeypatch.setattr(Topic, "publish", failing)

@@ -120,7 +120,7 @@ def test_a_failed_publish_loses_nothing_and_a_retry_is_not_a_duplicate(
     ingestor = Ingestor(log, clock=lambda: NOW)
     real_publish = Topic.publish
 
-    def failing(self: Topic, staged: object, watermark_ms: int = 0) -> object:
+    def failing(self: Topic, staged: object, *args: object, **kwargs: object) -> object:
         raise OSError("disk full")
 
     monkeypatch.setattr(Topic, "publish", failing)

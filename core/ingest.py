@@ -249,6 +249,7 @@ class LogTail:
         self.index = IdIndex(log.root / INDEX_FILE)
         self._reconciled = False
         self.state = IndexState()
+        self.confirmed = ("", "")  # the last entry's segment names, known to be published
 
     def close(self) -> None:
         """Close the index."""
@@ -257,36 +258,21 @@ class LogTail:
     def catch_up(self) -> IndexState:
         """The index's state with whatever other processes appended (call under the lock)."""
         state = self.index.state()
-        if state.events_intent or state.quarantine_intent:
-            state = self._resolve(state)
+        last = (state.last_events, state.last_quarantine)
+        if any(last) and last != self.confirmed:
+            # Another process's entry: did it live to rename its segments in?
+            events = not last[0] or self._log.events.find(last[0]) is not None
+            quarantine = not last[1] or self._log.quarantine.find(last[1]) is not None
+            if events and quarantine:
+                self.confirmed = last
+            else:
+                self.index.settle(events, quarantine)
+                state = self.index.state()
         if not self._reconciled:
             state = self._reconcile(state)
             self._reconciled = True
         self.state = state
         return state
-
-    def _resolve(self, state: IndexState) -> IndexState:
-        """A writer died between its intent and its record: take in what it published."""
-        events = self._log.events.find(state.events_intent) if state.events_intent else None
-        quarantine = (
-            self._log.quarantine.find(state.quarantine_intent) if state.quarantine_intent else None
-        )
-        ids: list[str] = []
-        watermark = state.watermark_ms
-        if events is not None and events.first == state.events_head:
-            ids, watermark = self._read(events, watermark)
-        else:
-            events = None
-        if quarantine is not None and quarantine.first != state.quarantine_head:
-            quarantine = None
-        self.index.record(
-            ids,
-            events_head=events.end if events is not None else None,
-            quarantine_head=quarantine.end if quarantine is not None else None,
-            watermark_ms=watermark,
-            strict=False,
-        )
-        return self.index.state()
 
     def _reconcile(self, state: IndexState) -> IndexState:
         """Take in the segments the index lacks (a log older than the index, a lost index
@@ -305,13 +291,11 @@ class LogTail:
             ids, watermark = self._read(segment, watermark)
             pending.extend(ids)
             if len(pending) >= 200_000 or number == len(segments):
-                self.index.record(
-                    pending, events_head=segment.end, watermark_ms=watermark, strict=False
-                )
+                self.index.catch_up(pending, events_head=segment.end, watermark_ms=watermark)
                 pending = []
         quarantine_head = self._log.quarantine.head()
         if quarantine_head != state.quarantine_head:
-            self.index.record((), quarantine_head=quarantine_head)
+            self.index.catch_up((), quarantine_head=quarantine_head)
         return self.index.state()
 
     def _read(self, segment: Segment, watermark_ms: int) -> tuple[list[str], int]:
@@ -372,52 +356,69 @@ class Ingestor:
     def commit(self, batch: StagedBatch) -> IngestResult:
         """Publish a staged batch: its events not yet in the log, and its quarantine.
 
-        Under the writer lock: drop the ids the index holds, record the intent, rename
-        the segments in, record their ids and the new heads (``core/id_index.py``).
+        Under the writer lock: commit the entry to the id index (its ids, the new heads;
+        an id already there sends the batch through :meth:`_without` first), then rename
+        the segments in (``core/id_index.py``).
         """
         result = IngestResult(duplicates=batch.duplicates, quarantined=len(batch.rejections))
         result.rejections = batch.rejections
         try:
             with self.log.writer_lock():
-                state = self._tail.catch_up()
-                staged, newest = batch.events, batch.newest_ms
-                if staged is not None:
-                    known = self._tail.index.known(batch.event_ids)
-                    if known:
-                        staged, dropped, newest = self._without(staged, batch.event_ids, known)
-                        result.duplicates += dropped
-                events = quarantine = None
-                if staged is not None:
-                    events = self.log.events.next_segment(
-                        state.events_head, staged.count, state.watermark_ms
-                    )
-                if batch.quarantine is not None:
-                    quarantine = self.log.quarantine.next_segment(
-                        state.quarantine_head, batch.quarantine.count
-                    )
-                if events is None and quarantine is None:
-                    return result
-                self._tail.index.intend(
-                    events.path.name if events is not None else "",
-                    quarantine.path.name if quarantine is not None else "",
-                )
-                if staged is not None:
-                    segment = self.log.events.publish(
-                        staged, state.watermark_ms, first=state.events_head
-                    )
-                    result.segments.append(segment)
-                    result.accepted = staged.count
-                if batch.quarantine is not None:
-                    self.log.quarantine.publish(batch.quarantine, first=state.quarantine_head)
-                self._tail.index.record(
-                    batch.event_ids if staged is not None else (),
-                    events_head=events.end if events is not None else None,
-                    quarantine_head=quarantine.end if quarantine is not None else None,
-                    watermark_ms=max(state.watermark_ms, newest),
-                )
+                self._publish(batch, result)
         finally:
             batch.discard()  # whatever was not published (no-op for published files)
         return result
+
+    def _publish(self, batch: StagedBatch, result: IngestResult) -> None:
+        tail = self._tail
+        state = tail.catch_up()
+        staged, newest = batch.events, batch.newest_ms
+        quarantine = None
+        if batch.quarantine is not None:
+            quarantine = self.log.quarantine.next_segment(
+                state.quarantine_head, batch.quarantine.count
+            )
+        for _ in range(2):
+            events = None
+            if staged is not None:
+                events = self.log.events.next_segment(
+                    state.events_head, staged.count, state.watermark_ms
+                )
+            if events is None and quarantine is None:
+                return
+            if tail.index.append(
+                batch.event_ids if staged is not None else [],
+                state,
+                (events.path.name, events.end) if events is not None else None,
+                (quarantine.path.name, quarantine.end) if quarantine is not None else None,
+                max(state.watermark_ms, newest),
+            ):
+                break
+            # A resend: some ids are in the log already.
+            known = tail.index.known(batch.event_ids)
+            assert staged is not None  # an entry without ids cannot collide
+            staged, dropped, newest = self._without(staged, batch.event_ids, known)
+            result.duplicates += dropped
+            batch.events = staged
+        else:
+            raise StorageError(f"the event id index {tail.index.path} disagrees with the log")
+        published = [False, False]
+        try:
+            if staged is not None and events is not None:
+                segment = self.log.events.publish(staged, state.watermark_ms, events.first)
+                result.segments.append(segment)
+                result.accepted = staged.count
+            published[0] = True
+            if batch.quarantine is not None and quarantine is not None:
+                self.log.quarantine.publish(batch.quarantine, first=quarantine.first)
+            published[1] = True
+        except BaseException:
+            tail.index.settle(*published)  # a crash here is settled by the next appender
+            raise
+        tail.confirmed = (
+            events.path.name if events is not None else "",
+            quarantine.path.name if quarantine is not None else "",
+        )
 
     def _without(
         self, staged: StagedSegment, event_ids: list[str], known: set[str]

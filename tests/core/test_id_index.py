@@ -68,52 +68,52 @@ def test_a_restarted_appender_reads_no_segment_and_lists_the_folder_once(
     assert log.events.head() == 26 and offsets_are_contiguous(log)
 
 
-def test_a_writer_that_died_after_its_rename_leaves_nothing_to_accept_twice(
+def test_a_writer_that_died_before_its_rename_is_undone_by_the_next_appender(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = EventLog(tmp_path / "log")
+    Ingestor(log, clock=lambda: NOW).ingest_lines([event_line("a")], "t")
     dying = Ingestor(log, clock=lambda: NOW)
-    dying.ingest_lines([event_line("a")], "t")
-    real_record = IdIndex.record
-    calls = 0
 
-    def die_once(self: IdIndex, *args: object, **kwargs: object) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise KeyboardInterrupt  # killed between the rename and the index commit
-        real_record(self, *args, **kwargs)  # type: ignore[arg-type]
+    def killed(self: Topic, *args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt  # killed after the index commit, before the rename
 
-    monkeypatch.setattr(IdIndex, "record", die_once)
+    monkeypatch.setattr(Topic, "publish", killed)
+    monkeypatch.setattr(IdIndex, "settle", lambda *args: None)  # no handler runs: dead
     with pytest.raises(KeyboardInterrupt):
         dying.ingest_lines([event_line("b"), event_line("c")], "t")
-    assert log.events.head() == 3  # published, but the index does not have b and c yet
+    monkeypatch.undo()
+    left = IdIndex(log.root / INDEX_FILE)
+    assert left.state().events_head == 3 and left.known(["b", "c"]) == {"b", "c"}
+    assert log.events.head() == 1  # the entry went in, its segment never did
     other = Ingestor(log, clock=lambda: NOW)
-    resent = other.ingest_lines([event_line("c"), event_line("d")], "t")
-    assert (resent.accepted, resent.duplicates) == (1, 1)
-    assert all_events(log).column("event_id").to_pylist() == ["a", "b", "c", "d"]
-    assert offsets_are_contiguous(log)
+    retry = other.ingest_lines([event_line("c"), event_line("b"), event_line("a")], "t")
+    assert (retry.accepted, retry.duplicates) == (2, 1)
+    assert all_events(log).column("event_id").to_pylist() == ["a", "c", "b"]
+    assert offsets_are_contiguous(log) and left.state().events_head == 3
 
 
-def test_a_writer_that_died_before_its_rename_leaves_no_phantom_ids(
+def test_a_failed_quarantine_rename_keeps_the_events_and_puts_its_head_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = EventLog(tmp_path / "log")
     ingestor = Ingestor(log, clock=lambda: NOW)
     real_publish = Topic.publish
 
-    def die(self: Topic, *args: object, **kwargs: object) -> object:
-        raise KeyboardInterrupt
+    def quarantine_fails(self: Topic, *args: object, **kwargs: object) -> object:
+        if self.directory.name == "quarantine":
+            raise OSError("disk full")
+        return real_publish(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Topic, "publish", die)
-    with pytest.raises(KeyboardInterrupt):
-        ingestor.ingest_lines([event_line("a")], "t")
-    assert IdIndex(log.root / INDEX_FILE).state().events_intent  # the intent was left
-    monkeypatch.setattr(Topic, "publish", real_publish)
-    retry = ingestor.ingest_lines([event_line("a")], "t")
-    assert (retry.accepted, retry.duplicates) == (1, 0)
+    monkeypatch.setattr(Topic, "publish", quarantine_fails)
+    with pytest.raises(OSError, match="disk full"):
+        ingestor.ingest_lines([event_line("a"), b"{broken"], "t")
+    monkeypatch.undo()
     state = IdIndex(log.root / INDEX_FILE).state()
-    assert (state.events_head, state.events_intent) == (1, "")
+    assert (state.events_head, state.quarantine_head) == (1, 0)
+    again = ingestor.ingest_lines([event_line("a"), b"{broken"], "t")
+    assert (again.accepted, again.duplicates, again.quarantined) == (0, 1, 1)
+    assert log.quarantine.head() == 1 and log.events.head() == 1
 
 
 def test_a_lost_or_foreign_index_is_rebuilt_from_the_log(tmp_path: Path) -> None:

@@ -3,8 +3,13 @@
 Two signals, over the last hour of serving:
 
 * **feature drift**: the population stability index (PSI) of every model input between
-  the production model's training set and what was served — the features of the users
-  and items ranked in the last hour, merged now. PSI over 0.25 is drift.
+  what the production model last saw and what was served — the features of the users
+  and items ranked in the last hour, merged now, each once. The reference is the same
+  population at the end of the training data: the users and items of the held-out rows
+  the model was judged on (its newest; else the newest hour), each at its latest row.
+  (Against every row of the whole training set, counts that grow through the day and
+  users weighted by their impressions made a freshly trained model look drifted.) PSI
+  over 0.25 is drift.
 * **live CTR against expectation**: the clicks the production model's rankings earned,
   against the clicks its own scores predicted for the items users were shown (the sum
   of their scores), as a ratio. The items shown are the ones the model scored highest,
@@ -246,7 +251,9 @@ def monitor(
     users = sorted({str(p["user_id"]) for p in predictions})
     items = sorted({str(i) for p in predictions for i in _items(p)})
     if training.exists() and users and items:
-        reference = pq.read_table(training, columns=list(DENSE_COLUMNS))
+        holdout = registry.get(production).metrics.get("holdout_from_ms")
+        held_out = int(holdout) if isinstance(holdout, int | float) else None
+        reference = reference_features(training, window_ms, held_out)
         served_users = merger.features("user", users).values
         served_items = merger.features("item", items).values
         for column in DENSE_COLUMNS:
@@ -254,7 +261,7 @@ def monitor(
             served = (served_users if entity == "user" else served_items)[
                 :, FEATURE_NAMES.index(feature)
             ]
-            report.psi[column] = psi(reference.column(column).to_numpy(), served)
+            report.psi[column] = psi(reference[column], served)
     scores = {
         (str(p["request_id"]), str(i)): float(s)
         for p in predictions
@@ -277,6 +284,31 @@ def monitor(
         else:
             report.clicks += 1
     return report
+
+
+def reference_features(
+    training: Path, window_ms: int, since_ms: int | None = None
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each model input as the model last saw it, over the population the monitor serves:
+    in the training rows from ``since_ms`` (the held-out rows the model was judged on),
+    else in its newest ``window_ms``, each user's latest row (for the user features) and
+    each item's latest row (for the item features)."""
+    table = pq.read_table(training, columns=["event_time", "user_id", "item_id", *DENSE_COLUMNS])
+    times = table.column("event_time").to_numpy().astype(np.int64)
+    if len(times):
+        start = times.max() - window_ms if since_ms is None else min(since_ms, times.max())
+        table = table.filter(pa.array(times >= start))
+        times = table.column("event_time").to_numpy().astype(np.int64)
+    newest_first = table.take(pa.array(np.argsort(-times, kind="stable")))
+    reference: dict[str, npt.NDArray[np.float64]] = {}
+    for entity in ("user", "item"):
+        keys = newest_first.column(f"{entity}_id").to_numpy(zero_copy_only=False)
+        _, first = np.unique(keys, return_index=True)
+        latest = newest_first.take(pa.array(np.sort(first)))
+        for column in DENSE_COLUMNS:
+            if column.startswith(f"{entity}_"):
+                reference[column] = latest.column(column).to_numpy().astype(np.float64)
+    return reference
 
 
 def _scores(record: dict[str, object]) -> list[float]:

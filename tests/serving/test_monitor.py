@@ -6,9 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from saiki.serving.monitor import PSI_LIMIT, Baselines, MonitorReport, psi, regression
+from saiki.serving.model import DENSE_COLUMNS
+from saiki.serving.monitor import (
+    PSI_LIMIT,
+    Baselines,
+    MonitorReport,
+    psi,
+    reference_features,
+    regression,
+)
 
 
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shifted_one() -> None:
@@ -22,6 +32,48 @@ def test_psi_of_a_constant_training_feature_measures_the_share_off_that_value() 
     reference = np.zeros(1_000)
     assert psi(reference, np.zeros(500)) < 1e-6
     assert psi(reference, np.r_[np.zeros(250), np.ones(250)]) > PSI_LIMIT
+
+
+def test_drift_is_judged_against_the_newest_hour_of_training_each_entity_once(
+    tmp_path: Path,
+) -> None:
+    # Four days of impressions whose 1-day counts grow day by day, from users whose
+    # activity differs tenfold: what a freshly trained model then serves is its newest
+    # hour, not the average of its four days weighted by impressions.
+    rng = np.random.default_rng(7)
+    rows, hours = 40_000, 96
+    users, items = 400, 60
+    base_user = rng.lognormal(2.0, 0.4, users)
+    weight = rng.lognormal(0.0, 1.0, users)
+    user = rng.choice(users, rows, p=weight / weight.sum())
+    item = rng.integers(0, items, rows)
+    times = np.sort(rng.integers(0, hours * HOUR, rows))
+    growth = 1 + times / (24 * HOUR)  # 1 at the start, 5 at the end
+    columns = {
+        "event_time": times,
+        "user_id": [f"u{u}" for u in user],
+        "item_id": [f"i{i}" for i in item],
+    }
+    for column in DENSE_COLUMNS:
+        base = base_user[user] if column.startswith("user_") else 5.0 + item
+        columns[column] = base * growth * rng.normal(1.0, 0.02, rows)
+    training = tmp_path / "training.parquet"
+    pq.write_table(pa.table(columns), training)
+
+    def served_now(scale: float) -> np.ndarray:  # each user ranked in the last hour, once
+        recent = np.unique(user[times >= (hours - 1) * HOUR])
+        return base_user[recent] * (1 + hours / 24) * rng.normal(scale, 0.02, len(recent))
+
+    whole = pq.read_table(training, columns=["user_impressions_1d"]).column(0).to_numpy()
+    assert psi(whole, served_now(1.0)) > PSI_LIMIT  # the old reference: "drift" at once
+    reference = reference_features(training, HOUR)
+    assert set(reference) == set(DENSE_COLUMNS)
+    assert psi(reference["user_impressions_1d"], served_now(1.0)) < 0.1
+    assert psi(reference["user_impressions_1d"], served_now(2.0)) > PSI_LIMIT  # a real shift
+    assert len(reference["item_ctr_1d"]) == len(np.unique(item[times >= (hours - 1) * HOUR]))
+    # The held-out rows, when the model records where they start, are the reference.
+    held_out = reference_features(training, HOUR, since_ms=(hours - 3) * HOUR)
+    assert len(held_out["user_ctr_1d"]) == len(np.unique(user[times >= (hours - 3) * HOUR]))
 
 
 def test_a_retrain_is_due_on_drift_or_on_a_live_ctr_well_below_expectation() -> None:

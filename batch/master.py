@@ -154,7 +154,7 @@ def _evolved(table: Table, name: str) -> Table:
     return table
 
 
-def _data_files_by_day(table: Table, rows: pa.Table) -> Iterator[Any]:
+def data_files_by_day(table: Table, rows: pa.Table) -> Iterator[Any]:
     """Write rows as Iceberg data files, one or more per day partition.
 
     What ``Transaction.append`` does, minus its generic partition split, which sorts every
@@ -246,7 +246,8 @@ class MasterDataset:
         return int(snapshot.summary.additional_properties.get(NEXT_OFFSET, 0))
 
     @contextmanager
-    def _loader_lock(self) -> Iterator[None]:
+    def loader_lock(self) -> Iterator[None]:
+        """Hold the loader's lock (loads and table upkeep never overlap on this machine)."""
         with file_lock(self.config.data_dir / ".master.lock"):
             yield
 
@@ -257,7 +258,7 @@ class MasterDataset:
         progress: Callable[[int], None] | None = None,
     ) -> list[LoadResult]:
         """Append everything in the log that the tables do not hold yet, exactly once."""
-        with self._loader_lock():
+        with self.loader_lock():
             return [
                 self._load_topic(
                     name=EVENTS_TABLE,
@@ -315,7 +316,7 @@ class MasterDataset:
             transaction = table.transaction()
             properties = {NEXT_OFFSET: str(next_offset)}
             with transaction.update_snapshot(snapshot_properties=properties).fast_append() as add:
-                for data_file in _data_files_by_day(table, rows):
+                for data_file in data_files_by_day(table, rows):
                     add.append_data_file(data_file)
             self._before_commit(name, next_offset)
             return transaction.commit_transaction()

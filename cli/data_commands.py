@@ -53,6 +53,12 @@ def add_parsers(subparsers: Any) -> None:
     show.set_defaults(handler=run_master_show)
     load = verbs.add_parser("load", help="append what the event log holds beyond the table")
     load.set_defaults(handler=run_master_load, job_name="load")
+    maintain = verbs.add_parser(
+        "maintain",
+        help="compact small files; expire unpinned snapshots older than "
+        "[schedule] snapshot_retention and remove the files only they reached",
+    )
+    maintain.set_defaults(handler=run_master_maintain, job_name="maintain")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -91,6 +97,16 @@ def run_master_load(args: argparse.Namespace) -> int:
     from saiki.ops.data import describe_load, load_master
 
     for line in describe_load(load_master(load_config(args.data_dir))):
+        print(line)
+    return 0
+
+
+def run_master_maintain(args: argparse.Namespace) -> int:
+    """``saiki master maintain``."""
+    from saiki.core.timeutil import now_ms
+    from saiki.ops.maintenance import describe, maintain
+
+    for line in describe(maintain(load_config(args.data_dir), now_ms())):
         print(line)
     return 0
 

@@ -143,6 +143,11 @@ class ScheduleConfig:
     recompute: str = "1h"  # saiki batch run: recompute, publish, hand off
     monitor: str = "15m"  # saiki monitor: drift and live CTR
     retrain: str = "1d"  # saiki train --promote-if-better (also when monitor says so)
+    # saiki master maintain: compact small files, expire old snapshots, remove their files
+    maintain: str = "1h"
+    # Snapshots younger than this are kept (time travel, a job that resolved one and
+    # has not read it yet); older ones go unless a view, training set or model pins them.
+    snapshot_retention: str = "1d"
     # Published batch views kept; older ones are removed after each recompute (at least
     # two: a server may still serve the previous view during a handoff).
     keep_views: int = 3

@@ -35,13 +35,14 @@ class JobSpec:
 
 
 def job_specs(config: SaikiConfig) -> list[JobSpec]:
-    """The four jobs with the cadences of ``[schedule]``."""
+    """The jobs with the cadences of ``[schedule]``."""
     schedule = config.schedule
     return [
         JobSpec("load", schedule.load, ("master", "load")),
         JobSpec("recompute", schedule.recompute, ("batch", "run")),
         JobSpec("monitor", schedule.monitor, ("monitor", "--guard")),
         JobSpec("retrain", schedule.retrain, ("train", "--promote-if-better")),
+        JobSpec("maintain", schedule.maintain, ("master", "maintain")),
     ]
 
 
@@ -90,3 +91,10 @@ def validate(config: SaikiConfig) -> None:
     """Fail early, naming the key, on a cadence that is not one."""
     for spec in job_specs(config):
         trigger_for(spec.name, spec.cadence)
+    try:
+        parse_duration(config.schedule.snapshot_retention, "schedule.snapshot_retention")
+    except InvalidInputError as exc:
+        raise ConfigError(
+            f"schedule.snapshot_retention: expected a duration like 1d or 12h, "
+            f"got {config.schedule.snapshot_retention!r}"
+        ) from exc

@@ -1,0 +1,94 @@
+"""``saiki master maintain``: keep the master dataset's metadata bounded.
+
+Gathers what pins a snapshot (published views, training sets on disk, every registered
+model's lineage), then, for each master table under the loader's lock: compacts
+partitions of many small files and expires unpinned snapshots older than
+``[schedule] snapshot_retention``, removing the files only they reached
+(``batch/maintenance.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from saiki.batch.maintenance import CompactResult, ExpireResult, compact, expire_snapshots
+from saiki.batch.master import (
+    EVENTS_TABLE,
+    NEXT_OFFSET,
+    QUARANTINE_TABLE,
+    MasterDataset,
+    data_files_by_day,
+)
+from saiki.batch.training import read_lineage
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import SaikiError
+from saiki.core.timeutil import parse_duration
+from saiki.feature_repo.views import ViewCatalog
+from saiki.serving.registry import ModelRegistry
+
+
+@dataclass
+class MaintainResult:
+    """What one run did, per table."""
+
+    pinned: set[int] = field(default_factory=set)
+    compacted: list[CompactResult] = field(default_factory=list)
+    expired: list[ExpireResult] = field(default_factory=list)
+
+
+def pinned_snapshots(config: SaikiConfig) -> set[int]:
+    """Snapshots something still names: a published view, a training set, a model."""
+    pins: set[int] = set()
+    for view in ViewCatalog(config.data_dir).list():
+        if view.snapshot_id is not None:
+            pins.add(int(view.snapshot_id))
+    for path in sorted((config.data_dir / "training").glob("*.parquet")):
+        try:
+            snapshot = read_lineage(path).snapshot_id
+        except (SaikiError, OSError, ValueError):
+            continue  # not a training set saiki wrote: it pins nothing
+        if snapshot is not None:
+            pins.add(int(snapshot))
+    for version in ModelRegistry(config.data_dir).versions():
+        pinned = version.lineage.get("snapshot_id")
+        if isinstance(pinned, int):
+            pins.add(pinned)
+    return pins
+
+
+def maintain(config: SaikiConfig, now_ms: int) -> MaintainResult:
+    """Compact, then expire, both master tables."""
+    retention = parse_duration(config.schedule.snapshot_retention, "schedule.snapshot_retention")
+    master = MasterDataset(config)
+    result = MaintainResult(pinned=pinned_snapshots(config))
+    with master.loader_lock():
+        for name in (EVENTS_TABLE, QUARANTINE_TABLE):
+            table = master.table(name)
+            carry = {NEXT_OFFSET: str(master.committed_offset(table))}
+            result.compacted.append(compact(table, name, carry=carry, write=data_files_by_day))
+            result.expired.append(
+                expire_snapshots(
+                    master.table(name),
+                    name,
+                    older_than_ms=now_ms - retention,
+                    pinned=result.pinned,
+                )
+            )
+    return result
+
+
+def describe(result: MaintainResult) -> list[str]:
+    """One line per table and operation."""
+    lines = [f"{len(result.pinned)} snapshot(s) pinned by views, training sets and models"]
+    for c in result.compacted:
+        lines.append(
+            f"saiki.{c.table}: compacted {c.partitions} partition(s), "
+            f"{c.files_before} files → {c.files_after} ({c.rows:,} rows)"
+        )
+    for e in result.expired:
+        lines.append(
+            f"saiki.{e.table}: expired {e.expired} snapshot(s), kept {e.kept} "
+            f"({e.pinned_kept} pinned); removed {e.files_removed} file(s), "
+            f"{e.bytes_removed / 1e6:.1f} MB"
+        )
+    return lines

@@ -11,6 +11,7 @@ serialised by a file lock and, beyond one machine, by Iceberg's optimistic commi
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,17 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
+from saiki.batch.predictions import (
+    FILES_PER_COMMIT,
+    HOLD_MS,
+    LOADED_FILES,
+    PREDICTIONS_SCHEMA,
+    PREDICTIONS_TABLE,
+    PredictionsLoad,
+    finish_last_commit,
+    pending_files,
+    read_files,
+)
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import EventLog, Topic
@@ -70,6 +82,12 @@ QUARANTINE_SCHEMA: Final = Schema(
     NestedField(9, "raw_sha256", StringType(), required=False),
 )
 _TIMESTAMP: Final = pa.timestamp("us", tz="UTC")
+# Each table's schema and the field its day partition is taken from.
+_SCHEMAS: Final = {
+    EVENTS_TABLE: (EVENTS_SCHEMA, 2),
+    QUARANTINE_TABLE: (QUARANTINE_SCHEMA, 1),
+    PREDICTIONS_TABLE: (PREDICTIONS_SCHEMA, 1),
+}
 
 
 @dataclass(frozen=True)
@@ -144,7 +162,7 @@ def _quarantine_to_iceberg(table: pa.Table) -> pa.Table:
 def _evolved(table: Table, name: str) -> Table:
     """A table created by an earlier saiki, given the columns added since (Iceberg schema
     evolution: old rows read them as null)."""
-    wanted = EVENTS_SCHEMA if name == EVENTS_TABLE else QUARANTINE_SCHEMA
+    wanted = _SCHEMAS[name][0]
     have = {f.name for f in table.schema().fields}
     missing = [f for f in wanted.fields if f.name not in have]
     if missing:
@@ -224,7 +242,7 @@ class MasterDataset:
         except NoSuchTableError:
             pass
         self.catalog.create_namespace_if_not_exists(self.config.catalog.namespace)
-        schema, time_field = (EVENTS_SCHEMA, 2) if name == EVENTS_TABLE else (QUARANTINE_SCHEMA, 1)
+        schema, time_field = _SCHEMAS[name]
         spec = PartitionSpec(
             PartitionField(
                 source_id=time_field, field_id=1000, transform=DayTransform(), name="day"
@@ -313,13 +331,7 @@ class MasterDataset:
     def _commit(self, table: Table, name: str, rows: pa.Table, next_offset: int) -> Table:
         expected = self.committed_offset(table)
         try:
-            transaction = table.transaction()
-            properties = {NEXT_OFFSET: str(next_offset)}
-            with transaction.update_snapshot(snapshot_properties=properties).fast_append() as add:
-                for data_file in data_files_by_day(table, rows):
-                    add.append_data_file(data_file)
-            self._before_commit(name, next_offset)
-            return transaction.commit_transaction()
+            return self._append(table, name, rows, {NEXT_OFFSET: str(next_offset)})
         except CommitFailedException as exc:
             # Another writer committed first (beyond this machine's lock): never guess.
             current = self.committed_offset(self.table(name))
@@ -327,6 +339,40 @@ class MasterDataset:
                 f"concurrent load of saiki.{name}: expected offset {expected}, table now at "
                 f"{current}; rerun the load"
             ) from exc
+
+    def _append(self, table: Table, name: str, rows: pa.Table, properties: dict[str, str]) -> Table:
+        transaction = table.transaction()
+        with transaction.update_snapshot(snapshot_properties=properties).fast_append() as add:
+            for data_file in data_files_by_day(table, rows):
+                add.append_data_file(data_file)
+        self._before_commit(name, int(properties.get(NEXT_OFFSET, -1)))
+        return transaction.commit_transaction()
+
+    def load_predictions(
+        self, folder: Path, now_ms: int, hold_ms: int = HOLD_MS
+    ) -> PredictionsLoad:
+        """Append the closed prediction-log files past ``hold_ms`` to saiki.predictions,
+        exactly once, then remove them (``batch/predictions.py``)."""
+        result = PredictionsLoad()
+        with self.loader_lock():
+            table = self.table(PREDICTIONS_TABLE)
+            current = table.current_snapshot()
+            summary = current.summary.additional_properties if current and current.summary else {}
+            result.removed_after_crash = finish_last_commit(summary, folder)
+            files = pending_files(folder, now_ms, hold_ms)
+            for start in range(0, len(files), FILES_PER_COMMIT):
+                batch = files[start : start + FILES_PER_COMMIT]
+                rows, torn = read_files(batch)
+                names = json.dumps([p.name for p in batch])
+                if rows.num_rows:
+                    table = self._append(table, PREDICTIONS_TABLE, rows, {LOADED_FILES: names})
+                    result.snapshots += 1
+                for path in batch:  # durable in the table (or empty): the files go
+                    path.unlink()
+                result.rows += rows.num_rows
+                result.files += len(batch)
+                result.torn_lines += torn
+        return result
 
     def snapshots(self, name: str = EVENTS_TABLE) -> list[SnapshotInfo]:
         """Every snapshot of a table, oldest first."""

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from saiki.batch.master import LoadResult, MasterDataset
+from saiki.batch.predictions import PREDICTIONS_TABLE
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import InvalidInputError, NotFoundError
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor, IngestResult
 from saiki.core.ingest_files import ingest_files
-from saiki.core.timeutil import format_iso
+from saiki.core.timeutil import format_iso, now_ms
 from saiki.ops.console import progress_bar
 from saiki.simulator import TrafficOptions, World, write_jsonl
 
@@ -121,15 +122,19 @@ def describe_load(loaded: list[LoadResult]) -> list[str]:
     """One line per table a load appended to."""
     return [
         f"master dataset: saiki.{r.table} +{r.rows} rows in {r.snapshots} snapshot(s), "
-        f"log offset now {r.next_offset}"
+        + (f"log offset now {r.next_offset}" if r.next_offset >= 0 else "from closed log files")
         for r in loaded
     ]
 
 
 def load_master(config: SaikiConfig) -> list[LoadResult]:
-    """Append what the event log holds beyond the master dataset, exactly once."""
+    """Append what the event log holds beyond the master dataset, exactly once; then the
+    prediction log's closed files past the monitor's reach."""
     log = EventLog(config.log_dir)
     master = MasterDataset(config)
     pending = log.events.head() - MasterDataset.committed_offset(master.table())
     with progress_bar(max(pending, 0), "ev", "log → iceberg") as advance:
-        return master.load(log, progress=advance)
+        results = master.load(log, progress=advance)
+    served = master.load_predictions(config.data_dir / "serving", now_ms())
+    results.append(LoadResult(PREDICTIONS_TABLE, served.rows, served.snapshots, -1))
+    return results

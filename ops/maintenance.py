@@ -12,13 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saiki.batch.maintenance import CompactResult, ExpireResult, compact, expire_snapshots
-from saiki.batch.master import (
-    EVENTS_TABLE,
-    NEXT_OFFSET,
-    QUARANTINE_TABLE,
-    MasterDataset,
-    data_files_by_day,
-)
+from saiki.batch.master import EVENTS_TABLE, QUARANTINE_TABLE, MasterDataset, data_files_by_day
+from saiki.batch.predictions import PREDICTIONS_TABLE
 from saiki.batch.training import read_lineage
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import SaikiError
@@ -57,14 +52,17 @@ def pinned_snapshots(config: SaikiConfig) -> set[int]:
 
 
 def maintain(config: SaikiConfig, now_ms: int) -> MaintainResult:
-    """Compact, then expire, both master tables."""
+    """Compact, then expire, every master table."""
     retention = parse_duration(config.schedule.snapshot_retention, "schedule.snapshot_retention")
     master = MasterDataset(config)
     result = MaintainResult(pinned=pinned_snapshots(config))
     with master.loader_lock():
-        for name in (EVENTS_TABLE, QUARANTINE_TABLE):
+        for name in (EVENTS_TABLE, QUARANTINE_TABLE, PREDICTIONS_TABLE):
             table = master.table(name)
-            carry = {NEXT_OFFSET: str(master.committed_offset(table))}
+            current = table.current_snapshot()
+            summary = current.summary.additional_properties if current and current.summary else {}
+            # What a loader resumes from (the log offset, the files of its last commit).
+            carry = {k: str(v) for k, v in summary.items() if k.startswith("saiki.")}
             result.compacted.append(compact(table, name, carry=carry, write=data_files_by_day))
             result.expired.append(
                 expire_snapshots(

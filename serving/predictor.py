@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from saiki.core.errors import InvalidInputError, PreconditionError, SaikiError
+from saiki.core.prediction_files import ROTATE_MS, file_name
 from saiki.core.schema import MAX_ID_CHARS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import FEATURE_NAMES
@@ -96,42 +97,30 @@ def validate_predict(
 class PredictionLog:
     """Every served ranking, as JSON lines: what attributes later clicks to variants.
 
-    One file per process and hour (``predictions-<pid>-<start ms>.jsonl``): a file is
-    closed once it is an hour old and the next record opens a new one; files whose
-    records are all older than ``retention_ms`` (any process's) are removed then. ``saiki
-    monitor`` reads the last hour; the demo's checks read minutes."""
+    One file per process and hour (``core/prediction_files.py``): a file is closed once
+    it is an hour old and the next record opens a new one. ``saiki monitor`` reads the
+    last hour from the files; ``saiki master load`` appends closed files past the monitor's
+    reach to the Iceberg table ``saiki.predictions`` and removes them
+    (``batch/predictions.py``)."""
 
-    ROTATE_MS = 3_600_000
-    RETENTION_MS = 48 * 3_600_000
+    ROTATE_MS = ROTATE_MS
 
-    def __init__(
-        self,
-        folder: Path,
-        clock: Callable[[], int] = now_ms,
-        retention_ms: int = RETENTION_MS,
-    ) -> None:
+    def __init__(self, folder: Path, clock: Callable[[], int] = now_ms) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self._clock = clock
-        self._retention_ms = retention_ms
         self._lock = threading.Lock()
         self._flushed = time.monotonic()
         self._open()
 
     def _open(self) -> None:
         self._started_ms = self._clock()
-        self.path = self.folder / f"predictions-{os.getpid()}-{self._started_ms}.jsonl"
+        self.path = self.folder / file_name(os.getpid(), self._started_ms)
         self._handle = open(self.path, "a", buffering=1 << 16)  # noqa: SIM115 (kept open)
 
     def _rotate(self) -> None:
         self._handle.close()
         self._open()
-        # A file holds records from its start (in its name) to under an hour after it.
-        horizon = self._clock() - self._retention_ms - self.ROTATE_MS
-        for old in self.folder.glob("predictions-*-*.jsonl"):
-            started = old.stem.rsplit("-", 1)[-1]
-            if old != self.path and started.isdigit() and int(started) < horizon:
-                old.unlink(missing_ok=True)
 
     def write(self, user_id: str, prediction: Prediction) -> None:
         """Append one record; flushed at least every half second."""

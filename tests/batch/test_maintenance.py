@@ -130,7 +130,7 @@ def test_maintain_pins_what_training_sets_name_and_runs_on_both_tables(
         loaded, schedule=dataclasses.replace(loaded.schedule, snapshot_retention="0s")
     )
     result = maintain(config, now_ms() + 1)
-    assert [e.table for e in result.expired] == ["events", "events_quarantine"]
+    assert [e.table for e in result.expired] == ["events", "events_quarantine", "predictions"]
     kept = [s.snapshot_id for s in master.snapshots()]
     assert snapshots[1] in kept and snapshots[0] not in kept
     assert ids_at(master, snapshots[1]) and ids_at(master, kept[-1]) == sorted(log_ids(loaded))

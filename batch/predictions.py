@@ -1,0 +1,122 @@
+"""Served rankings in the master dataset: the Iceberg table ``saiki.predictions``.
+
+The servers log each ``Predict`` answer to hourly JSON-lines files
+(``core/prediction_files.py``). :func:`load_predictions` (run by ``saiki master load``)
+appends every *closed* file whose records are older than ``HOLD_MS`` (``saiki monitor``
+reads the last hour from the files) to ``saiki.predictions``, partitioned by day, and
+then removes the files, so the serving folder holds a few hours at most.
+
+**Exactly once.** One commit takes whole files and names them in its snapshot summary
+(``saiki.predictions.files``); the files are removed right after it, under the loader's
+lock. A loader that dies between the commit and the removal leaves files the current
+snapshot names: the next load removes them without loading them again. Each row keeps
+its ``source`` (file and line), so a stock reader can trace it back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import orjson
+import pyarrow as pa
+from pyiceberg.schema import Schema
+from pyiceberg.types import (
+    DoubleType,
+    ListType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from saiki.core.prediction_files import closed_before
+
+PREDICTIONS_TABLE: Final = "predictions"
+LOADED_FILES: Final = "saiki.predictions.files"
+HOLD_MS: Final = 6 * 3_600_000  # files stay this long after their last record
+FILES_PER_COMMIT: Final = 64
+
+PREDICTIONS_SCHEMA: Final = Schema(
+    NestedField(1, "time", TimestamptzType(), required=True),
+    NestedField(2, "request_id", StringType(), required=True),
+    NestedField(3, "user_id", StringType(), required=True),
+    NestedField(4, "variant", StringType(), required=False),
+    NestedField(5, "model_version", StringType(), required=True),
+    NestedField(
+        6, "items", ListType(element_id=10, element_type=StringType(), element_required=True)
+    ),
+    NestedField(
+        7, "scores", ListType(element_id=11, element_type=DoubleType(), element_required=True)
+    ),
+    NestedField(8, "candidates", LongType(), required=True),
+    NestedField(9, "source", StringType(), required=True),
+)
+_ARROW_SCHEMA: Final = pa.schema(
+    [
+        pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("items", pa.list_(pa.field("element", pa.string(), nullable=False))),
+        pa.field("scores", pa.list_(pa.field("element", pa.float64(), nullable=False))),
+        pa.field("candidates", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass
+class PredictionsLoad:
+    """What one load of the prediction log did."""
+
+    rows: int = 0
+    files: int = 0
+    snapshots: int = 0
+    removed_after_crash: int = 0
+    torn_lines: int = 0  # a last line a killed server left unfinished: not a record
+
+
+def finish_last_commit(summary: dict[str, str], folder: Path) -> int:
+    """Remove the files the last commit loaded that a dead loader left behind."""
+    removed = 0
+    for name in json.loads(summary.get(LOADED_FILES, "[]")):
+        path = folder / name
+        if path.exists():
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def pending_files(folder: Path, now_ms: int, hold_ms: int = HOLD_MS) -> list[Path]:
+    """The closed files whose every record is older than ``hold_ms``, oldest first."""
+    return closed_before(folder, now_ms - hold_ms) if folder.exists() else []
+
+
+def read_files(paths: list[Path]) -> tuple[pa.Table, int]:
+    """The records of whole files as rows of the table; and how many torn lines."""
+    rows: dict[str, list[object]] = {f.name: [] for f in _ARROW_SCHEMA}
+    torn = 0
+    for path in paths:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    torn += 1
+                    continue
+                record = orjson.loads(line)
+                rows["time"].append(int(record["time_ms"]) * 1000)
+                rows["request_id"].append(str(record["request_id"]))
+                rows["user_id"].append(str(record["user_id"]))
+                rows["variant"].append(record.get("variant"))
+                rows["model_version"].append(str(record["model_version"]))
+                rows["items"].append([str(i) for i in record.get("items", [])])
+                rows["scores"].append([float(s) for s in record.get("scores", [])])
+                rows["candidates"].append(int(record.get("candidates", 0)))
+                rows["source"].append(f"{path.name}:{number}")
+    table = pa.table(
+        [pa.array(rows[f.name], type=f.type) for f in _ARROW_SCHEMA], schema=_ARROW_SCHEMA
+    )
+    return table, torn

@@ -32,6 +32,7 @@ from pyiceberg.transforms import DayTransform
 from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
 from saiki.batch.predictions import (
+    DROPPED,
     FILES_PER_COMMIT,
     HOLD_MS,
     LOADED_FILES,
@@ -362,16 +363,20 @@ class MasterDataset:
             files = pending_files(folder, now_ms, hold_ms)
             for start in range(0, len(files), FILES_PER_COMMIT):
                 batch = files[start : start + FILES_PER_COMMIT]
-                rows, torn = read_files(batch)
-                names = json.dumps([p.name for p in batch])
+                rows, torn, dropped = read_files(batch)
+                properties = {
+                    LOADED_FILES: json.dumps([p.name for p in batch]),
+                    DROPPED: str(dropped),  # this commit's files noted so many not logged
+                }
                 if rows.num_rows:
-                    table = self._append(table, PREDICTIONS_TABLE, rows, {LOADED_FILES: names})
+                    table = self._append(table, PREDICTIONS_TABLE, rows, properties)
                     result.snapshots += 1
                 for path in batch:  # durable in the table (or empty): the files go
                     path.unlink()
                 result.rows += rows.num_rows
                 result.files += len(batch)
                 result.torn_lines += torn
+                result.dropped += dropped
         return result
 
     def snapshots(self, name: str = EVENTS_TABLE) -> list[SnapshotInfo]:

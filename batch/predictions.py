@@ -36,6 +36,7 @@ from saiki.core.prediction_files import closed_before
 
 PREDICTIONS_TABLE: Final = "predictions"
 LOADED_FILES: Final = "saiki.predictions.files"
+DROPPED: Final = "saiki.predictions.dropped"
 HOLD_MS: Final = 6 * 3_600_000  # files stay this long after their last record
 FILES_PER_COMMIT: Final = 64
 
@@ -53,7 +54,27 @@ PREDICTIONS_SCHEMA: Final = Schema(
     ),
     NestedField(8, "candidates", LongType(), required=True),
     NestedField(9, "source", StringType(), required=True),
+    NestedField(12, "device_id", StringType(), required=False),
+    # The merged feature values the model saw, for a share of requests (else null): the
+    # user's, and each ranked item's in the order of ``items``; their names are the
+    # feature spec's (``feature_spec``, the spec version), user_ then item_ features.
+    NestedField(13, "feature_spec", StringType(), required=False),
+    NestedField(
+        14,
+        "user_features",
+        ListType(element_id=15, element_type=DoubleType(), element_required=True),
+    ),
+    NestedField(
+        16,
+        "item_features",
+        ListType(
+            element_id=17,
+            element_type=ListType(element_id=18, element_type=DoubleType(), element_required=True),
+            element_required=True,
+        ),
+    ),
 )
+_DOUBLES: Final = pa.list_(pa.field("element", pa.float64(), nullable=False))
 _ARROW_SCHEMA: Final = pa.schema(
     [
         pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -65,6 +86,10 @@ _ARROW_SCHEMA: Final = pa.schema(
         pa.field("scores", pa.list_(pa.field("element", pa.float64(), nullable=False))),
         pa.field("candidates", pa.int64(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
+        pa.field("device_id", pa.string()),
+        pa.field("feature_spec", pa.string()),
+        pa.field("user_features", _DOUBLES),
+        pa.field("item_features", pa.list_(pa.field("element", _DOUBLES, nullable=False))),
     ]
 )
 
@@ -78,6 +103,7 @@ class PredictionsLoad:
     snapshots: int = 0
     removed_after_crash: int = 0
     torn_lines: int = 0  # a last line a killed server left unfinished: not a record
+    dropped: int = 0  # answers the servers noted they could not log (a full queue)
 
 
 def finish_last_commit(summary: dict[str, str], folder: Path) -> int:
@@ -96,10 +122,11 @@ def pending_files(folder: Path, now_ms: int, hold_ms: int = HOLD_MS) -> list[Pat
     return closed_before(folder, now_ms - hold_ms) if folder.exists() else []
 
 
-def read_files(paths: list[Path]) -> tuple[pa.Table, int]:
-    """The records of whole files as rows of the table; and how many torn lines."""
+def read_files(paths: list[Path]) -> tuple[pa.Table, int, int]:
+    """The records of whole files as rows of the table; how many torn lines; how many
+    answers the servers noted as not logged."""
     rows: dict[str, list[object]] = {f.name: [] for f in _ARROW_SCHEMA}
-    torn = 0
+    torn = dropped = 0
     for path in paths:
         with open(path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
@@ -107,6 +134,9 @@ def read_files(paths: list[Path]) -> tuple[pa.Table, int]:
                     torn += 1
                     continue
                 record = orjson.loads(line)
+                if "dropped" in record:
+                    dropped += int(record["dropped"])
+                    continue
                 rows["time"].append(int(record["time_ms"]) * 1000)
                 rows["request_id"].append(str(record["request_id"]))
                 rows["user_id"].append(str(record["user_id"]))
@@ -116,7 +146,11 @@ def read_files(paths: list[Path]) -> tuple[pa.Table, int]:
                 rows["scores"].append([float(s) for s in record.get("scores", [])])
                 rows["candidates"].append(int(record.get("candidates", 0)))
                 rows["source"].append(f"{path.name}:{number}")
+                rows["device_id"].append(record.get("device_id") or None)
+                rows["feature_spec"].append(record.get("feature_spec"))
+                rows["user_features"].append(record.get("user_features"))
+                rows["item_features"].append(record.get("item_features"))
     table = pa.table(
         [pa.array(rows[f.name], type=f.type) for f in _ARROW_SCHEMA], schema=_ARROW_SCHEMA
     )
-    return table, torn
+    return table, torn, dropped

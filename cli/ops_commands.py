@@ -83,6 +83,8 @@ def run_monitor(args: argparse.Namespace) -> int:
             else "no reference yet)"
         )
     )
+    if found.log_dropped:
+        print(f"prediction log: {found.log_dropped} answer(s) not logged (the queue was full)")
     if args.guard:
         from saiki.ops.monitoring import guard
 

@@ -105,6 +105,9 @@ class ServingConfig:
     # held their p99 to 1.3x the unloaded one in benchmarks/bench_overload.py, 8 to 10x)
     # at the price of refusing concurrent calls sooner.
     max_in_flight: int = 8
+    # Share of Predict requests whose merged feature values go to the prediction log
+    # (and so to saiki.predictions); every answer is logged, its vectors by this share.
+    log_features_share: float = 1.0
     # A second, small server answering only grpc.health.v1 (0: none), so health is
     # answered while the main port is saturated; point probes at it.
     health_port: int = 0
@@ -264,6 +267,9 @@ def _check_ranges(sections: dict[str, Any]) -> None:
         value = getattr(sections[section], key)
         if value < least:
             raise ConfigError(f"{section}.{key}: must be at least {least}, got {value}")
+    share = sections["serving"].log_features_share
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"serving.log_features_share: must be within 0..1, got {share}")
     for key in ("port", "health_port", "metrics_port"):
         port = getattr(sections["serving"], key)
         if port > 65535:
@@ -293,6 +299,8 @@ def _coerce(name: str, hint: Any, raw: Any) -> Any:
         target = next(a for a in typing.get_args(hint) if a is not type(None))
     if isinstance(raw, target) and not (target is int and isinstance(raw, bool)):
         return raw
+    if target is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
     if isinstance(raw, str):
         try:
             if target is bool:

@@ -97,6 +97,7 @@ class MonitorReport:
     # or there has been none yet).
     reference_ratio: float | None = None
     trained_to_ms: int = 0  # the end of the production version's training data
+    log_dropped: int = 0  # answers the servers could not log in the window (full queue)
 
     @property
     def drifted(self) -> list[str]:
@@ -202,8 +203,11 @@ def regression(report: MonitorReport, previous: int | None, baselines: Baselines
     return None
 
 
-def read_predictions(folder: Path, since_ms: int) -> list[dict[str, object]]:
-    """Prediction-log records since a time (all server processes)."""
+def read_predictions(
+    folder: Path, since_ms: int, dropped: list[int] | None = None
+) -> list[dict[str, object]]:
+    """Prediction-log records since a time (all server processes); answers the servers
+    could not log (a full queue) are added to ``dropped[0]`` when given."""
     records = []
     for path in sorted(folder.glob("predictions-*.jsonl")):
         with open(path) as handle:
@@ -211,8 +215,13 @@ def read_predictions(folder: Path, since_ms: int) -> list[dict[str, object]]:
                 if not line.endswith("\n"):
                     break  # a record still being written
                 record = json.loads(line)
-                if int(record["time_ms"]) >= since_ms:
-                    records.append(record)
+                if int(record["time_ms"]) < since_ms:
+                    continue
+                if "dropped" in record:
+                    if dropped is not None:
+                        dropped[0] += int(record["dropped"])
+                    continue
+                records.append(record)
     return records
 
 
@@ -238,12 +247,14 @@ def monitor(
     production = registry.production()
     since = now_ms - window_ms
     report = MonitorReport((since, now_ms), production)
+    dropped = [0]
     predictions = [
         p
-        for p in read_predictions(data_dir / "serving", since)
+        for p in read_predictions(data_dir / "serving", since, dropped)
         if production is not None and p["model_version"] == f"v{production}"
     ]
     report.requests = len(predictions)
+    report.log_dropped = dropped[0]
     if production is None or not predictions:
         return report
     report.trained_to_ms = int(registry.get(production).lineage.get("to_ms", 0))

@@ -13,9 +13,10 @@ Before any model is in production, candidates are ranked by the item's smoothed 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
+import queue
+import random
 import threading
 import time
 import uuid
@@ -25,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import orjson
 import torch
 
 from saiki.core.errors import InvalidInputError, PreconditionError, SaikiError
 from saiki.core.prediction_files import ROTATE_MS, file_name
 from saiki.core.schema import MAX_ID_CHARS
 from saiki.core.timeutil import now_ms
-from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
 from saiki.serving.experiment import FILE as EXPERIMENT_FILE
 from saiki.serving.experiment import PRODUCTION_ONLY, Experiment, load_experiment
 from saiki.serving.merge import FeatureMerger
@@ -94,59 +97,146 @@ def validate_predict(
         raise InvalidInputError("request_id", f"at most {MAX_ID_CHARS} characters")
 
 
-class PredictionLog:
-    """Every served ranking, as JSON lines: what attributes later clicks to variants.
+@dataclass(frozen=True)
+class _Served:
+    """One answer waiting for the log's writer thread."""
 
-    One file per process and hour (``core/prediction_files.py``): a file is closed once
-    it is an hour old and the next record opens a new one. ``saiki monitor`` reads the
-    last hour from the files; ``saiki master load`` appends closed files past the monitor's
-    reach to the Iceberg table ``saiki.predictions`` and removes them
-    (``batch/predictions.py``)."""
+    at_ms: int
+    user_id: str
+    device_id: str
+    prediction: Prediction
+    candidates: Sequence[str]
+    user_features: (
+        npt.NDArray[np.float64] | None
+    )  # (1, F), or None when this request is not sampled
+    item_features: npt.NDArray[np.float64] | None  # (candidates, F), in the candidates' order
+
+
+class PredictionLog:
+    """Every served ranking, as JSON lines: what it answered, with the merged feature
+    values the model saw (for a share of requests), off the response path.
+
+    ``write`` only queues the answer (a bounded queue: when it is full the answer is
+    counted in ``dropped`` and never waits); a writer thread renders and appends the
+    records, and notes how many were dropped since its last note as a record
+    ``{"time_ms", "dropped"}`` that readers count. One file per process and hour
+    (``core/prediction_files.py``): a file is closed once it is an hour old and the next
+    record opens a new one. ``saiki monitor`` reads the last hour from the files; ``saiki
+    master load`` appends closed files past the monitor's reach to the Iceberg table
+    ``saiki.predictions`` and removes them (``batch/predictions.py``)."""
 
     ROTATE_MS = ROTATE_MS
+    QUEUE_MAX = 10_000
 
-    def __init__(self, folder: Path, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        clock: Callable[[], int] = now_ms,
+        features_share: float = 1.0,
+        queue_max: int = QUEUE_MAX,
+    ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self._clock = clock
-        self._lock = threading.Lock()
+        self.features_share = features_share
+        self._queue: queue.Queue[_Served | None] = queue.Queue(maxsize=queue_max)
+        self.dropped = 0  # answers refused by a full queue, ever
+        self._noted = 0  # of which noted in the log
         self._flushed = time.monotonic()
         self._open()
+        self._writer = threading.Thread(target=self._drain, name="prediction-log", daemon=True)
+        self._writer.start()
 
-    def _open(self) -> None:
-        self._started_ms = self._clock()
+    def _open(self, started_ms: int | None = None) -> None:
+        self._started_ms = self._clock() if started_ms is None else started_ms
         self.path = self.folder / file_name(os.getpid(), self._started_ms)
-        self._handle = open(self.path, "a", buffering=1 << 16)  # noqa: SIM115 (kept open)
+        self._handle = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 (kept open)
 
-    def _rotate(self) -> None:
-        self._handle.close()
-        self._open()
+    def wants_features(self) -> bool:
+        """Whether this request's feature values are logged (``log_features_share``)."""
+        share = self.features_share
+        return share >= 1.0 or (share > 0.0 and random.random() < share)
 
-    def write(self, user_id: str, prediction: Prediction) -> None:
-        """Append one record; flushed at least every half second."""
-        at = self._clock()
-        record = {
-            "time_ms": at,
-            "request_id": prediction.request_id,
-            "user_id": user_id,
-            "variant": prediction.variant,
-            "model_version": prediction.model_version,
-            "items": [i for i, _ in prediction.items[:20]],
-            "scores": [round(s, 5) for _, s in prediction.items[:20]],
-            "candidates": len(prediction.items),
-        }
-        with self._lock:
-            if at - self._started_ms >= self.ROTATE_MS:
-                self._rotate()
-            self._handle.write(json.dumps(record) + "\n")
-            if time.monotonic() - self._flushed > 0.5:
-                self._handle.flush()
-                self._flushed = time.monotonic()
+    def write(
+        self,
+        user_id: str,
+        prediction: Prediction,
+        *,
+        device_id: str = "",
+        candidates: Sequence[str] = (),
+        user_features: npt.NDArray[np.float64] | None = None,
+        item_features: npt.NDArray[np.float64] | None = None,
+    ) -> None:
+        """Queue one answer; never blocks (a full queue counts it in ``dropped``)."""
+        served = _Served(
+            self._clock(), user_id, device_id, prediction, candidates, user_features, item_features
+        )
+        try:
+            self._queue.put_nowait(served)
+        except queue.Full:
+            self.dropped += 1  # one writer of this count: the caller threads, under the GIL
+
+    def flush(self) -> None:
+        """Wait until every queued answer is written and flushed."""
+        self._queue.join()
 
     def close(self) -> None:
-        """Flush and close."""
-        with self._lock:
-            self._handle.close()
+        """Write what is queued, then stop the writer and close the file."""
+        self._queue.put(None)
+        self._writer.join()
+        self._handle.close()
+
+    def _drain(self) -> None:
+        while True:
+            served = self._queue.get()
+            try:
+                if served is None:
+                    self._note_dropped(self._clock())
+                    self._handle.flush()
+                    return
+                if served.at_ms - self._started_ms >= self.ROTATE_MS:
+                    self._handle.close()
+                    self._open(served.at_ms)
+                self._note_dropped(served.at_ms)
+                self._handle.write(_render(served))
+                if self._queue.empty() or time.monotonic() - self._flushed > 0.5:
+                    self._handle.flush()
+                    self._flushed = time.monotonic()
+            except Exception:  # a record the log cannot take must not stop the writer
+                log.exception("prediction log: a record was not written")
+            finally:
+                self._queue.task_done()
+
+    def _note_dropped(self, at_ms: int) -> None:
+        dropped = self.dropped
+        if dropped > self._noted:
+            self._handle.write(orjson.dumps({"time_ms": at_ms, "dropped": dropped - self._noted}))
+            self._handle.write(b"\n")
+            self._noted = dropped
+
+
+def _render(served: _Served) -> bytes:
+    """One answer as a JSON line: every ranked item with its score and, if sampled, the
+    user's and each ranked item's feature values (names: ``feature_spec``'s)."""
+    prediction = served.prediction
+    record: dict[str, Any] = {
+        "time_ms": served.at_ms,
+        "request_id": prediction.request_id,
+        "user_id": served.user_id,
+        "device_id": served.device_id,
+        "variant": prediction.variant,
+        "model_version": prediction.model_version,
+        "items": [i for i, _ in prediction.items],
+        "scores": [round(s, 6) for _, s in prediction.items],
+        "candidates": len(served.candidates) or len(prediction.items),
+    }
+    if served.user_features is not None and served.item_features is not None:
+        position = {item: n for n, item in enumerate(served.candidates)}
+        rows = [position[i] for i, _ in prediction.items]
+        record["feature_spec"] = SPEC_VERSION
+        record["user_features"] = served.user_features[0]
+        record["item_features"] = served.item_features[rows]
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 
 class Predictor:
@@ -285,5 +375,13 @@ class Predictor:
         ranked = [(item_ids[i], float(scores[i])) for i in order.tolist()]
         result = Prediction(request_id or uuid.uuid4().hex, name, variant, ranked, threshold)
         if self._log is not None:
-            self._log.write(user_id, result)
+            sampled = self._log.wants_features()
+            self._log.write(
+                user_id,
+                result,
+                device_id=device_id,
+                candidates=item_ids,
+                user_features=user.values if sampled else None,
+                item_features=items.values if sampled else None,
+            )
         return result

@@ -208,7 +208,9 @@ def start_server(
     features_pb2_grpc.add_FeatureServiceServicer_to_server(
         FeatureService(merger, SpeedWatermark(config.data_dir), serving.max_ids), server
     )
-    prediction_log = PredictionLog(config.data_dir / "serving")
+    prediction_log = PredictionLog(
+        config.data_dir / "serving", features_share=serving.log_features_share
+    )
     predictor = Predictor(
         ModelRegistry(config.data_dir),
         merger,

@@ -4,11 +4,14 @@ loaded into saiki.predictions exactly once, then removed; a stock reader opens i
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import numpy as np
 
 from saiki.batch.master import MasterDataset
 from saiki.batch.predictions import HOLD_MS, PREDICTIONS_TABLE
@@ -42,7 +45,13 @@ def serve_for_hours(config: SaikiConfig, hours: int) -> tuple[Path, list[str], i
     requests = []
     for n in range(hours * 3):
         request = f"r{n}"
-        log.write(f"u{n % 7}", Prediction(request, "v1", "production", [("i1", 0.8), ("i2", 0.3)]))
+        log.write(
+            f"u{n % 7}",
+            Prediction(request, "v1", "production", [("i2", 0.8), ("i1", 0.3)]),
+            candidates=["i1", "i2"],
+            user_features=np.array([[float(n), 1.0]]),
+            item_features=np.array([[1.0, 1.5], [2.0, 2.5]]),
+        )
         requests.append(request)
         now[0] += 20 * 60_000
     log.close()
@@ -71,6 +80,11 @@ def test_closed_files_past_the_hold_are_loaded_once_and_removed(tmp_path: Path) 
     later = master.load_predictions(folder, now + HOLD_MS + 2 * HOUR)
     assert later.rows == len(requests) - len(in_table)
     assert loaded_requests(master) == sorted(requests) and not list(folder.glob("*.jsonl"))
+    rows = master.table(PREDICTIONS_TABLE).scan().to_arrow().to_pylist()
+    one = next(r for r in rows if r["request_id"] == "r5")
+    assert (one["items"], one["user_features"]) == (["i2", "i1"], [5.0, 1.0])
+    assert one["item_features"] == [[2.0, 2.5], [1.0, 1.5]]  # in the ranked order
+    assert one["feature_spec"] and re.fullmatch(r"predictions-\d+-\d+\.jsonl:\d+", one["source"])
     seen = json.loads(
         subprocess.run(
             [sys.executable, "-I", "-c", STOCK_PREDICTIONS],

@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from saiki.core.config import SaikiConfig
+from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
 from saiki.serving.experiment import Experiment, Variant, write_experiment
 from saiki.serving.model import ModelConfig, RankingModel, quantise
+from saiki.serving.monitor import read_predictions
 from saiki.serving.registry import ModelRegistry
 from saiki.serving.server import RunningServer, start_server
 from saiki.serving.training import TARGET_PRECISION, operating_threshold
-from saiki.v1 import prediction_pb2, prediction_pb2_grpc
+from saiki.v1 import features_pb2, features_pb2_grpc, prediction_pb2, prediction_pb2_grpc
 from tests.conftest import make_config, run_saiki
 
 pytestmark = pytest.mark.slow
@@ -65,6 +67,42 @@ def test_predict_ranks_every_candidate_by_click_probability(
     assert all(0.0 < s < 1.0 for s in scores) and scores[0] > scores[-1]
     generated = stub.Predict(prediction_pb2.PredictRequest(user_id="u7", item_ids=ITEMS[:3]))
     assert len(generated.request_id) == 32
+
+
+def test_the_log_holds_every_ranked_item_and_the_features_getfeatures_serves(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    config, running, stub = served
+    candidates = ITEMS[:40]
+    response = stub.Predict(
+        prediction_pb2.PredictRequest(
+            user_id="u7", item_ids=candidates, device_id="ios", request_id="logged-1"
+        )
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        features = features_pb2_grpc.FeatureServiceStub(channel)
+        users = features.GetFeatures(features_pb2.GetFeaturesRequest(entity="user", ids=["u7"]))
+        items = features.GetFeatures(features_pb2.GetFeaturesRequest(entity="item", ids=candidates))
+    deadline = time.monotonic() + 10
+    while not (
+        found := [
+            r
+            for r in read_predictions(config.data_dir / "serving", 0)
+            if r["request_id"] == "logged-1"
+        ]
+    ):
+        assert time.monotonic() < deadline, "the answer never reached the log"
+        time.sleep(0.05)
+    (record,) = found
+    assert record["items"] == [i.item_id for i in response.items]
+    assert record["scores"] == pytest.approx([i.score for i in response.items], abs=1e-6)
+    assert (record["device_id"], record["candidates"]) == ("ios", 40)
+    assert record["feature_spec"] == SPEC_VERSION
+    user_values = dict(users.entities[0].values)
+    assert record["user_features"] == pytest.approx([user_values[f] for f in FEATURE_NAMES])
+    by_item = {e.id: dict(e.values) for e in items.entities}
+    for item, logged in zip(record["items"], record["item_features"], strict=True):
+        assert logged == pytest.approx([by_item[item][f] for f in FEATURE_NAMES]), item
 
 
 @pytest.mark.parametrize(

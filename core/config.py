@@ -108,6 +108,9 @@ class ServingConfig:
     # Share of Predict requests whose merged feature values go to the prediction log
     # (and so to saiki.predictions); every answer is logged, its vectors by this share.
     log_features_share: float = 1.0
+    # The prediction log itself (monitor, A/B and saiki.predictions read it); off only to
+    # measure what it costs.
+    log_predictions: bool = True
     # A second, small server answering only grpc.health.v1 (0: none), so health is
     # answered while the main port is saturated; point probes at it.
     health_port: int = 0

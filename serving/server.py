@@ -208,8 +208,10 @@ def start_server(
     features_pb2_grpc.add_FeatureServiceServicer_to_server(
         FeatureService(merger, SpeedWatermark(config.data_dir), serving.max_ids), server
     )
-    prediction_log = PredictionLog(
-        config.data_dir / "serving", features_share=serving.log_features_share
+    prediction_log = (
+        PredictionLog(config.data_dir / "serving", features_share=serving.log_features_share)
+        if serving.log_predictions
+        else None
     )
     predictor = Predictor(
         ModelRegistry(config.data_dir),
@@ -244,7 +246,8 @@ def start_server(
 
     def on_stop() -> None:
         event_service.close()
-        prediction_log.close()
+        if prediction_log is not None:
+            prediction_log.close()
 
     return RunningServer(
         server,

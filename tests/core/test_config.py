@@ -42,6 +42,8 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ('[catalog]\ntype = "glue"\n', {}, "catalog.type"),
         ("[serving]\nworkers = 0\n", {}, "serving.workers: must be at least 1"),
         ("", {"SAIKI_SERVING_PORT": "70000"}, "serving.port: must be at most 65535"),
+        ("[serving]\nlog_features_share = 1.5\n", {}, "serving.log_features_share: must be"),
+        ("", {"SAIKI_SERVING_LOG_FEATURES_SHARE": "half"}, "serving.log_features_share"),
     ],
 )
 def test_bad_configuration_names_the_key(
@@ -64,3 +66,10 @@ def test_flags_are_the_last_layer(tmp_path: Path) -> None:
     (tmp_path / "saiki.toml").write_text("[serving]\nworkers = 3\nport = 6001\n")
     config = load_config(tmp_path, environ={}, serving={"workers": 2, "port": None})
     assert (config.serving.workers, config.serving.port) == (2, 6001)
+
+
+def test_a_share_is_a_number_and_the_prediction_log_can_be_turned_off(tmp_path: Path) -> None:
+    (tmp_path / "saiki.toml").write_text("[serving]\nlog_features_share = 0\n")
+    config = load_config(tmp_path, environ={"SAIKI_SERVING_LOG_PREDICTIONS": "false"})
+    assert config.serving.log_features_share == 0.0
+    assert config.serving.log_predictions is False

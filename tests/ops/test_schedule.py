@@ -37,6 +37,9 @@ def test_validate_names_the_job_of_a_bad_cadence(config: SaikiConfig) -> None:
     (config.data_dir / "saiki.toml").write_text('[schedule]\nmonitor = "often"\n')
     with pytest.raises(ConfigError, match=r"schedule\.monitor"):
         validate(make_config(config.data_dir))
+    (config.data_dir / "saiki.toml").write_text('[schedule]\nsnapshot_retention = "soon"\n')
+    with pytest.raises(ConfigError, match=r"schedule\.snapshot_retention"):
+        validate(make_config(config.data_dir))
     (config.data_dir / "saiki.toml").write_text("[schedule]\nkeep_views = 1\n")
     with pytest.raises(ConfigError, match=r"schedule\.keep_views"):
         make_config(config.data_dir)

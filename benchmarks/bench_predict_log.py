@@ -1,0 +1,78 @@
+"""What the prediction log costs ``Predict``: off, answers only, answers with features.
+
+Side by side in one run on the data of ``bench_predict`` (run it first, or this prepares
+it): the same server (``--workers 2``, int8, feature cache on) started three times, with
+``[serving] log_predictions = false``; with the log on and ``log_features_share = 0``
+(every answer: request, user, device, every ranked item and score); and with the default
+``log_features_share = 1`` (also the user's and each candidate's merged feature values).
+100 candidates per call, at 1 and at 8 calls in flight. Target (issue 20): logging costs
+at most 10% of the ``Predict`` p50.
+
+    python -m benchmarks.bench_predict_log
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_features import prepare
+from benchmarks.bench_predict import PORT, SECONDS, cli, load
+from benchmarks.common import DATA, conditions, fresh_dir, start_server
+
+SETTINGS = {
+    "log off": {"SERVING_LOG_PREDICTIONS": "false"},
+    "log answers only (share 0)": {"SERVING_LOG_FEATURES_SHARE": "0"},
+    "log answers + features (share 1)": {"SERVING_LOG_FEATURES_SHARE": "1"},
+}
+
+
+async def measure(settings: dict[str, str], data: Path) -> dict[int, tuple[list[float], int]]:
+    server = start_server(data, PORT, workers=2, SERVING_PRECISION="int8", **settings)
+    try:
+        return {n: await load(f"127.0.0.1:{PORT}", n) for n in (1, 8)}
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+def main() -> None:
+    data = DATA / "features" / "data"
+    if not (data / "views" / "CURRENT").exists():
+        fresh_dir("features")
+        prepare(data)
+    if not (data / "models" / "registry.json").exists():
+        cli(data, "train", "--promote-if-better")
+    results = {}
+    for name, env in SETTINGS.items():
+        shutil.rmtree(data / "serving", ignore_errors=True)
+        results[name] = asyncio.run(measure(env, data))
+    logged = sum(p.stat().st_size for p in (data / "serving").glob("predictions-*.jsonl"))
+
+    def ms(samples: list[float], q: float) -> float:
+        return float(np.percentile(np.array(samples) * 1000, q))
+
+    print(f"# prediction log benchmark — {conditions()}")
+    print(
+        f"server: saiki serve --workers 2, int8, feature cache on; {SECONDS}s per row; "
+        "100 candidates per call"
+    )
+    print(f"{'setting':<36}{'in flight':>10}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}")
+    for name, by_flight in results.items():
+        for flight, (samples, rate) in by_flight.items():
+            print(f"{name:<36}{flight:>10}{ms(samples, 50):>8.2f}{ms(samples, 99):>8.2f}{rate:>9}")
+    for flight in (1, 8):
+        off = ms(results["log off"][flight][0], 50)
+        full = ms(results["log answers + features (share 1)"][flight][0], 50)
+        print(
+            f"{flight} in flight: logging with features costs {(full - off) / off:+.1%} of "
+            f"the p50 ({off:.2f} -> {full:.2f} ms; target <= 10%)"
+        )
+    print(f"log written by the last setting: {logged / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

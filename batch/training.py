@@ -77,6 +77,11 @@ class TrainingSetLineage:
     rows: int
     positives: int
     label_window_ms: int = LABEL_WINDOW_MS
+    # "recomputed" from the master dataset, or "logged": the vectors the servers used
+    # (batch/logged_training.py), from this snapshot of saiki.predictions.
+    features: str = "recomputed"
+    predictions_snapshot_id: int | None = None
+    unmatched: int = 0  # impressions with no logged vector (logged mode): not in the set
 
 
 class _KeyByShard(beam.DoFn):  # type: ignore[misc]

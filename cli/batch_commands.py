@@ -55,6 +55,13 @@ def add_parsers(subparsers: Any) -> None:
     training.add_argument("--out", type=Path, required=True)
     training.add_argument("--snapshot", type=int, default=None)
     training.add_argument("--runner", default="DirectRunner", choices=RUNNERS)
+    training.add_argument(
+        "--features",
+        choices=("recomputed", "logged"),
+        default="recomputed",
+        help="recomputed from the master dataset (default), or the vectors the servers "
+        "logged in saiki.predictions",
+    )
     training.set_defaults(handler=run_training_set, beam_passthrough=True)
 
 
@@ -164,16 +171,26 @@ def run_training_set(args: argparse.Namespace) -> int:
     from saiki.batch.training import build_training_set
 
     config = load_config(args.data_dir)
+    from_ms, to_ms = parse_iso(args.from_, "--from"), parse_iso(args.to, "--to")
     with progress_bar(None, "step", "training set"):
-        lineage = build_training_set(
-            config,
-            parse_iso(args.from_, "--from"),
-            parse_iso(args.to, "--to"),
-            args.out,
-            snapshot_id=args.snapshot,
-            runner=args.runner,
-            beam_args=tuple(args.beam_args),
-        )
+        if args.features == "logged":
+            from saiki.batch.logged_training import build_logged_training_set
+
+            lineage = build_logged_training_set(
+                config, from_ms, to_ms, args.out, snapshot_id=args.snapshot
+            )
+        else:
+            lineage = build_training_set(
+                config,
+                from_ms,
+                to_ms,
+                args.out,
+                snapshot_id=args.snapshot,
+                runner=args.runner,
+                beam_args=tuple(args.beam_args),
+            )
     print(f"wrote {args.out}: {lineage.rows} impressions, {lineage.positives} clicked")
+    if lineage.unmatched:
+        print(f"{lineage.unmatched} impressions had no logged vector and are not in the set")
     print(json.dumps(asdict(lineage)))
     return 0

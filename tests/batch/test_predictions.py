@@ -12,14 +12,21 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from saiki.batch.logged_training import build_logged_training_set
 from saiki.batch.master import MasterDataset
 from saiki.batch.predictions import HOLD_MS, PREDICTIONS_TABLE
+from saiki.batch.training import read_lineage
 from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog
+from saiki.core.ingest import Ingestor
+from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.monitor import read_predictions
 from saiki.serving.predictor import Prediction, PredictionLog
 from tests.batch.test_master import stock_env
-from tests.conftest import make_config
+from tests.conftest import END_MS, make_config
+from tests.core.test_ingest import event_line
 
 HOUR = 3_600_000
 START = 490_000 * HOUR
@@ -116,3 +123,44 @@ def test_files_a_dead_loader_left_after_its_commit_are_not_loaded_again(
     again = master.load_predictions(folder, now)
     assert again.removed_after_crash == first.files and again.rows == 0
     assert len(loaded_requests(master)) == first.rows
+
+
+def test_a_training_set_from_logged_features_joins_each_impression_to_its_served_vector(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path / "data")
+    log = EventLog(config.log_dir)
+    at = END_MS - 3 * HOUR
+    lines = [
+        event_line("imp-a", event_time=at + 100, request_id="req-1", item_id="i1"),
+        event_line("imp-b", event_time=at + 100, request_id="req-1", item_id="i2"),
+        event_line(
+            "click", event_time=at + 60_000, request_id="req-1", item_id="i2", event_type="CLICK"
+        ),
+        event_line("imp-c", event_time=at + 200, item_id="i3"),  # no request: not logged
+    ]
+    Ingestor(log, clock=lambda: END_MS).ingest_lines(lines, "test")
+    master = MasterDataset(config)
+    master.load(log)
+    now = [at]
+    served = PredictionLog(config.data_dir / "serving", clock=lambda: now[0])
+    served.write(
+        "u1",
+        Prediction("req-1", "v1", "production", [("i2", 0.7), ("i1", 0.2)]),
+        candidates=["i1", "i2"],
+        user_features=np.arange(len(FEATURE_NAMES), dtype=np.float64)[None, :],
+        item_features=np.stack(
+            [np.full(len(FEATURE_NAMES), 1.0), np.full(len(FEATURE_NAMES), 2.0)]
+        ),
+    )
+    served.close()
+    master.load_predictions(config.data_dir / "serving", at + HOLD_MS + 2 * HOUR)
+    out = tmp_path / "logged.parquet"
+    lineage = build_logged_training_set(config, at, at + HOUR, out)
+    assert (lineage.features, lineage.rows, lineage.unmatched) == ("logged", 2, 1)
+    assert lineage.predictions_snapshot_id is not None and read_lineage(out) == lineage
+    rows = {r["item_id"]: r for r in pq.read_table(out).to_pylist()}
+    assert (rows["i1"]["clicked"], rows["i2"]["clicked"]) == (0, 1)
+    for item, value in (("i1", 1.0), ("i2", 2.0)):
+        assert [rows[item][f"user_{n}"] for n in FEATURE_NAMES] == list(range(len(FEATURE_NAMES)))
+        assert {rows[item][f"item_{n}"] for n in FEATURE_NAMES} == {value}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from saiki.core.config import load_config
+from saiki.core.config import SaikiConfig, load_config
+from saiki.core.errors import InvalidInputError
 from saiki.core.timeutil import floor_minute, format_iso, now_ms, parse_duration, parse_iso
 from saiki.ops.console import print_table
 
@@ -15,8 +16,18 @@ def add_parsers(subparsers: Any) -> None:
     consistency = subparsers.add_parser(
         "consistency", help="served features against a recomputation from the master dataset"
     )
-    consistency.add_argument("--sample", type=int, default=200, help="entities per kind")
+    consistency.add_argument(
+        "--sample", type=int, default=200, help="entities per kind (answers with --from-log)"
+    )
     consistency.add_argument("--as-of", default=None, help="query time (default: now)")
+    consistency.add_argument(
+        "--from-log",
+        action="store_true",
+        help="the feature values the servers logged with their answers in --from..--to, "
+        "against a recomputation at each answer's time over the events acknowledged by then",
+    )
+    consistency.add_argument("--from", dest="from_", default=None)
+    consistency.add_argument("--to", default=None)
     consistency.set_defaults(handler=run_consistency)
     monitor = subparsers.add_parser(
         "monitor", help="feature drift and live CTR; exits 1 when a retrain is due"
@@ -39,6 +50,8 @@ def run_consistency(args: argparse.Namespace) -> int:
     from saiki.ops.consistency import consistency_report
 
     config = load_config(args.data_dir)
+    if args.from_log:
+        return _log_consistency(config, args)
     q = floor_minute(parse_iso(args.as_of, "--as-of") if args.as_of else now_ms())
     report = consistency_report(config, args.sample, q)
     print(
@@ -59,6 +72,31 @@ def run_consistency(args: argparse.Namespace) -> int:
             f"freshness: speed rows last written {age:.1f}s ago; newest event processed "
             f"{format_iso(status.max_event_ms)}; watermark {format_iso(status.watermark_ms)}"
         )
+    return 0 if report.consistent else 1
+
+
+def _log_consistency(config: SaikiConfig, args: argparse.Namespace) -> int:
+    """``saiki consistency --from-log --from TS --to TS``."""
+    from saiki.ops.consistency import log_consistency_report
+
+    if args.from_ is None or args.to is None:
+        raise InvalidInputError("--from/--to", "--from-log needs the range of answers")
+    report = log_consistency_report(
+        config, parse_iso(args.from_, "--from"), parse_iso(args.to, "--to"), args.sample
+    )
+    print(
+        f"consistency from the log: {report.answers} answers logged with features, "
+        f"{report.checked} checked, {report.compared} values compared, "
+        f"{sum(report.mismatches.values())} mismatched, {report.in_flight} in flight "
+        "(an event of theirs acknowledged under 5 s before the answer)"
+    )
+    if report.mismatches:
+        print_table(("feature", "mismatches"), sorted(report.mismatches.items()))
+        for kind, entity_id, name, at, want, have in report.examples:
+            print(
+                f"  {kind} {entity_id} {name} at {format_iso(at)}: served {have:g}, "
+                f"recomputed {want:g}"
+            )
     return 0 if report.consistent else 1
 
 

@@ -6,7 +6,12 @@ hands it the serving path's merger, in this process, as the thing to check.
 
 from __future__ import annotations
 
-from saiki.batch.consistency import ConsistencyReport, check
+from saiki.batch.consistency import (
+    ConsistencyReport,
+    LogConsistencyReport,
+    check,
+    check_from_log,
+)
 from saiki.core.config import SaikiConfig
 from saiki.feature_repo.online_readers import online_reader
 from saiki.feature_repo.spec import FEATURE_NAMES
@@ -31,3 +36,10 @@ def consistency_report(config: SaikiConfig, sample: int, q_ms: int) -> Consisten
         }
 
     return check(config, served, q_ms, sample)
+
+
+def log_consistency_report(
+    config: SaikiConfig, from_ms: int, to_ms: int, sample: int
+) -> LogConsistencyReport:
+    """The logged feature values of answers in [from, to) against their recomputation."""
+    return check_from_log(config, from_ms, to_ms, sample=sample)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from saiki.batch.consistency import check_from_log
 from saiki.batch.logged_training import build_logged_training_set
 from saiki.batch.master import MasterDataset
 from saiki.batch.predictions import HOLD_MS, PREDICTIONS_TABLE
@@ -24,6 +25,7 @@ from saiki.core.ingest import Ingestor
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.monitor import read_predictions
 from saiki.serving.predictor import Prediction, PredictionLog
+from tests import oracle
 from tests.batch.test_master import stock_env
 from tests.conftest import END_MS, make_config
 from tests.core.test_ingest import event_line
@@ -164,3 +166,53 @@ def test_a_training_set_from_logged_features_joins_each_impression_to_its_served
     for item, value in (("i1", 1.0), ("i2", 2.0)):
         assert [rows[item][f"user_{n}"] for n in FEATURE_NAMES] == list(range(len(FEATURE_NAMES)))
         assert {rows[item][f"item_{n}"] for n in FEATURE_NAMES} == {value}
+
+
+def test_consistency_from_the_log_passes_served_values_and_finds_an_injected_skew(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path / "data")
+    log = EventLog(config.log_dir)
+    t = END_MS - 2 * HOUR + 30_000  # answers half a minute into a minute
+    early = [
+        event_line(f"e{n}", event_time=t - n * 600_000, user_id=f"u{n % 2}", item_id=f"i{n % 3}")
+        for n in range(1, 9)
+    ]
+    Ingestor(log, clock=lambda: t - 60_000).ingest_lines(early, "test")
+    # Acknowledged 2 s before the answers: for u1 it is "in flight" when it is missing.
+    recent = [event_line("late", event_time=t - 5_000, user_id="u1", item_id="i9")]
+    Ingestor(log, clock=lambda: t - 2_000).ingest_lines(recent, "test")
+    master = MasterDataset(config)
+    master.load(log)
+    events = oracle.master_events(config)
+    acknowledged = events[events["ingest_time"].astype("int64") // 1000 <= t]
+    q = t - t % 60_000 + 60_000  # the server reads the answer's minute whole
+
+    def vector(frame: object, key: str, entity_id: str) -> np.ndarray:
+        values = oracle.window_features(frame, key, entity_id, q)  # type: ignore[arg-type]
+        return np.array([[values[n] for n in FEATURE_NAMES]])
+
+    served = PredictionLog(config.data_dir / "serving", clock=lambda: t)
+    for request, user, frame in (
+        ("right", "u0", acknowledged),
+        ("skewed", "u0", acknowledged),
+        ("behind", "u1", events[events["event_id"] != "late"]),  # the speed layer lagged
+    ):
+        items = np.vstack([vector(acknowledged, "item_id", i) for i in ("i1", "i2")])
+        user_values = vector(frame, "user_id", user)
+        if request == "skewed":
+            user_values[0, FEATURE_NAMES.index("clicks_1d")] += 1
+        served.write(
+            user,
+            Prediction(request, "v1", "production", [("i1", 0.5), ("i2", 0.4)]),
+            candidates=["i1", "i2"],
+            user_features=user_values,
+            item_features=items,
+        )
+    served.close()
+    report = check_from_log(config, t - HOUR, t + HOUR, sample=10)
+    assert (report.answers, report.checked) == (3, 3)
+    assert report.compared == 3 * 3 * len(FEATURE_NAMES)
+    assert dict(report.mismatches) == {"user_clicks_1d": 1}
+    assert report.examples[0][:3] == ("user", "u0", "clicks_1d")
+    assert report.in_flight > 0  # u1's late event, acknowledged 2 s before

@@ -24,6 +24,7 @@ a listing of the topic once, at its first append, and takes in whatever the inde
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,22 +60,28 @@ class IdIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Used under the log's writer lock only, by whichever thread holds it.
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=60
-            )
-            # Large pages (set before the file's first table): a commit of sorted ids
-            # rewrites fewer of them; 30% less time per id than 4 KiB pages.
-            self._db.execute("PRAGMA page_size=65536")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the event id index {path}: {exc}") from exc
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Used under the log's writer lock only, by whichever thread holds it.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+        for attempt in range(50):
+            try:
+                # Large pages (set before the file's first table): a commit of sorted ids
+                # rewrites fewer of them; 30% less time per id than 4 KiB pages.
+                self._db.execute("PRAGMA page_size=65536")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                break
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL while another connection opens it answers
+                # "locked" at once, without waiting: try again shortly.
+                if "locked" not in str(exc) or attempt == 49:
+                    raise StorageError(f"cannot open the event id index {path}: {exc}") from exc
+                time.sleep(0.1)
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open the event id index {path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection."""

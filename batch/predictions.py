@@ -32,7 +32,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from saiki.core.prediction_files import closed_before
+from saiki.core.prediction_files import closed_before, decode_values
 
 PREDICTIONS_TABLE: Final = "predictions"
 LOADED_FILES: Final = "saiki.predictions.files"
@@ -148,8 +148,10 @@ def read_files(paths: list[Path]) -> tuple[pa.Table, int, int]:
                 rows["source"].append(f"{path.name}:{number}")
                 rows["device_id"].append(record.get("device_id") or None)
                 rows["feature_spec"].append(record.get("feature_spec"))
-                rows["user_features"].append(record.get("user_features"))
-                rows["item_features"].append(record.get("item_features"))
+                width = int(record.get("feature_width", 0))
+                user, items = record.get("user_features"), record.get("item_features")
+                rows["user_features"].append(decode_values(user, width)[0] if user else None)
+                rows["item_features"].append(decode_values(items, width) if items else None)
     table = pa.table(
         [pa.array(rows[f.name], type=f.type) for f in _ARROW_SCHEMA], schema=_ARROW_SCHEMA
     )

@@ -31,7 +31,7 @@ import orjson
 import torch
 
 from saiki.core.errors import InvalidInputError, PreconditionError, SaikiError
-from saiki.core.prediction_files import ROTATE_MS, file_name
+from saiki.core.prediction_files import ROTATE_MS, encode_values, file_name
 from saiki.core.schema import MAX_ID_CHARS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
@@ -217,8 +217,10 @@ class PredictionLog:
 
 def _render(served: _Served) -> bytes:
     """One answer as a JSON line: every ranked item with its score and, if sampled, the
-    user's and each ranked item's feature values (names: ``feature_spec``'s)."""
+    user's and each ranked item's feature values (``core/prediction_files.encode_values``;
+    names: ``feature_spec``'s, ``feature_width`` of them)."""
     prediction = served.prediction
+    ids, scores = zip(*prediction.items, strict=True) if prediction.items else ((), ())
     record: dict[str, Any] = {
         "time_ms": served.at_ms,
         "request_id": prediction.request_id,
@@ -226,17 +228,18 @@ def _render(served: _Served) -> bytes:
         "device_id": served.device_id,
         "variant": prediction.variant,
         "model_version": prediction.model_version,
-        "items": [i for i, _ in prediction.items],
-        "scores": [round(s, 6) for _, s in prediction.items],
+        "items": ids,
+        "scores": scores,
         "candidates": len(served.candidates) or len(prediction.items),
     }
     if served.user_features is not None and served.item_features is not None:
         position = {item: n for n, item in enumerate(served.candidates)}
-        rows = [position[i] for i, _ in prediction.items]
+        rows = [position[i] for i in ids]
         record["feature_spec"] = SPEC_VERSION
-        record["user_features"] = served.user_features[0]
-        record["item_features"] = served.item_features[rows]
-    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+        record["feature_width"] = served.user_features.shape[1]
+        record["user_features"] = encode_values(served.user_features[0])
+        record["item_features"] = encode_values(served.item_features[rows])
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class Predictor:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from saiki.core.config import SaikiConfig
+from saiki.core.prediction_files import decode_values
 from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
 from saiki.serving.experiment import Experiment, Variant, write_experiment
 from saiki.serving.model import ModelConfig, RankingModel, quantise
@@ -99,10 +100,13 @@ def test_the_log_holds_every_ranked_item_and_the_features_getfeatures_serves(
     assert (record["device_id"], record["candidates"]) == ("ios", 40)
     assert record["feature_spec"] == SPEC_VERSION
     user_values = dict(users.entities[0].values)
-    assert record["user_features"] == pytest.approx([user_values[f] for f in FEATURE_NAMES])
+    width = len(FEATURE_NAMES)
+    (logged_user,) = decode_values(record["user_features"], width)
+    assert logged_user == [user_values[f] for f in FEATURE_NAMES]  # exact: float64 bytes
     by_item = {e.id: dict(e.values) for e in items.entities}
-    for item, logged in zip(record["items"], record["item_features"], strict=True):
-        assert logged == pytest.approx([by_item[item][f] for f in FEATURE_NAMES]), item
+    logged_items = decode_values(record["item_features"], width)
+    for item, logged in zip(record["items"], logged_items, strict=True):
+        assert logged == [by_item[item][f] for f in FEATURE_NAMES], item
 
 
 @pytest.mark.parametrize(

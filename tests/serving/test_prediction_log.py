@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from saiki.core.prediction_files import decode_values
 from saiki.serving import predictor
 from saiki.serving.monitor import read_predictions
 from saiki.serving.predictor import Prediction, PredictionLog
@@ -76,8 +77,13 @@ def test_sampled_answers_carry_the_features_of_each_ranked_item(tmp_path: Path) 
     log.close()
     first, second = read_predictions(tmp_path, 0)
     assert first["items"] == ["c", "a", "b"] and first["device_id"] == "ios"
-    assert first["user_features"] == [1.0, 2.0]
-    assert first["item_features"] == [[30.0, 31.0], [10.0, 11.0], [20.0, 21.0]]
+    assert first["feature_width"] == 2
+    assert decode_values(str(first["user_features"]), 2) == [[1.0, 2.0]]
+    assert decode_values(str(first["item_features"]), 2) == [
+        [30.0, 31.0],
+        [10.0, 11.0],
+        [20.0, 21.0],
+    ]
     assert "item_features" not in second and second["candidates"] == 3
     none = PredictionLog(tmp_path / "none", features_share=0.0)
     assert not any(none.wants_features() for _ in range(100))

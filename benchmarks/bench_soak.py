@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -185,10 +186,18 @@ def _drain(
     fresh: list[tuple[float, float]],
     acked: list[float],
     failures: list[tuple[float, str]],
+    done: threading.Event,
 ) -> None:
-    """Take the driver's reports: freshness probes, acknowledged calls, failures."""
-    while not out.empty():
-        kind, at, value = out.get()
+    """Take the driver's reports as they come (a thread): freshness probes, acknowledged
+    calls, failures. ``Queue.empty()`` is no way to drain a multiprocessing queue: it says
+    empty while the driver's feeder thread still holds thousands of reports, which an
+    earlier version of this script then never counted (its calls/s read 12.8 where the
+    server's access log showed 20.7 calls acknowledged per second)."""
+    while not done.is_set():
+        try:
+            kind, at, value = out.get(timeout=0.5)
+        except queue.Empty:
+            continue
         if kind == "fresh":
             fresh.append((at, value))
         elif kind == "acked":
@@ -258,6 +267,8 @@ def main() -> None:
     print(head + "  calls/s  segments  online MB  fresh p50/p95 ms  Predict p99  failed")
     fresh: list[tuple[float, float]] = []
     acked: list[float] = []
+    reports = threading.Thread(target=_drain, args=(out, fresh, acked, failures, done), daemon=True)
+    reports.start()
     sampler = Sampler(psutil.Process(up.pid), roles)
     recomputes = read_job(data, "recompute")
     last_runs = recomputes.runs if recomputes else 0
@@ -267,7 +278,7 @@ def main() -> None:
             begin = time.time()
             time.sleep(max(0.0, started + (window + 1) * WINDOW_S - time.time()))
             end = time.time()
-            _drain(out, fresh, acked, failures)
+            time.sleep(1.0)  # the reports of the window's last second arrive
             used = sampler.take()
             cells = [f"{used[r][0] / (end - begin):5.2f}c {used[r][1]:6.0f}M" for r in roles]
             job = read_job(data, "recompute")

@@ -203,8 +203,12 @@ def test_ab_variants_follow_the_experiment(
         assert reply.model_version == f"v{expected.version}"
         seen[reply.variant] += 1
     assert 150 < seen["control"] < 250
-    logged = "".join(p.read_text() for p in (config.data_dir / "serving").glob("*.jsonl"))
-    assert '"variant": "treatment"' in logged and '"request_id"' in logged
+    deadline = time.monotonic() + 10  # the log is written off the response path
+    while len(logged := read_predictions(config.data_dir / "serving", 0)) < 400:
+        assert time.monotonic() < deadline, f"{len(logged)} of 400 answers logged"
+        time.sleep(0.05)
+    by_request = {r["request_id"]: r["variant"] for r in logged}
+    assert len(by_request) >= 400 and {"control", "treatment"} <= set(by_request.values())
 
 
 def test_thresholds_travel_with_their_model_and_roll_back_with_it(

@@ -238,6 +238,13 @@ def test_sigterm_stops_every_part(up: tuple[SaikiConfig, subprocess.Popen[bytes]
     assert service is not None
     groups = list(service.groups)
     assert len(groups) >= 2
+    # Enough recomputes (every 40 s) that pruning beyond keep_views has had to happen.
+    deadline = time.monotonic() + 180
+    while (job := read_job(config.data_dir, "recompute")) is None or (
+        job.runs < config.schedule.keep_views + 1
+    ):
+        assert time.monotonic() < deadline, f"only {job.runs if job else 0} recomputes"
+        time.sleep(1)
     os.killpg(process.pid, signal.SIGTERM)
     assert process.wait(90) == 0
     for group in groups:

@@ -41,6 +41,7 @@ lint: $(STAMP)
 	@for d in core batch speed serving feature_repo ops cli simulator; do \
 	  ln -s $(CURDIR)/$$d $(VENV)/typecheck/saiki/$$d; done
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 ## proto: regenerate the Python wire types from proto/saiki/v1/*.proto
 proto: $(STAMP)

@@ -38,7 +38,7 @@ import grpc
 import numpy as np
 
 from benchmarks.bench_speed import saiki
-from benchmarks.common import DATA, conditions, fresh_dir, start_server
+from benchmarks.common import DATA, conditions, fresh_dir, impressions, start_server
 from benchmarks.predict_parts import breakdown
 from saiki.core.config import load_config
 from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
@@ -86,7 +86,7 @@ def _drive(target: str, stop: Any, results: Any) -> None:
     sent = 0
     freshness: list[float] = []
 
-    def impressions(user: str) -> float:
+    def served_impressions(user: str) -> float:
         reply = client.get_features("user", [user])
         return float(reply.entities[0].values["impressions_1h"])
 
@@ -101,14 +101,14 @@ def _drive(target: str, stop: Any, results: Any) -> None:
         probe = time.perf_counter() >= probe_at
         if probe:
             user = str(users[0])
-            before = impressions(user)
+            before = served_impressions(user)
         client.ingest(events)
         acked = time.perf_counter()
         sent += len(events)
         if probe:
             probe_at = acked + 1.0
             wanted = before + int((users == users[0]).sum())
-            while impressions(user) < wanted and time.perf_counter() - acked < 10:
+            while served_impressions(user) < wanted and time.perf_counter() - acked < 10:
                 time.sleep(0.01)
             freshness.append((time.perf_counter() - acked) * 1000)
         tick += period

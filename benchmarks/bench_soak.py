@@ -4,14 +4,17 @@ Set-up: one simulated day of history up to now (2,000 users, 800 items), ingeste
 view, a model trained and promoted; then ``saiki up`` (server with 1 worker, the speed
 layer with a fixed JVM heap, ``-Xms = -Xmx``, so its RSS means something, and the
 scheduler with ``recompute`` shortened so that several handoffs happen) on the machine's
-two cores. A driver process sends 20 ``Ingest`` calls/s × 50 events; a thread of it
+two cores. A driver process sends 20 ``Ingest`` calls/s × 50 events, open loop (up to 8
+in flight, like independent clients), to a server whose group commit lingers
+``SOAK_LINGER_MS`` (250 ms: at most 4 segments a second); a thread of it
 probes freshness once a second on a user of its own (one event acknowledged → served by
 ``GetFeatures``), so a slow probe never holds the offered rate back; this process sends
 ``Predict`` for 100 candidates, one call in flight, 10 calls/s.
 
 Printed per window: CPU (cores, sampled per process twice a second, so a restarted part
 counts from its start) and RSS (at the window's end) of ``saiki up``, the server, the
-speed driver, its JVM and the scheduled jobs; ``Ingest`` calls acknowledged per second;
+speed driver, its JVM and the scheduled jobs; ``Ingest`` calls acknowledged per second
+and their acknowledgement time (what the linger adds);
 segments in the folder Flink's source lists; the online store's bytes (the speed rows);
 freshness p50/p95; ``Predict`` p99; failed calls; and whether a recompute (handoff) ran.
 
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -50,6 +54,10 @@ WINDOW_S = float(os.environ.get("SOAK_WINDOW_S", "300"))
 RECOMPUTE = os.environ.get("SOAK_RECOMPUTE", "10m")
 HEAP = os.environ.get("SOAK_JVM_HEAP", "1g")
 CALLS_PER_S, EVENTS_PER_CALL, PREDICTS_PER_S = 20, 50, 10
+SENDERS = 8  # Ingest calls the driver may have in flight
+# The server's group commit linger ([log] group_commit_ms): at most one segment per
+# linger, so at 20 calls/s the folder Flink lists grows by 4 segments/s instead of 20.
+LINGER_MS = int(os.environ.get("SOAK_LINGER_MS", "250"))
 
 
 def _drive(target: str, stop: Any, out: Any) -> None:
@@ -84,6 +92,19 @@ def _drive(target: str, stop: Any, out: Any) -> None:
 
     prober = threading.Thread(target=probe, daemon=True)
     prober.start()
+
+    def send(events: list[Any]) -> None:
+        began = time.perf_counter()
+        try:
+            client.ingest(events)
+            out.put(("acked", time.time(), (time.perf_counter() - began) * 1000))
+        except Exception as exc:  # counted, and the soak goes on
+            out.put(("failed", time.time(), f"ingest: {exc!r}"[:200]))
+
+    # Open loop, as many independent clients are: a call is sent on its tick whether or
+    # not the previous one was answered (up to SENDERS in flight), so the server's group
+    # commit can share a segment between calls that arrive within one linger.
+    senders = ThreadPoolExecutor(SENDERS)
     sent, period = 0, 1 / CALLS_PER_S
     tick = time.perf_counter()
     while not stop.is_set():
@@ -95,15 +116,11 @@ def _drive(target: str, stop: Any, out: Any) -> None:
             sent,
             now - 1_000,
         )
-        try:
-            client.ingest(events)
-            sent += len(events)
-            out.put(("acked", time.time(), 1))
-        except Exception as exc:  # counted, and the soak goes on
-            out.put(("failed", time.time(), f"ingest: {exc!r}"[:200]))
-            time.sleep(0.5)
+        senders.submit(send, events)
+        sent += len(events)
         tick += period
         time.sleep(max(0.0, tick - time.perf_counter()))
+    senders.shutdown(wait=True)
     prober.join(70)
     client.close()
 
@@ -184,7 +201,7 @@ class Sampler:
 def _drain(
     out: Any,
     fresh: list[tuple[float, float]],
-    acked: list[float],
+    acked: list[tuple[float, float]],
     failures: list[tuple[float, str]],
     done: threading.Event,
 ) -> None:
@@ -201,19 +218,22 @@ def _drain(
         if kind == "fresh":
             fresh.append((at, value))
         elif kind == "acked":
-            acked.append(at)
+            acked.append((at, value))
         else:
             failures.append((at, value))
 
 
 def main() -> None:
     data = fresh_dir("soak") / "data"
-    print(f"# soak: {MINUTES:g} min, windows of {WINDOW_S:g}s, recompute every {RECOMPUTE}")
+    print(
+        f"# soak: {MINUTES:g} min, windows of {WINDOW_S:g}s, recompute every {RECOMPUTE}, "
+        f"group commit linger {LINGER_MS} ms"
+    )
     print(f"# {conditions()}")
     prepare(data)
     (data / "saiki.toml").write_text(
         f'[schedule]\nload = "5m"\nrecompute = "{RECOMPUTE}"\nmonitor = "15m"\nretrain = "1d"\n'
-        f"[serving]\nport = {PORT}\n"
+        f"[serving]\nport = {PORT}\n[log]\ngroup_commit_ms = {LINGER_MS}\n"
     )
     config = load_config(data, environ={})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
@@ -264,9 +284,12 @@ def main() -> None:
     online = online_store_path(data)
     roles = ("up", "server", "speed", "jvm", "jobs")
     head = "window  handoff  " + "  ".join(f"{r:>14}" for r in roles)
-    print(head + "  calls/s  segments  online MB  fresh p50/p95 ms  Predict p99  failed")
+    print(
+        head + "  calls/s  ack p50/p99 ms  segments  online MB  fresh p50/p95 ms  Predict p99"
+        "  failed"
+    )
     fresh: list[tuple[float, float]] = []
-    acked: list[float] = []
+    acked: list[tuple[float, float]] = []
     reports = threading.Thread(target=_drain, args=(out, fresh, acked, failures, done), daemon=True)
     reports.start()
     sampler = Sampler(psutil.Process(up.pid), roles)
@@ -291,10 +314,13 @@ def main() -> None:
             failed = sum(1 for t, _ in failures if begin <= t < end)
             segments = sum(1 for p in events_dir.iterdir() if not p.name.startswith("_"))
             online_mb = online.stat().st_size / 2**20 if online.exists() else 0.0
-            rate = sum(1 for t in acked if begin <= t < end) / (end - begin)
+            acks = [v for t, v in acked if begin <= t < end]
+            rate = len(acks) / (end - begin)
+            a50, a99 = np.percentile(acks, [50, 99]) if acks else (np.nan, np.nan)
             print(
                 f"{window + 1:>6}  {'yes' if handoff else 'no':>7}  {'  '.join(cells)}  "
-                f"{rate:7.1f}  {segments:>8}  {online_mb:>9.1f}  {p50:7.0f} / {p95:6.0f}  "
+                f"{rate:7.1f}  {a50:6.0f} / {a99:5.0f}  {segments:>8}  {online_mb:>9.1f}  "
+                f"{p50:7.0f} / {p95:6.0f}  "
                 f"{p99:8.1f} ms  {failed:>6}",
                 flush=True,
             )

@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -259,7 +260,7 @@ def freshness_report(samples: list[tuple[float, float]], window_s: int = 30) -> 
     lat = np.array([latency for _, latency in samples]) * 1000
     sent = np.array([at for at, _ in samples])
 
-    def percentiles(values: np.ndarray) -> str:
+    def percentiles(values: np.ndarray[Any, Any]) -> str:
         return ", ".join(f"p{q} {np.percentile(values, q):,.0f} ms" for q in (50, 95, 99))
 
     lines = [

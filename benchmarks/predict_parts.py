@@ -41,7 +41,12 @@ def breakdown(data: Path) -> list[str]:
         for precision in ("int8", "fp32"):
             model, model_config = registry.load(version, precision)
             merger = FeatureMerger(ViewCatalog(data), online_reader(config), cache=False)
-            parts = {"merge": [], "forward": [], "serialise": [], "total": []}
+            parts: dict[str, list[float]] = {
+                "merge": [],
+                "forward": [],
+                "serialise": [],
+                "total": [],
+            }
             for n in range(200):
                 user = USERS[n % len(USERS)]
                 t0 = time.perf_counter()

@@ -55,9 +55,11 @@ class LogConfig:
     # `saiki ingest` writes one segment per this many input lines.
     segment_events: int = 200_000
     # Ingest calls of one server process are committed in groups (one segment and one
-    # fsync per group, each caller acknowledged after it); a group waits this long after
-    # its first call for more. 0: only what queued during the previous commit.
-    group_commit_ms: int = 0
+    # fsync per group, each caller acknowledged after it); a group is taken no sooner than
+    # this long after the previous one, so a process writes at most one segment per
+    # linger and a call after a quiet spell waits for nothing. 0: every call commits at
+    # once, sharing a segment only with what queued during the previous commit.
+    group_commit_ms: int = 20
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """Group commit: the ``Ingest`` calls of one process share segments and fsyncs.
 
 Each call validates its own events on its own thread, then queues them. One committer
-thread takes everything queued, waits up to ``[log] group_commit_ms`` from the first
-call of a group for more (the *linger*), and publishes the whole group as one segment
-(one staging fsync, one rename, one directory fsync). Every caller of the group is
-released only after that fsync, with its own counts; if the append fails, every caller
-of the group gets the error and nothing of the group is acknowledged (a retry is exact:
-duplicates are dropped against the log).
+thread takes everything queued and publishes it as one segment (one staging fsync, one
+rename, one directory fsync). Every caller of the group is released only after that
+fsync, with its own counts; if the append fails, every caller of the group gets the
+error and nothing of the group is acknowledged (a retry is exact: duplicates are dropped
+against the log).
 
-The segment rate then follows the commit rate, not the call rate: at most one segment
-per linger per process, however many calls arrive, and under a burst the groups grow
-while a commit is in flight even with no linger at all.
+``[log] group_commit_ms`` is the *linger*, kept as a floor between commits: a group is
+taken no sooner than one linger after the previous commit began. So a process writes at
+most one segment per linger however many calls arrive (the segment rate follows the
+commit rate, not the call rate), calls that arrive meanwhile share it, and a call that
+arrives after a quiet spell is committed at once: the linger costs an acknowledgement
+at most one linger, and nothing when traffic is light. Under a burst the groups also
+grow while a commit is in flight, even with no linger at all.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class GroupCommitter:
         self._queued_events = 0
         self._wake = threading.Condition()
         self._closed = False
+        # When the last group was taken (monotonic s). Starting "just taken" lets calls
+        # that arrive together at start-up share the first group.
+        self._last_taken = time.monotonic()
         self.groups = 0  # committed groups (a segment each, when any event was new)
         self.calls = 0
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -82,13 +88,14 @@ class GroupCommitter:
                 if self._closed:
                     return None
                 self._wake.wait()
-            deadline = time.monotonic() + self._linger_s
+            deadline = self._last_taken + self._linger_s
             while not self._closed and self._queued_events < GROUP_MAX_EVENTS:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._wake.wait(left)
             group, self._queue, self._queued_events = self._queue, [], 0
+            self._last_taken = time.monotonic()
             return group
 
     def _run(self) -> None:

@@ -4,6 +4,7 @@ exactly what became of its own events, and nobody acknowledged before the fsync.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -130,3 +131,25 @@ def test_a_failed_append_reaches_every_caller_of_the_group_and_loses_nothing(
     committer.close()
     assert (resent.accepted, resent.duplicates) == (0, 2)
     assert sorted(all_events(log).column("event_id").to_pylist()) == ["a", "b"]
+
+
+def test_the_linger_is_a_floor_between_commits_not_a_wait_after_quiet(tmp_path: Path) -> None:
+    """Calls in a stream share one segment per linger; a call after a quiet spell is
+    committed at once."""
+    log = EventLog(tmp_path / "log")
+    linger_s = 1.5
+    committer = GroupCommitter(Ingestor(log, clock=lambda: NOW), linger_ms=linger_s * 1000)
+    time.sleep(linger_s)  # quiet since the committer started
+    began = time.monotonic()
+    committer.submit([raw("quiet")])
+    assert time.monotonic() - began < linger_s / 2  # not held for the linger
+    # A stream of calls, each sent once the previous one is answered: the next group is
+    # taken no sooner than a linger after the previous one began.
+    taken = []
+    for n in range(3):
+        committer.submit([raw(f"s{n}")])
+        taken.append(time.monotonic())
+    committer.close()
+    gaps = [b - a for a, b in zip([began, *taken], taken, strict=False)]
+    assert all(gap >= linger_s * 0.95 for gap in gaps), gaps
+    assert len(log.events.segments()) == 4 and committer.groups == 4

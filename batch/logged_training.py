@@ -66,19 +66,7 @@ def build_logged_training_set(
     pinned = master.resolve_snapshot(snapshot_id)
     if pinned is None:
         raise PreconditionError("the master dataset has no snapshot: ingest events first")
-    events = normalise_types(
-        master.table(EVENTS_TABLE)
-        .scan(
-            row_filter=And(
-                GreaterThanOrEqual("event_time", iceberg_time(from_ms)),
-                LessThan("event_time", iceberg_time(to_ms + LABEL_WINDOW_MS + 1)),
-            ),
-            snapshot_id=pinned,
-            selected_fields=_EVENT_COLUMNS,
-        )
-        .to_arrow()
-    )
-    impressions = click_labels(events, from_ms, to_ms)
+    impressions = labelled_impressions(master, pinned, from_ms, to_ms)
     predictions = master.table(PREDICTIONS_TABLE)
     served_snapshot = predictions.current_snapshot()
     answers = _served_vectors(predictions, served_snapshot, from_ms, to_ms)
@@ -98,6 +86,26 @@ def build_logged_training_set(
     )
     write_training_set(rows, lineage, out)
     return lineage
+
+
+def labelled_impressions(
+    master: MasterDataset, snapshot_id: int, from_ms: int, to_ms: int
+) -> pa.Table:
+    """The impressions in [from, to) of a snapshot, each with its ``clicked`` label (the
+    events read reach a label window past ``to``)."""
+    events = normalise_types(
+        master.table(EVENTS_TABLE)
+        .scan(
+            row_filter=And(
+                GreaterThanOrEqual("event_time", iceberg_time(from_ms)),
+                LessThan("event_time", iceberg_time(to_ms + LABEL_WINDOW_MS + 1)),
+            ),
+            snapshot_id=snapshot_id,
+            selected_fields=_EVENT_COLUMNS,
+        )
+        .to_arrow()
+    )
+    return click_labels(events, from_ms, to_ms)
 
 
 def _served_vectors(

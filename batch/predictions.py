@@ -73,6 +73,16 @@ PREDICTIONS_SCHEMA: Final = Schema(
             element_required=True,
         ),
     ),
+    # The serving model's forward pass; a shadow version's scores for the same ``items``
+    # (``saiki models stage V``: null when the request was not shadowed) and its pass.
+    NestedField(19, "model_ms", DoubleType(), required=False),
+    NestedField(20, "shadow_version", StringType(), required=False),
+    NestedField(
+        21,
+        "shadow_scores",
+        ListType(element_id=22, element_type=DoubleType(), element_required=True),
+    ),
+    NestedField(23, "shadow_ms", DoubleType(), required=False),
 )
 _DOUBLES: Final = pa.list_(pa.field("element", pa.float64(), nullable=False))
 _ARROW_SCHEMA: Final = pa.schema(
@@ -90,6 +100,10 @@ _ARROW_SCHEMA: Final = pa.schema(
         pa.field("feature_spec", pa.string()),
         pa.field("user_features", _DOUBLES),
         pa.field("item_features", pa.list_(pa.field("element", _DOUBLES, nullable=False))),
+        pa.field("model_ms", pa.float64()),
+        pa.field("shadow_version", pa.string()),
+        pa.field("shadow_scores", _DOUBLES),
+        pa.field("shadow_ms", pa.float64()),
     ]
 )
 
@@ -152,6 +166,10 @@ def read_files(paths: list[Path]) -> tuple[pa.Table, int, int]:
                 user, items = record.get("user_features"), record.get("item_features")
                 rows["user_features"].append(decode_values(user, width)[0] if user else None)
                 rows["item_features"].append(decode_values(items, width) if items else None)
+                rows["model_ms"].append(record.get("model_ms"))
+                rows["shadow_version"].append(record.get("shadow_version"))
+                rows["shadow_scores"].append(record.get("shadow_scores"))
+                rows["shadow_ms"].append(record.get("shadow_ms"))
     table = pa.table(
         [pa.array(rows[f.name], type=f.type) for f in _ARROW_SCHEMA], schema=_ARROW_SCHEMA
     )

@@ -1,12 +1,14 @@
-"""What the prediction log costs ``Predict``: off, answers only, answers with features.
+"""What the prediction log and a shadow model cost ``Predict``.
 
 Side by side in one run on the data of ``bench_predict`` (run it first, or this prepares
 it): the same server (``--workers 2``, int8, feature cache on) started three times, with
 ``[serving] log_predictions = false``; with the log on and ``log_features_share = 0``
 (every answer: request, user, device, every ranked item and score); and with the default
-``log_features_share = 1`` (also the user's and each candidate's merged feature values).
-100 candidates per call, at 1 and at 8 calls in flight. Target (issue 20): logging costs
-at most 10% of the ``Predict`` p50.
+``log_features_share = 1`` (also the user's and each candidate's merged feature values);
+and the same with a second version staged in shadow (``saiki models stage``: it scores
+every request on the log's writer thread, after the answer is sent). 100 candidates per
+call, at 1 and at 8 calls in flight. Targets (issue 20): logging costs at most 10% of the
+``Predict`` p50; the shadow's cost is reported against the log with features.
 
     python -m benchmarks.bench_predict_log
 """
@@ -22,11 +24,15 @@ import numpy as np
 from benchmarks.bench_features import prepare
 from benchmarks.bench_predict import PORT, SECONDS, cli, load
 from benchmarks.common import DATA, conditions, fresh_dir, start_server
+from saiki.serving.monitor import read_predictions
+from saiki.serving.registry import ModelRegistry
 
+FULL, SHADOW = "log answers + features (share 1)", "the same + a shadow model"
 SETTINGS = {
     "log off": {"SERVING_LOG_PREDICTIONS": "false"},
     "log answers only (share 0)": {"SERVING_LOG_FEATURES_SHARE": "0"},
-    "log answers + features (share 1)": {"SERVING_LOG_FEATURES_SHARE": "1"},
+    FULL: {"SERVING_LOG_FEATURES_SHARE": "1"},
+    SHADOW: {"SERVING_LOG_FEATURES_SHARE": "1"},
 }
 
 
@@ -46,10 +52,23 @@ def main() -> None:
         prepare(data)
     if not (data / "models" / "registry.json").exists():
         cli(data, "train", "--promote-if-better")
+    registry = ModelRegistry(data)
+    production = registry.production()
+    shadow = next((v.version for v in registry.versions() if v.version != production), None)
+    if shadow is None:  # a second version to shadow: another seed, not promoted
+        cli(data, "train", "--seed", "1")
+        shadow = max(v.version for v in registry.versions())
     results = {}
     for name, env in SETTINGS.items():
         shutil.rmtree(data / "serving", ignore_errors=True)
-        results[name] = asyncio.run(measure(env, data))
+        if name == SHADOW:
+            cli(data, "models", "stage", str(shadow))
+        try:
+            results[name] = asyncio.run(measure(env, data))
+        finally:
+            if name == SHADOW:
+                cli(data, "models", "stage", "--end")
+    shadowed = [r for r in read_predictions(data / "serving", 0) if "shadow_ms" in r]
     logged = sum(p.stat().st_size for p in (data / "serving").glob("predictions-*.jsonl"))
 
     def ms(samples: list[float], q: float) -> float:
@@ -66,10 +85,22 @@ def main() -> None:
             print(f"{name:<36}{flight:>10}{ms(samples, 50):>8.2f}{ms(samples, 99):>8.2f}{rate:>9}")
     for flight in (1, 8):
         off = ms(results["log off"][flight][0], 50)
-        full = ms(results["log answers + features (share 1)"][flight][0], 50)
+        full = ms(results[FULL][flight][0], 50)
         print(
             f"{flight} in flight: logging with features costs {(full - off) / off:+.1%} of "
             f"the p50 ({off:.2f} -> {full:.2f} ms; target <= 10%)"
+        )
+        with_shadow = results[SHADOW][flight][0]
+        print(
+            f"{flight} in flight: the shadow model adds {ms(with_shadow, 50) - full:+.2f} ms to "
+            f"the p50, {ms(with_shadow, 99) - ms(results[FULL][flight][0], 99):+.2f} ms to the "
+            "p99"
+        )
+    if shadowed:
+        times = [float(str(r["shadow_ms"])) for r in shadowed]
+        print(
+            f"shadow v{shadow}: {len(shadowed)} requests scored on the writer thread, forward "
+            f"p50 {np.percentile(times, 50):.2f} ms, p99 {np.percentile(times, 99):.2f} ms"
         )
     print(f"log written by the last setting: {logged / 1e6:.1f} MB")
 

@@ -43,7 +43,31 @@ def add_parsers(subparsers: Any) -> None:
     verbs.add_parser("list", help="versions, stages and metrics").set_defaults(handler=run_list)
     promote = verbs.add_parser("promote", help="put a version in production")
     promote.add_argument("version", help="3 or v3")
+    promote.add_argument("--force", action="store_true", help="even without a passed shadow period")
     promote.set_defaults(handler=run_promote)
+    stage = verbs.add_parser(
+        "stage", help="shadow a version: it scores live requests beside production"
+    )
+    stage.add_argument("version", nargs="?", help="3 or v3")
+    stage.add_argument(
+        "--share", type=float, default=None, help="of requests ([models] shadow_share)"
+    )
+    stage.add_argument("--end", action="store_true", help="end the shadow stage")
+    stage.set_defaults(handler=run_stage)
+    compare = verbs.add_parser(
+        "compare", help="a shadow version against production on the same requests"
+    )
+    compare.add_argument("version", nargs="?", help="3 or v3 (default: the staged one)")
+    # A run with --promote is the scheduled job `shadow` (it keeps a status record).
+    compare.add_argument(
+        "--promote",
+        action="store_const",
+        const="shadow",
+        dest="job_name",
+        default=None,
+        help="promote it if its shadow period passed",
+    )
+    compare.set_defaults(handler=run_compare)
     verbs.add_parser("rollback", help="back to the previous production version").set_defaults(
         handler=run_rollback
     )
@@ -119,7 +143,8 @@ def run_promote(args: argparse.Namespace) -> int:
     from saiki.ops.models import parse_version, promote
 
     version = parse_version(args.version)
-    previous = promote(load_config(args.data_dir), version, reason="by hand")
+    reason = "by hand, forced" if args.force else "by hand"
+    previous = promote(load_config(args.data_dir), version, reason=reason, force=args.force)
     if previous == version:
         print(f"v{version} is already in production")
     else:
@@ -154,4 +179,48 @@ def run_experiment(args: argparse.Namespace) -> int:
             {"experiment": experiment.name, "variants": [v.__dict__ for v in experiment.variants]}
         )
     )
+    return 0
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    """``saiki models stage V [--share S]`` or ``--end``."""
+    from saiki.ops.models import parse_version
+    from saiki.ops.shadow import end_stage, stage
+
+    config = load_config(args.data_dir)
+    if args.end:
+        ended = end_stage(config)
+        print(f"shadow stage of {ended.name} ended" if ended else "nothing was in shadow")
+        return 0
+    if not args.version:
+        raise InvalidInputError("VERSION", "give the version to stage, or --end")
+    staged = stage(config, parse_version(args.version), args.share)
+    print(
+        f"{staged.name} staged in shadow: it scores {staged.share:.0%} of requests beside "
+        "production, answers unchanged; `saiki models compare` judges it"
+    )
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``saiki models compare [V] [--promote]``."""
+    from saiki.ops.models import parse_version, promote
+    from saiki.ops.shadow import compare, print_comparison, verdict
+    from saiki.serving.registry import ModelRegistry
+
+    config = load_config(args.data_dir)
+    if args.version:
+        version = parse_version(args.version)
+    else:
+        staged = ModelRegistry(config.data_dir).shadow()
+        if staged is None:
+            print("nothing is staged in shadow: `saiki models stage V`")
+            return 0
+        version = staged.version
+    report = compare(config, version)
+    judged = verdict(config, report)
+    print_comparison(report, judged)
+    if args.job_name and judged.passed:
+        promote(config, version, reason="passed its shadow period")
+        print(f"promoted {report.shadow} to production")
     return 0

@@ -153,12 +153,31 @@ class ScheduleConfig:
     retrain: str = "1d"  # saiki train --promote-if-better (also when monitor says so)
     # saiki master maintain: compact small files, expire old snapshots, remove their files
     maintain: str = "1h"
+    # saiki models compare --promote: release a staged version whose shadow period passed
+    # (scheduled only with [models] require_shadow)
+    shadow: str = "15m"
     # Snapshots younger than this are kept (time travel, a job that resolved one and
     # has not read it yet); older ones go unless a view, training set or model pins them.
     snapshot_retention: str = "1d"
     # Published batch views kept; older ones are removed after each recompute (at least
     # two: a server may still serve the previous view during a handoff).
     keep_views: int = 3
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Releasing a model: shadow staging (``saiki models stage V`` / ``compare V``)."""
+
+    # The share of requests a staged version scores by default (``stage --share``).
+    shadow_share: float = 1.0
+    # Require a shadow period with no regression before a version is promoted (by hand or
+    # by the retrain policy, which then stages a winner instead of promoting it).
+    require_shadow: bool = False
+    # What a shadow period needs: this long staged, this many shown items with a label,
+    # and a log loss on them at most production's plus the tolerance.
+    shadow_minutes: int = 60
+    shadow_min_labelled: int = 500
+    shadow_tolerance: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,7 @@ class SaikiConfig:
     serving: ServingConfig = field(default_factory=ServingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
     @property
     def catalog_uri(self) -> str:
@@ -198,6 +218,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "serving": ServingConfig,
     "auth": AuthConfig,
     "schedule": ScheduleConfig,
+    "models": ModelsConfig,
 }
 
 
@@ -264,6 +285,9 @@ _MINIMA: dict[tuple[str, str], int] = {
     ("serving", "metrics_port"): 0,
     ("serving", "reload_interval_ms"): 1,
     ("schedule", "keep_views"): 2,
+    ("models", "shadow_minutes"): 0,
+    ("models", "shadow_min_labelled"): 1,
+    ("models", "shadow_tolerance"): 0,
 }
 
 
@@ -272,9 +296,10 @@ def _check_ranges(sections: dict[str, Any]) -> None:
         value = getattr(sections[section], key)
         if value < least:
             raise ConfigError(f"{section}.{key}: must be at least {least}, got {value}")
-    share = sections["serving"].log_features_share
-    if not 0.0 <= share <= 1.0:
-        raise ConfigError(f"serving.log_features_share: must be within 0..1, got {share}")
+    for section, key in (("serving", "log_features_share"), ("models", "shadow_share")):
+        share = getattr(sections[section], key)
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"{section}.{key}: must be within 0..1, got {share}")
     for key in ("port", "health_port", "metrics_port"):
         port = getattr(sections["serving"], key)
         if port > 65535:

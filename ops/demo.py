@@ -8,15 +8,19 @@
 6. live: a simulated population asks for rankings, reacts by its (changed) tastes, and
    the reactions flow back through ``Ingest``; a live line shows events/s, freshness
    and Predict's p99; ``saiki monitor`` then checks drift and live CTR;
-7. the batch layer recomputes; v2 trains on everything up to the live phase, is
-   backtested against v1 on the live phase's impressions, promoted only if it wins,
-   and the server hot-reloads it;
+7. the batch layer recomputes; v2 trains on everything up to the live phase and is
+   backtested against v1 on the live phase's impressions; if it wins it is staged in
+   shadow: for half a live phase v1 answers and v2 scores the same requests beside it,
+   ``saiki models compare`` judges both on the items users were shown, and v2 is
+   promoted (the server hot-reloads it) only if it passes;
 8. an A/B split serves v1 and v2 side by side;
-9. consistency, exactly-once check of every served event, the report; everything stops.
+9. consistency (batch/speed, and the served feature values from the prediction log),
+   exactly-once check of every served event, the report; everything stops.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -30,9 +34,16 @@ from saiki.core.timeutil import floor_minute, format_iso, now_ms
 from saiki.ops.data import SimulateRequest, describe_ingest, ingest, simulate
 from saiki.ops.demo_services import DemoServices, free_port
 from saiki.ops.demo_summary import closing_checks, percentile, print_summary
-from saiki.ops.models import TrainRequest, print_training_report, set_experiment, train_and_register
+from saiki.ops.models import (
+    TrainRequest,
+    print_training_report,
+    promote,
+    set_experiment,
+    train_and_register,
+)
 from saiki.ops.monitoring import monitor_now
 from saiki.ops.report import write_report
+from saiki.ops.shadow import compare, end_stage, print_comparison, verdict
 from saiki.ops.summary import DemoSummary
 from saiki.serving.experiment import Experiment, Variant
 
@@ -163,15 +174,26 @@ def _live(
         )
         first = _live_phase(population, plan, services)
         monitored = {"v1": _monitor(config, "v1 after the change")}
+        shadow: dict[str, Any] = {}
 
         _stage("7. batch layer recomputes; v2 trains and is backtested against v1")
         _batch_run(config)
         # Everything up to now, the live phase included; judged on the live phase alone.
+        # A winner is staged in shadow first ([models] require_shadow), then released.
+        released = dataclasses.replace(
+            config,
+            models=dataclasses.replace(
+                config.models, require_shadow=True, shadow_minutes=0, shadow_min_labelled=200
+            ),
+        )
         outcome = train_and_register(
-            config, _train_request(to_ms=now_ms(), holdout_from_ms=live_from)
+            released, _train_request(to_ms=now_ms(), holdout_from_ms=live_from)
         )
         print_training_report(outcome)
         v2, promoted = outcome.entry.version, outcome.promoted
+        if outcome.staged:
+            shadow = _shadow_phase(released, population, plan, services, v2)
+            promoted = shadow["passed"]
         if promoted:
             _wait_until(population, lambda stats: f"v{v2}" in stats.model_of.values())
             print(f"the server hot-reloaded v{v2}")
@@ -197,7 +219,34 @@ def _live(
         v2=v2,
         events_acked=population.events_acked,
         monitored=monitored,
+        shadow=shadow,
+        live_from=live_from,
     )
+
+
+def _shadow_phase(
+    config: SaikiConfig, population: Any, plan: DemoPlan, services: DemoServices, version: int
+) -> dict[str, Any]:
+    """v1 answers while ``version`` scores the same requests in shadow; then the
+    comparison, and the promotion if the shadow period passed. Returns the summary."""
+    seconds = plan.live_seconds / 2
+    _stage(
+        f"7b. shadow: v{version} scores every request beside v1 for {seconds:g}s "
+        "(answers unchanged), then `saiki models compare`"
+    )
+    population.reset()
+    _live_phase(population, dataclasses.replace(plan, live_seconds=seconds), services)
+    report = compare(config, version)
+    judged = verdict(config, report)
+    print_comparison(report, judged)
+    if judged.passed:
+        # Judged just now: no second comparison inside promote's gate.
+        promote(config, version, reason="won its backtest and its shadow period", force=True)
+        print(f"promoted v{version} to production")
+    else:
+        end_stage(config)
+        print(f"v{version} stays a candidate; v1 keeps production")
+    return report.summary(judged)
 
 
 def _train_request(to_ms: int, holdout_from_ms: int | None = None) -> TrainRequest:

@@ -13,7 +13,7 @@ from saiki.core.config import SaikiConfig
 from saiki.core.errors import PreconditionError
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import floor_minute, now_ms
-from saiki.ops.consistency import consistency_report
+from saiki.ops.consistency import consistency_report, log_consistency_report
 from saiki.ops.console import print_table
 from saiki.ops.summary import DemoSummary
 from saiki.serving.registry import ModelRegistry
@@ -33,8 +33,11 @@ def closing_checks(
     v2: int,
     events_acked: int,
     monitored: dict[str, dict[str, Any]],
+    shadow: dict[str, Any],
+    live_from: int,
 ) -> tuple[DemoSummary, ConsistencyReport]:
-    """Every served event in the master dataset exactly once, consistency, the figures."""
+    """Every served event in the master dataset exactly once, consistency (batch/speed,
+    and from the prediction log over the live phases), the figures."""
     first, second = phases
     master = MasterDataset(config)
     master.load(EventLog(config.log_dir))
@@ -46,6 +49,7 @@ def closing_checks(
     served = served.filter(served.column("variant").is_valid())
     distinct = len(set(served.column("event_id").to_pylist()))
     consistency = consistency_report(config, 100, floor_minute(now_ms()))
+    from_log = log_consistency_report(config, live_from, now_ms(), 200)
     versions = registry.versions()
     summary = DemoSummary(
         versions=[
@@ -85,6 +89,14 @@ def closing_checks(
             "mismatched": sum(consistency.mismatches.values()),
         },
         monitor=monitored,
+        shadow=shadow,
+        log_consistency={
+            "answers": from_log.answers,
+            "checked": from_log.checked,
+            "compared": from_log.compared,
+            "in_flight": from_log.in_flight,
+            "mismatched": sum(from_log.mismatches.values()),
+        },
     )
     return summary, consistency
 
@@ -137,7 +149,34 @@ def print_summary(summary: DemoSummary, report: Path, seconds: float) -> None:
         f"served events in the master dataset: {summary.served_events_in_master} of "
         f"{summary.events_sent} sent ({summary.served_events_distinct} distinct)"
     )
+    if summary.shadow:
+        print(_shadow_line(summary.shadow))
     check = summary.consistency
     print(f"batch/speed consistency: {check['mismatched']} of {check['compared']} values off")
+    logged = summary.log_consistency
+    if logged:
+        print(
+            f"served features against the prediction log's recomputation: "
+            f"{logged['mismatched']} of {logged['compared']} values off "
+            f"({logged['in_flight']} with an event in flight) over {logged['checked']} of "
+            f"{logged['answers']} logged answers"
+        )
     print(f"report: {report}")
     print(f"demo finished in {seconds:.0f}s; every process stopped; data in {report.parent.parent}")
+
+
+def _shadow_line(shadow: dict[str, Any]) -> str:
+    """One line on the shadow period: agreement, log loss on shown items, verdict."""
+    line = (
+        f"shadow {shadow['shadow']} beside {shadow['served']} on {shadow['requests']} requests: "
+        f"score correlation {shadow['correlation']:.3f}, top-{shadow['top_k']} overlap "
+        f"{shadow['top_k_overlap']:.0%}"
+    )
+    served, candidate = shadow.get("served_side"), shadow.get("shadow_side")
+    if served and candidate:
+        line += (
+            f"; log loss on {shadow['labelled']} shown items {served['log_loss']:.4f} → "
+            f"{candidate['log_loss']:.4f}"
+        )
+    verdict = "passed" if shadow["passed"] else "not passed: " + "; ".join(shadow["reasons"])
+    return f"{line}; {verdict}"

@@ -18,6 +18,7 @@ from saiki.core.errors import InvalidInputError, PreconditionError
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import MS_PER_DAY, format_iso, now_ms
 from saiki.ops.console import print_table
+from saiki.ops.shadow import compare, stage, verdict
 from saiki.serving.experiment import Experiment, Variant, write_experiment
 from saiki.serving.model import ModelConfig
 from saiki.serving.registry import ModelRegistry, ModelVersion
@@ -53,6 +54,7 @@ class TrainOutcome:
     training_set: Path
     production_before: int | None
     promoted: bool
+    staged: bool = False  # won, and staged in shadow (``[models] require_shadow``)
 
 
 def default_training_set(
@@ -110,13 +112,19 @@ def train_and_register(
         )
     lineage = {"training_set": str(path), **read_lineage(path).__dict__}
     entry = registry.register(model, quantised, ModelConfig(), lineage, metrics)
-    promoted = False
+    promoted = staged = False
     if request.promote_if_better and (
         production is None or metrics["fp32"]["auc"] > metrics["production_backtest"]["auc"]
     ):
-        promote(config, entry.version, reason="won its backtest")
-        promoted = True
-    return TrainOutcome(entry, metrics, path, production, promoted)
+        if config.models.require_shadow and production is not None:
+            # Released only after a shadow period with no regression (`saiki models
+            # compare --promote`, scheduled by `saiki up`).
+            stage(config, entry.version)
+            staged = True
+        else:
+            promote(config, entry.version, reason="won its backtest")
+            promoted = True
+    return TrainOutcome(entry, metrics, path, production, promoted, staged)
 
 
 def parse_version(text: str) -> int:
@@ -152,10 +160,22 @@ def set_experiment(config: SaikiConfig, experiment: Experiment | None) -> None:
         audit.record(config.data_dir, "experiment", name=experiment.name, variants=variants)
 
 
-def promote(config: SaikiConfig, version: int, reason: str = "") -> int | None:
-    """Put a version in production (its artifacts verified first); returns the previous."""
+def promote(
+    config: SaikiConfig, version: int, reason: str = "", *, force: bool = False
+) -> int | None:
+    """Put a version in production (its artifacts verified first); returns the previous.
+    With ``[models] require_shadow``, only after a shadow period that passed (unless
+    ``force``)."""
     registry = ModelRegistry(config.data_dir)
     registry.load(version)  # refuse to promote an artifact that fails its checksum
+    if config.models.require_shadow and not force and registry.production() not in {None, version}:
+        judged = verdict(config, compare(config, version))
+        if not judged.passed:
+            raise PreconditionError(
+                f"v{version} has not passed a shadow period: {'; '.join(judged.reasons)} "
+                f"(`saiki models stage {version}`, `saiki models compare {version}`; "
+                "--force overrides)"
+            )
     previous = registry.promote(version)
     audit.record(config.data_dir, "promote", version=version, previous=previous, reason=reason)
     return previous
@@ -204,5 +224,7 @@ def print_training_report(outcome: TrainOutcome) -> None:
     )
     if outcome.promoted:
         print(f"promoted {name} to production")
+    elif outcome.staged:
+        print(f"{name} beats production: staged in shadow, promoted after a shadow period")
     elif outcome.production_before is not None and "production_backtest" in metrics:
         print(f"{name} does not beat production v{outcome.production_before}: kept as candidate")

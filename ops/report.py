@@ -3,7 +3,9 @@
 * model AUC per version (fp32, int8, both baselines) and live CTR per A/B variant;
 * click-through of served rankings per variant over time (from the event log);
 * feature freshness and served latency histograms (recorded by ``saiki demo``);
-* batch/speed consistency (``saiki consistency``).
+* batch/speed consistency (``saiki consistency``);
+* a shadow period (``saiki demo`` stages v2 in shadow): shadow against served scores on
+  the same requests, and both scorers' log loss and calibration on the items shown.
 """
 
 from __future__ import annotations
@@ -141,6 +143,27 @@ def _histogram(values: list[float], title: str, xlabel: str, out: Path) -> None:
     plt.close(fig)
 
 
+def _shadow_plot(shadow: dict[str, Any], out: Path) -> None:
+    points = np.array(shadow["points"], dtype=np.float64).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.35, color="#3b7dd8")
+    top = float(points.max()) * 1.05 if len(points) else 1.0
+    ax.plot([0, top], [0, top], color="black", linewidth=0.8, linestyle="--", label="equal")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel(f"served score ({shadow['served']})")
+    ax.set_ylabel(f"shadow score ({shadow['shadow']})")
+    ax.set_title(
+        f"Shadow {shadow['shadow']} against {shadow['served']}, same requests "
+        f"(r = {shadow['correlation']:.3f})",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def write_report(
     config: SaikiConfig,
     summary: DemoSummary | None = None,
@@ -171,6 +194,9 @@ def write_report(
         "milliseconds",
         folder / "latency.png",
     )
+    shadow = summary.shadow if summary else {}
+    if shadow.get("points"):
+        _shadow_plot(shadow, folder / "shadow.png")
     if consistency is None:
         consistency = consistency_report(config, 100, floor_minute(now_ms()))
     models = [
@@ -194,6 +220,8 @@ def write_report(
         consistency_at=format_iso(consistency.query_ms),
         mismatched=sum(consistency.mismatches.values()),
         mismatches=sorted(consistency.mismatches.items()),
+        shadow=shadow,
+        log_consistency=summary.log_consistency if summary else {},
     )
     path = folder / "index.html"
     atomic_write(path, page)

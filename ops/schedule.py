@@ -37,13 +37,16 @@ class JobSpec:
 def job_specs(config: SaikiConfig) -> list[JobSpec]:
     """The jobs with the cadences of ``[schedule]``."""
     schedule = config.schedule
-    return [
+    jobs = [
         JobSpec("load", schedule.load, ("master", "load")),
         JobSpec("recompute", schedule.recompute, ("batch", "run")),
         JobSpec("monitor", schedule.monitor, ("monitor", "--guard")),
         JobSpec("retrain", schedule.retrain, ("train", "--promote-if-better")),
         JobSpec("maintain", schedule.maintain, ("master", "maintain")),
     ]
+    if config.models.require_shadow:  # the retrain policy stages winners; this releases them
+        jobs.append(JobSpec("shadow", schedule.shadow, ("models", "compare", "--promote")))
+    return jobs
 
 
 def trigger_for(name: str, cadence: str) -> BaseTrigger:

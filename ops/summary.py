@@ -34,6 +34,10 @@ class DemoSummary:
     request_errors: int
     consistency: dict[str, Any]
     monitor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # v2 in shadow beside v1 (ops/shadow.ShadowReport.summary), and the verdict.
+    shadow: dict[str, Any] = field(default_factory=dict)
+    # Served feature values from the prediction log against their recomputation.
+    log_consistency: dict[str, Any] = field(default_factory=dict)
 
     def save(self, data_dir: Path) -> Path:
         """Write the summary under the data dir; returns its path."""

@@ -1,10 +1,17 @@
 """Ranking a user's candidates: merged features → one batched forward pass → sorted scores.
 
-The models in use (production, and any A/B variant's version) form an immutable
+The models in use (production, any A/B variant's version, and the version staged in
+shadow) form an immutable
 :class:`ModelSet`. When ``registry.json`` or ``experiment.json`` changes, a new set is
 loaded beside the old one and swapped in with one assignment: requests in flight finish
 on the set they started with, and none fails during the switch. A version whose artifact
 fails its checksum is refused and the old set stays.
+
+A version staged in shadow (``saiki models stage V``) never changes an answer: for its
+share of requests the prediction log's writer thread scores the same candidates on the
+same merged features with it, after the answer is sent, and logs its scores beside
+production's (``shadow_version``, ``shadow_scores``, ``shadow_ms``); ``saiki models
+compare V`` reads them.
 
 Before any model is in production, candidates are ranked by the item's smoothed CTR
 (``ctr_7d``) under the version name ``baseline``, so a fresh system serves sensibly.
@@ -13,6 +20,7 @@ Before any model is in production, candidates are ranked by the item's smoothed 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -39,7 +47,7 @@ from saiki.serving.experiment import FILE as EXPERIMENT_FILE
 from saiki.serving.experiment import PRODUCTION_ONLY, Experiment, load_experiment
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.model import ModelConfig, model_inputs
-from saiki.serving.registry import ModelRegistry
+from saiki.serving.registry import ModelRegistry, Shadow
 
 log = logging.getLogger(__name__)
 BASELINE = "baseline"
@@ -57,6 +65,7 @@ class ModelSet:
     # Each loaded version's operating threshold, from its own metadata: a threshold is
     # never a setting of its own that a new model could inherit unchanged.
     thresholds: dict[int, float] = field(default_factory=dict)
+    shadow: Shadow | None = None  # staged in shadow, its model among ``models``
 
     def model_for(self, user_id: str) -> tuple[str, int | None]:
         """(variant name, version) serving this user; None: the baseline."""
@@ -110,6 +119,30 @@ class _Served:
         npt.NDArray[np.float64] | None
     )  # (1, F), or None when this request is not sampled
     item_features: npt.NDArray[np.float64] | None  # (candidates, F), in the candidates' order
+    model_ms: float = 0.0  # the serving model's forward pass
+    # The shadow version's name and a call that scores every candidate with it.
+    shadow: tuple[str, Callable[[], npt.NDArray[np.float64]]] | None = None
+
+
+def _score(
+    loaded: tuple[Any, ModelConfig],
+    user_values: npt.NDArray[np.float64],
+    item_values: npt.NDArray[np.float64],
+    *,
+    user_id: str,
+    item_ids: Sequence[str],
+    device_id: str,
+) -> npt.NDArray[np.float64]:
+    """One forward pass over the candidates: their click probabilities, in their order."""
+    model, config = loaded
+    count = len(item_ids)
+    dense = np.hstack([np.repeat(user_values, count, axis=0), item_values])
+    inputs = model_inputs(
+        config, dense, [user_id] * count, list(item_ids), [device_id or None] * count
+    )
+    with torch.no_grad():  # thread-local: the log's writer thread needs its own
+        scores: npt.NDArray[np.float64] = model(*inputs).numpy().astype(np.float64)
+    return scores
 
 
 class PredictionLog:
@@ -166,10 +199,21 @@ class PredictionLog:
         candidates: Sequence[str] = (),
         user_features: npt.NDArray[np.float64] | None = None,
         item_features: npt.NDArray[np.float64] | None = None,
+        model_ms: float = 0.0,
+        shadow: tuple[str, Callable[[], npt.NDArray[np.float64]]] | None = None,
     ) -> None:
-        """Queue one answer; never blocks (a full queue counts it in ``dropped``)."""
+        """Queue one answer; never blocks (a full queue counts it in ``dropped``).
+        ``shadow`` is called on the writer thread, never on the caller's."""
         served = _Served(
-            self._clock(), user_id, device_id, prediction, candidates, user_features, item_features
+            self._clock(),
+            user_id,
+            device_id,
+            prediction,
+            candidates,
+            user_features,
+            item_features,
+            model_ms,
+            shadow,
         )
         try:
             self._queue.put_nowait(served)
@@ -231,10 +275,20 @@ def _render(served: _Served) -> bytes:
         "items": ids,
         "scores": scores,
         "candidates": len(served.candidates) or len(prediction.items),
+        "model_ms": round(served.model_ms, 4),
     }
-    if served.user_features is not None and served.item_features is not None:
+    rows: list[int] = []
+    if served.item_features is not None or served.shadow is not None:
         position = {item: n for n, item in enumerate(served.candidates)}
         rows = [position[i] for i in ids]
+    if served.shadow is not None:
+        name, score = served.shadow
+        began = time.perf_counter()
+        shadow_scores = score()
+        record["shadow_ms"] = round((time.perf_counter() - began) * 1000, 4)
+        record["shadow_version"] = name
+        record["shadow_scores"] = shadow_scores[rows].tolist()  # aligned with ``items``
+    if served.user_features is not None and served.item_features is not None:
         record["feature_spec"] = SPEC_VERSION
         record["feature_width"] = served.user_features.shape[1]
         record["user_features"] = encode_values(served.user_features[0])
@@ -291,7 +345,16 @@ class Predictor:
             )
             chosen = self._registry.get(version).metrics.get("threshold", {})
             thresholds[version] = float(chosen.get("min_score", 0.0))
-        return ModelSet(experiment, production, models, stamp, thresholds)
+        shadow = self._registry.shadow()
+        if shadow is not None and shadow.version not in models:
+            try:
+                models[shadow.version] = current.models.get(shadow.version) or self._registry.load(
+                    shadow.version, self._precision
+                )
+            except (SaikiError, OSError, ValueError) as exc:  # never stops serving
+                log.error("shadow model v%s not loaded, not shadowing: %s", shadow.version, exc)
+                shadow = None
+        return ModelSet(experiment, production, models, stamp, thresholds, shadow)
 
     def refresh(self, wait: bool = False) -> None:
         """Pick up promotions and experiments (in the background unless ``wait``)."""
@@ -328,6 +391,7 @@ class Predictor:
                 self.models.models,
                 self._stamp(),
                 self.models.thresholds,
+                self.models.shadow,
             )
             log.error("model reload refused, still serving the models loaded before: %s", exc)
         finally:
@@ -355,22 +419,21 @@ class Predictor:
         user = self._merger.features("user", [user_id])
         items = self._merger.features("item", list(item_ids))
         loaded = models.models.get(version) if version is not None else None
+        began = time.perf_counter()
         if loaded is None:
             scores = items.values[:, _ITEM_CTR]
             name = BASELINE
         else:
-            model, config = loaded
-            dense = np.hstack([np.repeat(user.values, len(item_ids), axis=0), items.values])
-            inputs = model_inputs(
-                config,
-                dense,
-                [user_id] * len(item_ids),
-                list(item_ids),
-                [device_id or None] * len(item_ids),
+            scores = _score(
+                loaded,
+                user.values,
+                items.values,
+                user_id=user_id,
+                item_ids=item_ids,
+                device_id=device_id,
             )
-            with torch.no_grad():
-                scores = model(*inputs).numpy().astype(np.float64)
             name = f"v{version}"
+        model_ms = (time.perf_counter() - began) * 1000
         order = np.argsort(-scores, kind="stable")
         threshold = models.thresholds.get(version, 0.0) if version is not None else 0.0
         if apply_threshold:
@@ -379,6 +442,21 @@ class Predictor:
         result = Prediction(request_id or uuid.uuid4().hex, name, variant, ranked, threshold)
         if self._log is not None:
             sampled = self._log.wants_features()
+            shadow = models.shadow
+            shadowed = None
+            if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
+                shadowed = (
+                    shadow.name,
+                    functools.partial(
+                        _score,
+                        models.models[shadow.version],
+                        user.values,
+                        items.values,
+                        user_id=user_id,
+                        item_ids=item_ids,
+                        device_id=device_id,
+                    ),
+                )
             self._log.write(
                 user_id,
                 result,
@@ -386,5 +464,7 @@ class Predictor:
                 candidates=item_ids,
                 user_features=user.values if sampled else None,
                 item_features=items.values if sampled else None,
+                model_ms=model_ms,
+                shadow=shadowed,
             )
         return result

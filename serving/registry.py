@@ -6,7 +6,8 @@ Layout under ``<data>/models/``::
                          artifacts with their sha256
     v0003/fp32.pt        state_dict, loaded with torch.load(weights_only=True)
     v0003/int8.pt        the quantised model as a TorchScript archive (no pickle)
-    registry.json        stages: which version is in production, and its predecessors
+    registry.json        stages: which version is in production, and its predecessors;
+                         the version staged in shadow, if any (``saiki models stage V``)
     experiment.json      optional A/B split (see serving/experiment.py)
 
 A version folder is written under a hidden name and renamed into place; nothing in it is
@@ -30,14 +31,29 @@ from typing import Any
 
 import torch
 
-from saiki.core.errors import ArtifactError, NotFoundError
+from saiki.core.errors import ArtifactError, NotFoundError, PreconditionError
 from saiki.core.files import atomic_write, file_lock
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import SPEC_VERSION
 from saiki.serving.model import ModelConfig, RankingModel, script
 
-CANDIDATE, PRODUCTION, ARCHIVED = "candidate", "production", "archived"
+CANDIDATE, PRODUCTION, ARCHIVED, SHADOW = "candidate", "production", "archived", "shadow"
 PRECISIONS = ("int8", "fp32")
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """The version staged in shadow: servers also score a ``share`` of requests with it,
+    off the response path, and log its scores beside production's."""
+
+    version: int
+    share: float
+    since_ms: int
+
+    @property
+    def name(self) -> str:
+        """``v3``."""
+        return f"v{self.version}"
 
 
 @dataclass(frozen=True)
@@ -109,8 +125,37 @@ class ModelRegistry:
         return ModelVersion(**json.loads(meta.read_text()))
 
     def stage_of(self, version: int) -> str:
-        """candidate, production or archived."""
-        return str(self._stages()["stages"].get(str(version), CANDIDATE))
+        """candidate, shadow, production or archived."""
+        stages = self._stages()
+        shadow = stages.get("shadow")
+        if shadow is not None and int(shadow["version"]) == version:
+            return SHADOW
+        return str(stages["stages"].get(str(version), CANDIDATE))
+
+    def shadow(self) -> Shadow | None:
+        """The version staged in shadow, if any."""
+        staged = self._stages().get("shadow")
+        return Shadow(**staged) if staged else None
+
+    def stage_shadow(self, version: int, share: float, since_ms: int) -> Shadow:
+        """Stage a version in shadow (replacing any other); production is left as it is."""
+        self.get(version)
+        with self._locked():
+            stages = self._stages()
+            if stages["production"] == version:
+                raise PreconditionError(f"v{version} is in production: nothing to shadow")
+            staged = Shadow(version, share, since_ms)
+            stages["shadow"] = staged.__dict__
+            self._write_stages(stages)
+            return staged
+
+    def end_shadow(self) -> Shadow | None:
+        """End the shadow stage; returns what was staged."""
+        with self._locked():
+            stages = self._stages()
+            staged = stages.pop("shadow", None)
+            self._write_stages(stages)
+            return Shadow(**staged) if staged else None
 
     def production(self) -> int | None:
         """The version in production, if any."""
@@ -173,6 +218,9 @@ class ModelRegistry:
                 stages["history"].append(previous)
             stages["production"] = version
             stages["stages"][str(version)] = PRODUCTION
+            shadow = stages.get("shadow")
+            if shadow is not None and int(shadow["version"]) == version:
+                del stages["shadow"]  # released: it serves now, nothing left to shadow
             self._write_stages(stages)
             return int(previous) if previous is not None else None
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 
 from saiki.core.config import SaikiConfig
 from saiki.core.prediction_files import decode_values
 from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
 from saiki.serving.experiment import Experiment, Variant, write_experiment
-from saiki.serving.model import ModelConfig, RankingModel, quantise
+from saiki.serving.model import ModelConfig, RankingModel, model_inputs, quantise
 from saiki.serving.monitor import read_predictions
 from saiki.serving.registry import ModelRegistry
 from saiki.serving.server import RunningServer, start_server
@@ -209,6 +210,60 @@ def test_ab_variants_follow_the_experiment(
         time.sleep(0.05)
     by_request = {r["request_id"]: r["variant"] for r in logged}
     assert len(by_request) >= 400 and {"control", "treatment"} <= set(by_request.values())
+
+
+def test_a_shadow_model_never_changes_an_answer_and_its_scores_are_logged(
+    served: tuple[SaikiConfig, RunningServer, prediction_pb2_grpc.PredictionServiceStub],
+) -> None:
+    config, running, stub = served
+    version = register_untrained(config)
+    requests = [
+        prediction_pb2.PredictRequest(user_id=f"u{n}", item_ids=ITEMS[:30], device_id="ios")
+        for n in range(20)
+    ]
+    before = [stub.Predict(r) for r in requests]
+    assert "staged in shadow" in run_saiki(config, "models", "stage", str(version))
+    running.predictor.refresh(wait=True)
+    assert running.predictor.models.shadow is not None
+    for n, request in enumerate(requests):
+        request.request_id = f"shadowed-{n}"
+    after = [stub.Predict(r) for r in requests]
+    for plain, shadowed in zip(before, after, strict=True):
+        assert [(i.item_id, i.score) for i in shadowed.items] == [
+            (i.item_id, i.score) for i in plain.items
+        ]
+        assert (shadowed.model_version, shadowed.variant) == ("v1", "production")
+        assert shadowed.threshold == plain.threshold
+
+    deadline = time.monotonic() + 10  # the shadow scores on the log's writer thread
+    while len(
+        logged := [
+            r
+            for r in read_predictions(config.data_dir / "serving", 0)
+            if r["request_id"].startswith("shadowed-")
+        ]
+    ) < len(requests):
+        assert time.monotonic() < deadline, f"{len(logged)} shadowed answers logged"
+        time.sleep(0.05)
+    model, model_config = ModelRegistry(config.data_dir).load(version, "int8")
+    width = len(FEATURE_NAMES)
+    for record in logged:
+        assert record["shadow_version"] == f"v{version}" and record["shadow_ms"] > 0
+        # The shadow's scores are its own model's on the very features that were served.
+        (user,) = decode_values(record["user_features"], width)
+        items = np.array(decode_values(record["item_features"], width))
+        count = len(record["items"])
+        dense = np.hstack([np.repeat(np.array([user]), count, axis=0), items])
+        inputs = model_inputs(
+            model_config, dense, [record["user_id"]] * count, record["items"], ["ios"] * count
+        )
+        with torch.no_grad():
+            expected = model(*inputs).numpy().astype(np.float64)
+        assert record["shadow_scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+        assert record["shadow_scores"] != pytest.approx(record["scores"], abs=1e-3)
+    report = run_saiki(config, "models", "compare")
+    assert f"shadow v{version} against v1 on {len(requests)} requests" in report
+    assert "no shown item has a label yet" in report
 
 
 def test_thresholds_travel_with_their_model_and_roll_back_with_it(

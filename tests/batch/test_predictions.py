@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from saiki.batch.consistency import check_from_log
 from saiki.batch.logged_training import build_logged_training_set
 from saiki.batch.master import MasterDataset
 from saiki.batch.predictions import HOLD_MS, PREDICTIONS_TABLE
-from saiki.batch.training import read_lineage
+from saiki.batch.training import build_training_set, read_lineage
 from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
@@ -216,3 +217,83 @@ def test_consistency_from_the_log_passes_served_values_and_finds_an_injected_ske
     assert dict(report.mismatches) == {"user_clicks_1d": 1}
     assert report.examples[0][:3] == ("user", "u0", "clicks_1d")
     assert report.in_flight > 0  # u1's late event, acknowledged 2 s before
+
+
+def test_a_late_event_makes_the_recomputed_row_differ_from_the_vector_that_was_served(
+    tmp_path: Path,
+) -> None:
+    """A click made before an answer but acknowledged after it (a device that was
+    offline) is in the recomputed training row and not in the served vector: the logged
+    row is what the model saw, and what it will see again when it serves."""
+    config = make_config(tmp_path / "data")
+    log = EventLog(config.log_dir)
+    t = END_MS - 2 * HOUR + 30_000
+    early = [
+        event_line(
+            f"e{n}",
+            event_time=t - n * 600_000,
+            user_id="u0",
+            item_id=f"i{n % 3}",
+            event_type="CLICK" if n % 2 else "IMPRESSION",
+        )
+        for n in range(1, 7)
+    ]
+    Ingestor(log, clock=lambda: t - 60_000).ingest_lines(early, "test")
+    shown = [  # the answer's impression, and a click on it in the next minute
+        event_line("imp", event_time=t + 100, user_id="u0", item_id="i1", request_id="req"),
+        event_line(
+            "clk",
+            event_time=t + 70_000,
+            user_id="u0",
+            item_id="i1",
+            request_id="req",
+            event_type="CLICK",
+        ),
+    ]
+    Ingestor(log, clock=lambda: t + 80_000).ingest_lines(shown, "test")
+    late = [
+        event_line("late", event_time=t - 180_000, user_id="u0", item_id="i2", event_type="CLICK")
+    ]
+    Ingestor(log, clock=lambda: t + 15 * 60_000).ingest_lines(late, "test")
+    master = MasterDataset(config)
+    master.load(log)
+    events = oracle.master_events(config)
+    acknowledged = events[events["ingest_time"].astype("int64") // 1000 <= t]
+    q = t - t % 60_000 + 60_000  # the server reads the answer's minute whole
+
+    def vector(frame: object, key: str, entity_id: str, at: int) -> np.ndarray:
+        values = oracle.window_features(frame, key, entity_id, at)  # type: ignore[arg-type]
+        return np.array([[values[n] for n in FEATURE_NAMES]])
+
+    served_user = vector(acknowledged, "user_id", "u0", q)
+    served = PredictionLog(config.data_dir / "serving", clock=lambda: t)
+    served.write(
+        "u0",
+        Prediction("req", "v1", "production", [("i1", 0.6)]),
+        candidates=["i1"],
+        user_features=served_user,
+        item_features=vector(acknowledged, "item_id", "i1", q),
+    )
+    served.close()
+    master.load_predictions(config.data_dir / "serving", t + HOLD_MS + 2 * HOUR)
+
+    logged_out, recomputed_out = tmp_path / "logged.parquet", tmp_path / "recomputed.parquet"
+    build_logged_training_set(config, t - HOUR, t + HOUR, logged_out)
+    build_training_set(config, t - HOUR, t + HOUR, recomputed_out)
+    (logged,) = [r for r in pq.read_table(logged_out).to_pylist() if r["request_id"] == "req"]
+    (recomputed,) = [
+        r for r in pq.read_table(recomputed_out).to_pylist() if r["request_id"] == "req"
+    ]
+    assert logged["clicked"] == recomputed["clicked"] == 1
+    # Logged: exactly the vector that was served.
+    assert [logged[f"user_{n}"] for n in FEATURE_NAMES] == served_user[0].tolist()
+    # Recomputed: point in time by event time, so the late click is in it.
+    everything = oracle.window_features(events, "user_id", "u0", t + 100)
+    assert [recomputed[f"user_{n}"] for n in FEATURE_NAMES] == pytest.approx(
+        [everything[n] for n in FEATURE_NAMES]
+    )
+    for window in ("1h", "1d", "7d"):
+        assert recomputed[f"user_clicks_{window}"] == logged[f"user_clicks_{window}"] + 1
+    # And the served vector was right for what had been acknowledged: no skew to report.
+    report = check_from_log(config, t - HOUR, t + HOUR, sample=10)
+    assert report.checked == 1 and report.consistent and report.in_flight == 0

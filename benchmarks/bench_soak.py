@@ -6,7 +6,8 @@ layer with a fixed JVM heap, ``-Xms = -Xmx``, so its RSS means something, and th
 scheduler with ``recompute`` shortened so that several handoffs happen) on the machine's
 two cores. A driver process sends 20 ``Ingest`` calls/s × 50 events, open loop (up to 8
 in flight, like independent clients), to a server whose group commit lingers
-``SOAK_LINGER_MS`` (250 ms: at most 4 segments a second); a thread of it
+``SOAK_LINGER_MS`` (200 ms: at most 5 segments a second; the server gets 8 threads, as
+each call waiting for its group holds one); a thread of it
 probes freshness once a second on a user of its own (one event acknowledged → served by
 ``GetFeatures``), so a slow probe never holds the offered rate back; this process sends
 ``Predict`` for 100 candidates, one call in flight, 10 calls/s.
@@ -57,7 +58,10 @@ CALLS_PER_S, EVENTS_PER_CALL, PREDICTS_PER_S = 20, 50, 10
 SENDERS = 8  # Ingest calls the driver may have in flight
 # The server's group commit linger ([log] group_commit_ms): at most one segment per
 # linger, so at 20 calls/s the folder Flink lists grows by 4 segments/s instead of 20.
-LINGER_MS = int(os.environ.get("SOAK_LINGER_MS", "250"))
+LINGER_MS = int(os.environ.get("SOAK_LINGER_MS", "200"))
+# Each Ingest call holds a gRPC thread until its group is durable, so a process
+# acknowledges at most threads / linger calls a second: 8 threads / 0.2 s = 40 calls/s.
+THREADS, MAX_IN_FLIGHT = 8, 32
 
 
 def _drive(target: str, stop: Any, out: Any) -> None:
@@ -227,13 +231,14 @@ def main() -> None:
     data = fresh_dir("soak") / "data"
     print(
         f"# soak: {MINUTES:g} min, windows of {WINDOW_S:g}s, recompute every {RECOMPUTE}, "
-        f"group commit linger {LINGER_MS} ms"
+        f"group commit linger {LINGER_MS} ms, {THREADS} server threads"
     )
     print(f"# {conditions()}")
     prepare(data)
     (data / "saiki.toml").write_text(
         f'[schedule]\nload = "5m"\nrecompute = "{RECOMPUTE}"\nmonitor = "15m"\nretrain = "1d"\n'
-        f"[serving]\nport = {PORT}\n[log]\ngroup_commit_ms = {LINGER_MS}\n"
+        f"[serving]\nport = {PORT}\nthreads = {THREADS}\nmax_in_flight = {MAX_IN_FLIGHT}\n"
+        f"[log]\ngroup_commit_ms = {LINGER_MS}\n"
     )
     config = load_config(data, environ={})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}

@@ -58,7 +58,9 @@ class LogConfig:
     # fsync per group, each caller acknowledged after it); a group is taken no sooner than
     # this long after the previous one, so a process writes at most one segment per
     # linger and a call after a quiet spell waits for nothing. 0: every call commits at
-    # once, sharing a segment only with what queued during the previous commit.
+    # once, sharing a segment only with what queued during the previous commit. A call
+    # holds a gRPC thread until its group is durable, so a process acknowledges at most
+    # [serving] threads calls per linger: raise threads with the linger.
     group_commit_ms: int = 20
 
 

@@ -39,6 +39,7 @@ from saiki.batch.predictions import (
     PREDICTIONS_SCHEMA,
     PREDICTIONS_TABLE,
     PredictionsLoad,
+    drop_forgotten,
     finish_last_commit,
     pending_files,
     read_files,
@@ -47,6 +48,7 @@ from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import EventLog, Topic
 from saiki.core.files import atomic_write, file_lock
+from saiki.core.forgotten import Forgotten
 from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
 from saiki.core.schema import EVENT_FIELDS
 
@@ -171,6 +173,15 @@ def _evolved(table: Table, name: str) -> Table:
             for field in missing:
                 update.add_column(field.name, field.field_type, doc=field.doc)
     return table
+
+
+def loader_summary(table: Table) -> dict[str, str]:
+    """The current snapshot's ``saiki.*`` summary properties: what a loader resumes from
+    (the log offset, the files of its last commit). A snapshot that rewrites a table
+    (compaction, a deletion) carries them."""
+    current = table.current_snapshot()
+    summary = current.summary.additional_properties if current and current.summary else {}
+    return {k: str(v) for k, v in summary.items() if k.startswith("saiki.")}
 
 
 def data_files_by_day(table: Table, rows: pa.Table) -> Iterator[Any]:
@@ -364,6 +375,8 @@ class MasterDataset:
             for start in range(0, len(files), FILES_PER_COMMIT):
                 batch = files[start : start + FILES_PER_COMMIT]
                 rows, torn, dropped = read_files(batch)
+                rows, forgotten = drop_forgotten(rows, Forgotten.of(self.config.data_dir))
+                result.forgotten += forgotten
                 properties = {
                     LOADED_FILES: json.dumps([p.name for p in batch]),
                     DROPPED: str(dropped),  # this commit's files noted so many not logged

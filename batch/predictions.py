@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.schema import Schema
 from pyiceberg.types import (
     DoubleType,
@@ -32,7 +34,9 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from saiki.core.prediction_files import closed_before, decode_values
+from saiki.core.files import atomic_write
+from saiki.core.forgotten import Forgotten
+from saiki.core.prediction_files import PATTERN, closed_before, decode_values
 
 PREDICTIONS_TABLE: Final = "predictions"
 LOADED_FILES: Final = "saiki.predictions.files"
@@ -118,6 +122,7 @@ class PredictionsLoad:
     removed_after_crash: int = 0
     torn_lines: int = 0  # a last line a killed server left unfinished: not a record
     dropped: int = 0  # answers the servers noted they could not log (a full queue)
+    forgotten: int = 0  # answers of users removed by `saiki forget` before they were loaded
 
 
 def finish_last_commit(summary: dict[str, str], folder: Path) -> int:
@@ -174,3 +179,51 @@ def read_files(paths: list[Path]) -> tuple[pa.Table, int, int]:
         [pa.array(rows[f.name], type=f.type) for f in _ARROW_SCHEMA], schema=_ARROW_SCHEMA
     )
     return table, torn, dropped
+
+
+def drop_forgotten(rows: pa.Table, forgotten: Forgotten) -> tuple[pa.Table, int]:
+    """The rows without the answers of users forgotten after them (``saiki forget``)."""
+    if rows.num_rows == 0 or not forgotten:
+        return rows, 0
+    times = pc.cast(rows.column("time"), pa.int64()).to_numpy() // 1000
+    at = {user: forgotten.at(user) for user in set(rows.column("user_id").to_pylist())}
+    keep = np.array(
+        [
+            (when := at[user]) is None or time > when
+            for user, time in zip(rows.column("user_id").to_pylist(), times.tolist(), strict=True)
+        ],
+        dtype=bool,
+    )
+    return rows.filter(pa.array(keep)), int((~keep).sum())
+
+
+@dataclass
+class FilesForgotten:
+    """What removing a user's answers from the serving folder did."""
+
+    files_rewritten: int = 0
+    answers: int = 0
+    open_files: int = 0  # still written to: their answers are dropped when loaded
+
+
+def forget_in_files(folder: Path, user_id: str, now_ms: int) -> FilesForgotten:
+    """Rewrite every closed file without the user's answers (atomically, one by one);
+    files a server may still append to are left to the loader (:func:`drop_forgotten`).
+    Run under the loader's lock."""
+    result = FilesForgotten()
+    if not folder.exists():
+        return result
+    closed = set(closed_before(folder, now_ms))
+    result.open_files = sum(1 for p in folder.glob(PATTERN) if p not in closed)
+    for path in sorted(closed):
+        kept, removed = [], 0
+        for line in path.read_bytes().splitlines(keepends=True):
+            if line.endswith(b"\n") and orjson.loads(line).get("user_id") == user_id:
+                removed += 1
+            else:
+                kept.append(line)
+        if removed:
+            atomic_write(path, b"".join(kept))
+            result.files_rewritten += 1
+            result.answers += removed
+    return result

@@ -59,6 +59,18 @@ def add_parsers(subparsers: Any) -> None:
         "[schedule] snapshot_retention and remove the files only they reached",
     )
     maintain.set_defaults(handler=run_master_maintain, job_name="maintain")
+    forget = subparsers.add_parser(
+        "forget",
+        help="remove one user's data from the master dataset, the prediction log and the "
+        "online rows, and record the deletion",
+    )
+    forget.add_argument("user_id", metavar="USER_ID")
+    forget.add_argument(
+        "--recompute",
+        action="store_true",
+        help="also publish a batch view without the user now (else the next recompute)",
+    )
+    forget.set_defaults(handler=run_forget)
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -97,6 +109,16 @@ def run_master_load(args: argparse.Namespace) -> int:
     from saiki.ops.data import describe_load, load_master
 
     for line in describe_load(load_master(load_config(args.data_dir))):
+        print(line)
+    return 0
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    """``saiki forget USER_ID [--recompute]``."""
+    from saiki.ops.forget import describe, forget_user
+
+    report = forget_user(load_config(args.data_dir), args.user_id, recompute=args.recompute)
+    for line in describe(report):
         print(line)
     return 0
 

@@ -58,6 +58,10 @@ class SqliteOnlineReader:
             self._local.connection = connection
         return connection
 
+    def entity_key(self, entity: str, entity_id: str) -> bytes:
+        """An entity's key as the online store's tables hold it (Feast's serialisation)."""
+        return self._key(entity, entity_id)
+
     def _key(self, entity: str, entity_id: str) -> bytes:
         cached = self._keys.get((entity, entity_id))
         if cached is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from saiki.core.config import SaikiConfig
+from saiki.core.forgotten import Forgotten
 from saiki.feature_repo.feast_repo import apply, open_store
 from saiki.feature_repo.spec import ENTITIES
 from saiki.feature_repo.tiles import empty_features
@@ -32,6 +33,9 @@ def publish_batch_view(
         if previous is not None:
             old = catalog.read(previous.view_id, f"{entity.name}_features").column(entity.key)
             gone = sorted(set(old.to_pylist()) - set(frame[entity.key]))
+            if gone and entity.name == "user" and (forgotten := Forgotten.of(config.data_dir)):
+                # `saiki forget` removed their rows: no row, not even an empty one.
+                gone = [user for user in gone if forgotten.at(user) is None]
             if gone:
                 zeros = pd.DataFrame({entity.key: gone})
                 for column in frame.columns:

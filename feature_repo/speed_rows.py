@@ -1,7 +1,9 @@
-"""The speed layer's rows through Feast's own write path (``write_to_online_store``)."""
+"""The speed layer's rows through Feast's own write path (``write_to_online_store``), and
+the removal of entities' rows (``saiki forget``)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -53,3 +55,40 @@ class FeastSpeedWriter:
         if self._config.feast.online_store != "sqlite":
             raise ConfigError("rebuilding speed state needs the sqlite online store")
         return list(SqliteOnlineReader(self._config).read_speed(entity, None).values())
+
+
+def delete_online_rows(config: SaikiConfig, entity: str, ids: Sequence[str]) -> int:
+    """Remove entities' online rows, the batch view's and the speed layer's, then record
+    the change (``feature_repo/changes.py``) so that servers drop them from their caches.
+    Returns how many stored values went."""
+    if config.feast.online_store != "sqlite":
+        raise ConfigError("removing online rows is built for the sqlite online store only")
+    path = online_store_path(config.data_dir)
+    if not path.exists() or not ids:
+        return 0
+    reader = SqliteOnlineReader(config)
+    keys = [(reader.entity_key(entity, entity_id),) for entity_id in ids]
+    project = config.feast.project
+    deleted = 0
+    connection = sqlite3.connect(path, timeout=30)
+    try:
+        with connection:
+            present = {
+                row[0]
+                for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            for view in (f"{entity}_batch", f"{entity}_speed"):
+                table = f"{project}_{view}"
+                if table in present:
+                    cursor = connection.executemany(
+                        f'DELETE FROM "{table}" WHERE entity_key = ?', keys
+                    )
+                    deleted += cursor.rowcount
+    finally:
+        connection.close()
+    changes = ChangeLogWriter(path)
+    try:
+        changes.append(entity, ids)  # after the deletion's commit, as after a write
+    finally:
+        changes.close()
+    return deleted

@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saiki.batch.maintenance import CompactResult, ExpireResult, compact, expire_snapshots
-from saiki.batch.master import EVENTS_TABLE, QUARANTINE_TABLE, MasterDataset, data_files_by_day
+from saiki.batch.master import (
+    EVENTS_TABLE,
+    QUARANTINE_TABLE,
+    MasterDataset,
+    data_files_by_day,
+    loader_summary,
+)
 from saiki.batch.predictions import PREDICTIONS_TABLE
 from saiki.batch.training import read_lineage
 from saiki.core.config import SaikiConfig
@@ -33,21 +39,26 @@ class MaintainResult:
 
 def pinned_snapshots(config: SaikiConfig) -> set[int]:
     """Snapshots something still names: a published view, a training set, a model."""
-    pins: set[int] = set()
+    return set(pin_reasons(config))
+
+
+def pin_reasons(config: SaikiConfig) -> dict[int, list[str]]:
+    """Each pinned snapshot with what pins it (``view …``, ``training set …``, ``model v3``)."""
+    pins: dict[int, list[str]] = {}
     for view in ViewCatalog(config.data_dir).list():
         if view.snapshot_id is not None:
-            pins.add(int(view.snapshot_id))
+            pins.setdefault(int(view.snapshot_id), []).append(f"view {view.view_id}")
     for path in sorted((config.data_dir / "training").glob("*.parquet")):
         try:
             snapshot = read_lineage(path).snapshot_id
         except (SaikiError, OSError, ValueError):
             continue  # not a training set saiki wrote: it pins nothing
         if snapshot is not None:
-            pins.add(int(snapshot))
+            pins.setdefault(int(snapshot), []).append(f"training set {path.name}")
     for version in ModelRegistry(config.data_dir).versions():
         pinned = version.lineage.get("snapshot_id")
         if isinstance(pinned, int):
-            pins.add(pinned)
+            pins.setdefault(pinned, []).append(f"model {version.name}")
     return pins
 
 
@@ -59,10 +70,7 @@ def maintain(config: SaikiConfig, now_ms: int) -> MaintainResult:
     with master.loader_lock():
         for name in (EVENTS_TABLE, QUARANTINE_TABLE, PREDICTIONS_TABLE):
             table = master.table(name)
-            current = table.current_snapshot()
-            summary = current.summary.additional_properties if current and current.summary else {}
-            # What a loader resumes from (the log offset, the files of its last commit).
-            carry = {k: str(v) for k, v in summary.items() if k.startswith("saiki.")}
+            carry = loader_summary(table)
             result.compacted.append(compact(table, name, carry=carry, write=data_files_by_day))
             result.expired.append(
                 expire_snapshots(

@@ -25,6 +25,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
 from saiki.core.config import SaikiConfig
+from saiki.core.forgotten import Forgotten
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus
 from saiki.speed.shape import SinkLine, SpeedJobSpec, parse_sink_line
@@ -77,7 +78,13 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             events_seen=self._spec.first_offset,
             state="running",
         )
-        self._sink = TileSink(None, self._spec.speed_dir, current_cutoff, status)
+        self._sink = TileSink(
+            None,
+            self._spec.speed_dir,
+            current_cutoff,
+            status,
+            forgotten=Forgotten.of(self._config.data_dir),
+        )
         self._lists = [
             runtime_context.get_list_state(ListStateDescriptor(name, Types.STRING()))
             for name in ("pending", "pending-b")

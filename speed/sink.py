@@ -13,6 +13,9 @@ Two properties keep it exact across restarts and handoffs:
 * **Handoff by cutoff**: rows keep tiles from the *previous* batch cutoff on, so a server
   still on the old view finds every tile it needs while a server on the new view simply
   ignores the older minutes; a row says from when it is complete (``tiles_from_ms``).
+
+A user removed by ``saiki forget`` (``core/forgotten.py``) loses the tiles it holds and
+every tile of a minute up to the deletion's, replayed or not; later minutes are kept.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import numpy as np
 import numpy.typing as npt
 
 from saiki.core.files import atomic_write
+from saiki.core.forgotten import Forgotten
 from saiki.core.timeutil import MS_PER_MINUTE, now_ms
 from saiki.feature_repo.online import STATUS_FILE, SpeedRow, SpeedStatus, SpeedWriter, pack_tiles
 from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITIES
 
 Key = tuple[str, str]
 IntArray = npt.NDArray[np.int64]
+_USERS = ENTITIES[0].name  # the entity ``saiki forget`` removes
 
 
 class _HeldTiles:
@@ -66,6 +71,19 @@ class _HeldTiles:
         self._index[minute] = self._size
         self._size += 1
         return int(update[-1])
+
+    def __len__(self) -> int:
+        return self._size
+
+    def drop_before(self, first_minute: int) -> None:
+        """Forget every minute before ``first_minute``."""
+        rows = self._rows[: self._size]
+        rows = rows[rows[:, 0] >= first_minute]
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        self._rows = np.concatenate([rows, np.zeros_like(self._rows[:1])])
+        self._size = len(rows)
+        self._index = {minute: n for n, minute in enumerate(rows[:, 0].tolist())}
+        self._sorted = True
 
     def packed(self, keep_minute: int) -> bytes:
         """Drop minutes before ``keep_minute``; the rest as packed online tiles."""
@@ -102,8 +120,13 @@ class TileSink:
         current_cutoff: Callable[[], int | None],
         status: SpeedStatus,
         clock: Callable[[], int] = now_ms,
+        *,
+        forgotten: Forgotten | None = None,
     ) -> None:
         self._writer = writer
+        self._forgotten = forgotten
+        # Forgotten users seen: id → the first minute kept (None: not forgotten).
+        self._first_minute: dict[str, int | None] = {}
         self._dir = speed_dir
         self._current_cutoff = current_cutoff
         self._clock = clock
@@ -131,8 +154,11 @@ class TileSink:
             for row in self._writer.read_all(entity.name):
                 minutes, values = row.unpacked()
                 with self._lock:
+                    first = self._kept_from(entity.name, row.entity_id)
                     held = self._tiles.setdefault((entity.name, row.entity_id), _HeldTiles())
                     for minute, value in zip(minutes.tolist(), values, strict=True):
+                        if first is not None and minute < first:
+                            continue
                         # The event count is not stored online; a restored tile counts 0
                         # until Flink replays it.
                         held.merge(minute, np.append(value, 0))
@@ -148,6 +174,29 @@ class TileSink:
                 self.status.keep_from_ms = keep_from
                 self._dirty.update(self._tiles)  # every row is repacked from the new bound
 
+    def _kept_from(self, entity: str, entity_id: str) -> int | None:
+        """For a forgotten user, the first minute whose tiles are kept; else None."""
+        if entity != _USERS or self._forgotten is None or not self._forgotten:
+            return None
+        if entity_id not in self._first_minute:
+            at = self._forgotten.at(entity_id)
+            self._first_minute[entity_id] = None if at is None else at // MS_PER_MINUTE + 1
+        return self._first_minute[entity_id]
+
+    def _observe_forgotten(self) -> None:
+        """Drop what is held of users forgotten since the last look (under the lock)."""
+        if self._forgotten is None or not self._forgotten.refresh():
+            return
+        self._first_minute.clear()
+        for key in [k for k in self._tiles if k[0] == _USERS]:
+            first = self._kept_from(*key)
+            if first is not None:
+                held = self._tiles[key]
+                held.drop_before(first)
+                if not len(held):  # its online row is being deleted, not rewritten
+                    del self._tiles[key]
+                    self._dirty.discard(key)
+
     def on_tile(
         self, entity: str, entity_id: str, minute_ms: int, values: tuple[int, ...], events: int
     ) -> None:
@@ -155,6 +204,9 @@ class TileSink:
         with self._lock:
             key = (entity, entity_id)
             minute = minute_ms // MS_PER_MINUTE
+            first = self._kept_from(entity, entity_id)
+            if first is not None and minute < first:
+                return  # made before the user was forgotten: never written again
             held = self._tiles.get(key)
             if held is None:
                 held = self._tiles[key] = _HeldTiles()
@@ -191,6 +243,7 @@ class TileSink:
         thread while updates go on arriving: they dirty their rows for the next batch)."""
         with self._lock:
             self._observe_cutoff()
+            self._observe_forgotten()
             started = self._clock()
             keep_minute = self.status.keep_from_ms // MS_PER_MINUTE
             by_entity: dict[str, list[SpeedRow]] = {}

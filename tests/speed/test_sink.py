@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from saiki.core import forgotten
+from saiki.core.forgotten import Forgotten
 from saiki.feature_repo.online import MemorySpeedStore, SpeedStatus, read_status, unpack_tiles
 from saiki.speed.sink import TileSink
 
@@ -120,3 +122,38 @@ def test_writes_follow_each_tick_when_caught_up_and_space_out_when_behind() -> N
     assert flush_delay_ms(100, last_write_ms=700, behind_ms=60_000) == 2_800
     assert flush_delay_ms(100, last_write_ms=10, behind_ms=60_000) == 100
     assert flush_delay_ms(100, last_write_ms=5_000, behind_ms=60_000) == 3_000
+
+
+def test_a_forgotten_user_loses_held_and_replayed_tiles_up_to_the_deletion(
+    tmp_path: Path,
+) -> None:
+    store = MemorySpeedStore()
+    data = tmp_path / "data"
+    data.mkdir()
+    sink = TileSink(
+        store,
+        tmp_path,
+        lambda: T,
+        SpeedStatus(allowed_lateness_ms=300_000),
+        clock=lambda: 1,
+        forgotten=Forgotten.of(data),
+    )
+    sink.on_tile("user", "u1", T, (3, 1, 100), 3)
+    sink.on_tile("user", "u2", T, (1, 0, 0), 1)
+    sink.on_tile("item", "i1", T, (4, 1, 100), 4)
+    sink.flush()
+    sink.on_tile("user", "u1", T + M, (1, 0, 0), 1)  # dirty when the deletion comes
+    forgotten.record(data, "u1", T + M + 30_000)
+    store._rows.pop(("user", "u1"))  # what `saiki forget` deletes online
+    assert sink.flush() == 0  # nothing of u1 is written back
+    assert "u1" not in store.read("user", ["u1"])
+    # A replay of the log brings u1's old minutes again: dropped. Later minutes are
+    # kept (the user came back); others are untouched.
+    sink.on_tile("user", "u1", T, (3, 1, 100), 3)
+    sink.on_tile("user", "u1", T + M, (1, 0, 0), 1)
+    sink.on_tile("user", "u1", T + 2 * M, (1, 0, 0), 1)
+    sink.on_tile("user", "u2", T + M, (2, 0, 0), 2)
+    sink.flush()
+    assert tiles_of(store, "user", "u1") == {T + 2 * M: [1, 0, 0]}
+    assert tiles_of(store, "user", "u2") == {T: [1, 0, 0], T + M: [2, 0, 0]}
+    assert tiles_of(store, "item", "i1") == {T: [4, 1, 100]}

@@ -72,6 +72,9 @@ class SpeedConfig:
     state_ttl_s: int = 3600
     checkpoint_interval_ms: int = 2_000
     jobmanager: str = ""  # host:port of a Flink cluster; empty: local mini-cluster
+    # Where checkpoints go: a path every TaskManager and the client reach (a shared
+    # filesystem in cluster mode); empty: <data>/speed/checkpoints.
+    checkpoint_dir: str = ""
     sink_flush_ms: int = 100
     # How often Flink's source lists the log's folder for new segments: a new segment
     # waits up to this long to be read, and each listing costs per segment in the folder.

@@ -152,12 +152,10 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return Path(newest).parent
 
 
-def flink_environment(spec: SpeedJobSpec, restore: Path | None, jobmanager: str = "") -> Any:
-    """A StreamTableEnvironment configured for the job (local mini-cluster by default)."""
-    from pyflink.common import Configuration
-    from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.table import StreamTableEnvironment
-
+def job_configuration(
+    spec: SpeedJobSpec, restore: Path | None = None, jobmanager: str = ""
+) -> dict[str, str]:
+    """Flink's settings for the job (a local mini-cluster unless ``jobmanager``)."""
     settings = {
         "parallelism.default": "1",
         "python.execution-mode": "thread",
@@ -171,7 +169,7 @@ def flink_environment(spec: SpeedJobSpec, restore: Path | None, jobmanager: str 
         "table.exec.state.ttl": f"{spec.state_ttl_s} s",
         "execution.checkpointing.interval": f"{spec.checkpoint_interval_ms} ms",
         "execution.checkpointing.storage": "filesystem",
-        "execution.checkpointing.dir": (spec.speed_dir / "checkpoints").as_uri(),
+        "execution.checkpointing.dir": spec.checkpoints.as_uri(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "3",
         "restart-strategy.type": "none",
@@ -183,8 +181,17 @@ def flink_environment(spec: SpeedJobSpec, restore: Path | None, jobmanager: str 
         settings.update(
             {"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"}
         )
+    return settings
+
+
+def flink_environment(spec: SpeedJobSpec, restore: Path | None, jobmanager: str = "") -> Any:
+    """A StreamTableEnvironment configured for the job (local mini-cluster by default)."""
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
     configuration = Configuration()
-    for key, value in settings.items():
+    for key, value in job_configuration(spec, restore, jobmanager).items():
         configuration.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(configuration)
     return env, StreamTableEnvironment.create(env)

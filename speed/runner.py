@@ -43,7 +43,7 @@ from saiki.speed.job import (
     save_lineage,
 )
 from saiki.speed.jvm import jvm_args
-from saiki.speed.shape import JOB_SHAPE, SpeedJobSpec
+from saiki.speed.shape import JOB_SHAPE, SpeedJobSpec, checkpoint_root
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _INGEST_ONLY = pa.schema([SEGMENT_ARROW_SCHEMA.field("ingest_ms")])
@@ -76,15 +76,16 @@ def embedded_python_path() -> str:
 def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path | None]:
     """The job to run and the checkpoint to restore it from (None: a fresh start)."""
     speed_dir = config.data_dir / "speed"
+    checkpoints = checkpoint_root(config.data_dir, config.speed.checkpoint_dir)
     lineage = load_lineage(speed_dir)
-    checkpoint = latest_checkpoint(speed_dir / "checkpoints")
+    checkpoint = latest_checkpoint(checkpoints)
     # A checkpoint of another job shape (an older saiki) cannot be restored: start fresh
     # from the current cutoff; the tiles already written stay and are max-merged.
     resumable = lineage is not None and lineage.shape == JOB_SHAPE
     if not fresh and resumable and lineage is not None and checkpoint is not None:
         # The listing interval is no part of the job's state: the configured one applies.
         return replace(lineage, monitor_ms=config.speed.monitor_ms), checkpoint
-    shutil.rmtree(speed_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     current = ViewCatalog(config.data_dir).current()
     spec = SpeedJobSpec(
         data_dir=str(config.data_dir),
@@ -97,6 +98,7 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
         state_ttl_s=max(config.speed.state_ttl_s, 2 * config.speed.allowed_lateness_s + 120),
         kafka_bootstrap=config.log.kafka_bootstrap if config.log.backend == "kafka" else "",
         kafka_topic=config.log.kafka_topic,
+        checkpoint_dir=config.speed.checkpoint_dir,
     )
     return spec, None
 
@@ -229,7 +231,7 @@ def run_speed(
                 caught_up_at = now_ms()
             quiet = now_ms() - caught_up_at >= idle_seconds * 1000
             # ...and a checkpoint taken since, so that a later run resumes past it all.
-            newest = latest_checkpoint(spec.speed_dir / "checkpoints")
+            newest = latest_checkpoint(spec.checkpoints)
             checkpointed = newest is not None and (
                 os.path.getmtime(newest / "_metadata") * 1000 > caught_up_at
             )

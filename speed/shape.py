@@ -39,11 +39,23 @@ class SpeedJobSpec:
     # The first log offset in the folder when the job started fresh (older segments had
     # been archived): the job's count of records read starts there.
     first_offset: int = 0
+    # ``[speed] checkpoint_dir``; empty: under the speed folder.
+    checkpoint_dir: str = ""
 
     @property
     def speed_dir(self) -> Path:
-        """Where checkpoints, status and the job's lineage live."""
+        """Where status and the job's lineage live."""
         return Path(self.data_dir) / "speed"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where the job's checkpoints go."""
+        return checkpoint_root(self.data_dir, self.checkpoint_dir)
+
+
+def checkpoint_root(data_dir: str | Path, configured: str) -> Path:
+    """``[speed] checkpoint_dir``, or ``<data>/speed/checkpoints`` when it is empty."""
+    return Path(configured) if configured else Path(data_dir) / "speed" / "checkpoints"
 
 
 # What the sink receives per change, as one line: a row of ten fields cost the JVM and

@@ -122,3 +122,25 @@ def test_the_listing_interval_is_configured_and_applies_to_a_resumed_job(tmp_pat
     (speed_dir / "job.json").write_text(json.dumps(asdict(replace(fresh, monitor_ms=200))))
     resumed, checkpoint = resolve_spec(config, fresh=False)
     assert checkpoint is not None and resumed.monitor_ms == 750
+
+
+def test_checkpoints_go_to_the_configured_shared_path(tmp_path: Path) -> None:
+    import json
+
+    from saiki.speed.job import job_configuration
+
+    shared = tmp_path / "shared" / "checkpoints"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "saiki.toml").write_text(f'[speed]\ncheckpoint_dir = "{shared}"\n')
+    config = make_config(tmp_path / "data")
+    fresh, _ = resolve_spec(config, fresh=True)
+    assert fresh.checkpoints == shared
+    assert job_configuration(fresh)["execution.checkpointing.dir"] == shared.as_uri()
+    (shared / "job" / "chk-2").mkdir(parents=True)
+    (shared / "job" / "chk-2" / "_metadata").write_bytes(b"x")
+    (config.data_dir / "speed").mkdir(parents=True, exist_ok=True)
+    (config.data_dir / "speed" / "job.json").write_text(json.dumps(asdict(fresh)))
+    resumed, checkpoint = resolve_spec(config, fresh=False)
+    assert checkpoint == shared / "job" / "chk-2" and resumed.checkpoints == shared
+    resolve_spec(config, fresh=True)
+    assert not shared.exists()  # --fresh discards them where they are

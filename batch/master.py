@@ -118,8 +118,7 @@ class SnapshotInfo:
 def write_pyiceberg_yaml(config: SaikiConfig) -> Path:
     """Write ``<data dir>/.pyiceberg.yaml`` so stock tools open the catalog as ``saiki``."""
     path = config.data_dir / ".pyiceberg.yaml"
-    catalog = {"type": config.catalog.type, "uri": config.catalog_uri}
-    catalog["warehouse"] = config.warehouse
+    catalog = config.iceberg_properties  # credentials too: the data dir is private
     text = yaml.safe_dump({"catalog": {config.catalog.name: catalog}}, sort_keys=False)
     if not path.exists() or path.read_text() != text:
         atomic_write(path, text)
@@ -130,9 +129,7 @@ def open_catalog(config: SaikiConfig) -> Catalog:
     """The Iceberg catalog named by the configuration (SqlCatalog on SQLite by default)."""
     write_pyiceberg_yaml(config)
     (config.data_dir / "warehouse").mkdir(parents=True, exist_ok=True)
-    properties = {"type": config.catalog.type, "uri": config.catalog_uri}
-    properties["warehouse"] = config.warehouse
-    return load_catalog(config.catalog.name, **properties)
+    return load_catalog(config.catalog.name, **config.iceberg_properties)
 
 
 def _events_to_iceberg(table: pa.Table) -> pa.Table:

@@ -74,13 +74,9 @@ def code_version() -> str:
 
 
 def catalog_properties(config: SaikiConfig) -> dict[str, str]:
-    """The catalog settings a Beam worker needs to open the master dataset itself."""
-    return {
-        "name": config.catalog.name,
-        "type": config.catalog.type,
-        "uri": config.catalog_uri,
-        "warehouse": config.warehouse,
-    }
+    """The catalog settings a Beam worker needs to open the master dataset itself
+    (``[catalog.properties]`` included: object-store endpoint and credentials)."""
+    return {"name": config.catalog.name, **config.iceberg_properties}
 
 
 def pipeline_options(runner: str, beam_args: Sequence[str]) -> PipelineOptions:

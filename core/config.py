@@ -20,6 +20,7 @@ its range are a ``ConfigError`` naming the key, at load, before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -43,6 +44,9 @@ class CatalogConfig:
     type: Literal["sql", "rest"] = "sql"
     uri: str = ""
     warehouse: str = ""
+    # ``[catalog.properties]``: passed to pyiceberg (and to Beam workers) unchanged, e.g.
+    # ``s3.endpoint``, ``s3.access-key-id``, ``s3.secret-access-key``, ``s3.region``.
+    properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,17 @@ class SaikiConfig:
         return self.catalog.warehouse or (self.data_dir / "warehouse").as_uri()
 
     @property
+    def iceberg_properties(self) -> dict[str, str]:
+        """What pyiceberg's ``load_catalog`` takes besides the name: type, uri, warehouse
+        and ``[catalog.properties]`` (the latter win)."""
+        return {
+            "type": self.catalog.type,
+            "uri": self.catalog_uri,
+            "warehouse": self.warehouse,
+            **self.catalog.properties,
+        }
+
+    @property
     def log_dir(self) -> Path:
         """The root of the event log's segment files."""
         return self.data_dir / "log"
@@ -322,13 +337,30 @@ def _build(section: str, cls: type[Any], values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def _table(name: str, raw: Any) -> dict[str, str]:
+    """A TOML table of plain values (JSON from the environment), values as strings."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: expected a table (JSON object), got {raw!r}") from exc
+    if not isinstance(raw, dict) or any(isinstance(v, dict | list) for v in raw.values()):
+        raise ConfigError(f"{name}: expected a table of plain values")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+
+
+def _choice(name: str, hint: Any, raw: Any) -> Any:
+    options = typing.get_args(hint)
+    if raw not in options:
+        choices = " | ".join(map(str, options))
+        raise ConfigError(f"{name}: expected one of {choices}, got {raw!r}")
+    return raw
+
+
 def _coerce(name: str, hint: Any, raw: Any) -> Any:
-    if typing.get_origin(hint) is Literal:
-        options = typing.get_args(hint)
-        if raw not in options:
-            choices = " | ".join(map(str, options))
-            raise ConfigError(f"{name}: expected one of {choices}, got {raw!r}")
-        return raw
+    origin = typing.get_origin(hint)
+    if origin is dict or origin is Literal:
+        return _table(name, raw) if origin is dict else _choice(name, hint, raw)
     target = hint
     if isinstance(hint, types.UnionType):
         target = next(a for a in typing.get_args(hint) if a is not type(None))

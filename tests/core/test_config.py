@@ -73,3 +73,24 @@ def test_a_share_is_a_number_and_the_prediction_log_can_be_turned_off(tmp_path: 
     config = load_config(tmp_path, environ={"SAIKI_SERVING_LOG_PREDICTIONS": "false"})
     assert config.serving.log_features_share == 0.0
     assert config.serving.log_predictions is False
+
+
+def test_catalog_properties_pass_to_pyiceberg_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "saiki.toml").write_text(
+        '[catalog]\nwarehouse = "s3://lake/wh"\n'
+        '[catalog.properties]\n"s3.endpoint" = "http://127.0.0.1:8333"\n'
+        '"s3.access-key-id" = "key"\n"s3.path-style-access" = true\n'
+    )
+    config = load_config(tmp_path, environ={})
+    assert config.iceberg_properties == {
+        "type": "sql",
+        "uri": config.catalog_uri,
+        "warehouse": "s3://lake/wh",
+        "s3.endpoint": "http://127.0.0.1:8333",
+        "s3.access-key-id": "key",
+        "s3.path-style-access": "true",
+    }
+    environ = {"SAIKI_CATALOG_PROPERTIES": '{"s3.region": "eu-west-1"}'}
+    assert load_config(tmp_path, environ=environ).catalog.properties == {"s3.region": "eu-west-1"}
+    with pytest.raises(ConfigError, match="catalog.properties"):
+        load_config(tmp_path, environ={"SAIKI_CATALOG_PROPERTIES": "s3.region=x"})

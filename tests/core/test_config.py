@@ -92,5 +92,5 @@ def test_catalog_properties_pass_to_pyiceberg_unchanged(tmp_path: Path) -> None:
     }
     environ = {"SAIKI_CATALOG_PROPERTIES": '{"s3.region": "eu-west-1"}'}
     assert load_config(tmp_path, environ=environ).catalog.properties == {"s3.region": "eu-west-1"}
-    with pytest.raises(ConfigError, match="catalog.properties"):
+    with pytest.raises(ConfigError, match=r"catalog\.properties"):
         load_config(tmp_path, environ={"SAIKI_CATALOG_PROPERTIES": "s3.region=x"})

@@ -74,3 +74,56 @@ def test_the_sqlite_reader_sees_the_changes_another_process_records(
     connection.close()
     assert reader.changes_since(start.seq) == Changes(start.seq + 2, None)
     assert reader.changes_since(start.seq + 1) == Changes(start.seq + 2, {"user": {"u-x", "u-y"}})
+
+
+@pytest.mark.cluster
+def test_on_redis_the_fast_reader_and_feasts_return_the_rows_the_writer_wrote(
+    lambda_env: SaikiConfig, redis_server: str, tmp_path: Path
+) -> None:
+    """The lambda environment's speed rows written to Redis through the speed layer's
+    writer (Feast's write path): serving's pipelined reader returns exactly what Feast's
+    generic read returns and what SQLite holds; every write is named in the change log,
+    and a reader further behind than the log keeps is told to drop everything."""
+    from saiki.feature_repo import redis_store
+    from saiki.feature_repo.redis_store import RedisChangeLog, RedisOnlineReader
+    from saiki.feature_repo.speed_rows import FeastSpeedWriter, delete_online_rows
+    from tests.conftest import online_store_config
+
+    config = online_store_config(tmp_path / "data", "redis", redis_server)
+    assert isinstance(online_reader(config), RedisOnlineReader)
+    reader = RedisOnlineReader(config)
+    start = reader.changes_since(None)
+    assert start is not None and start.entities == {}
+    sqlite_rows = SqliteOnlineReader(lambda_env).read_speed("item", None)
+    writer = FeastSpeedWriter(config)
+    writer.write("item", list(sqlite_rows.values()))
+    ids = [*sorted(sqlite_rows)[:40], "never-seen"]
+    fast = reader.read("item", ids)
+    through_feast = FeastOnlineReader(config).read("item", ids)
+    assert set(fast) == set(through_feast) == set(ids[:-1])
+    for entity_id in ids[:-1]:
+        assert fast[entity_id].tiles == through_feast[entity_id].tiles
+        assert fast[entity_id].tiles == sqlite_rows[entity_id].tiles
+        assert fast[entity_id].tiles_from_ms == sqlite_rows[entity_id].tiles_from_ms
+    restored = {r.entity_id for r in writer.read_all("item")}
+    assert restored == set(sqlite_rows)  # the sink's restore reads them all back
+    changed = reader.changes_since(start.seq)
+    assert changed is not None and changed.seq == start.seq + 1
+    assert changed.entities == {"item": frozenset(sqlite_rows)}
+    # Deleting rows removes the hash and is a change too.
+    gone = ids[0]
+    assert delete_online_rows(config, "item", [gone]) == 1
+    assert gone not in reader.read("item", ids)
+    assert reader.changes_since(changed.seq) == Changes(changed.seq + 1, {"item": {gone}})
+    # A log trimmed past a reader: the reader hears that anything may have changed.
+    log = RedisChangeLog(config)
+    keep = redis_store.KEEP
+    try:
+        redis_store.KEEP = 2  # type: ignore[misc]
+        for n in range(3):
+            log.append("user", [f"u{n}"])
+    finally:
+        redis_store.KEEP = keep  # type: ignore[misc]
+    behind = reader.changes_since(changed.seq)
+    assert behind is not None and behind.entities is None
+    assert behind.seq == changed.seq + 4

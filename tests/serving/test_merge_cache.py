@@ -5,6 +5,7 @@ call; a write re-merges only the entities it touched."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from saiki.feature_repo.online import MemorySpeedStore, SpeedRow, pack_tiles
+from saiki.core.config import SaikiConfig
+from saiki.feature_repo.online import Changes, MemorySpeedStore, SpeedRow, pack_tiles
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.feature_repo.tiles import tiles
 from saiki.feature_repo.views import ViewCatalog
 from saiki.serving.merge import FeatureMerger
+from tests.conftest import online_store_config
 from tests.oracle import window_features
 
 M = 60_000
@@ -169,15 +172,51 @@ def test_a_trimmed_change_log_drops_the_whole_cache(tmp_path: Path) -> None:
     assert merged.values[2, FEATURE_NAMES.index("impressions_1h")] == 12
 
 
-def test_a_writer_racing_continuous_reads_is_never_missed(tmp_path: Path) -> None:
+class FeastBackedStore:
+    """A real online store as the layers use it: rows written by the speed layer's
+    writer (Feast's write path, then the change record), read by serving's fast reader."""
+
+    def __init__(self, config: SaikiConfig) -> None:
+        from saiki.feature_repo.online_readers import online_reader
+        from saiki.feature_repo.speed_rows import FeastSpeedWriter
+
+        self._writer = FeastSpeedWriter(config)
+        self._reader = online_reader(config)
+
+    def write(self, entity: str, rows: list[SpeedRow]) -> None:
+        self._writer.write(entity, rows)
+
+    def read(self, entity: str, ids: Sequence[str]) -> Mapping[str, SpeedRow]:
+        return self._reader.read(entity, ids)
+
+    def changes_since(self, seq: int | None) -> Changes | None:
+        return self._reader.changes_since(seq)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def racing_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> CountingStore | FeastBackedStore:
+    """The in-memory store, and the real SQLite and Redis online stores: one design."""
+    if request.param == "memory":
+        return CountingStore()
+    redis = request.getfixturevalue("redis_server") if request.param == "redis" else ""
+    return FeastBackedStore(online_store_config(tmp_path / "data", request.param, redis))
+
+
+def test_a_writer_racing_continuous_reads_is_never_missed(
+    tmp_path: Path, racing_store: CountingStore | FeastBackedStore
+) -> None:
     """Each write raises an entity's count by one; every served value must be at least
     the count the writer had finished writing before the read began (a stale cache hit
-    would serve less), and after the race every value equals a fresh merge."""
-    store = CountingStore()
+    would serve less), and after the race every value equals a fresh merge. On the
+    in-memory store and on the real SQLite and Redis stores, written and read as in
+    service."""
+    store = racing_store
     ids = [f"i{n}" for n in range(20)]
     done = dict.fromkeys(ids, 0)
     store.write("item", [_row(i, 0) for i in ids])
-    merger = FeatureMerger(ViewCatalog(tmp_path), store, clock=lambda: START + 90 * M)
+    merger = FeatureMerger(ViewCatalog(tmp_path / "views"), store, clock=lambda: START + 90 * M)
     column = FEATURE_NAMES.index("impressions_1h")
     stop = threading.Event()
 
@@ -201,7 +240,9 @@ def test_a_writer_racing_continuous_reads_is_never_missed(tmp_path: Path) -> Non
         writer.join()
     assert stale == 0
     assert sum(done.values()) > 100  # the writer did race the reads
-    fresh = FeatureMerger(ViewCatalog(tmp_path), store, clock=lambda: START + 90 * M, cache=False)
+    fresh = FeatureMerger(
+        ViewCatalog(tmp_path / "views"), store, clock=lambda: START + 90 * M, cache=False
+    )
     np.testing.assert_array_equal(
         merger.features("item", ids).values, fresh.features("item", ids).values
     )

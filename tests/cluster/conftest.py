@@ -92,7 +92,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
             f"-s3.port={ports['s3']}",
             f"-s3.port.iceberg={ports['iceberg']}",
             "-volume.max=64",
-            "-master.volumeSizeLimitMB=64",
+            "-master.volumeSizeLimitMB=64", "-s3.port.lance=0",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -98,7 +98,7 @@ def test_loads_are_exactly_once_and_time_travel_in_cluster_mode(
     described = subprocess.run(
         [
             str(Path(sys.executable).parent / "pyiceberg"),
-            *("--catalog", "saiki", "describe", "saiki.events"),
+            *("--catalog", "saiki", "describe", f"{config.catalog.namespace}.events"),
         ],
         env=env,
         capture_output=True,

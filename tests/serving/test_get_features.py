@@ -25,7 +25,7 @@ from saiki.feature_repo.views import ViewCatalog
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.server import RunningServer, start_server
 from saiki.v1 import features_pb2, features_pb2_grpc
-from tests.conftest import END_MS, LAMBDA_CUTOFF_MS, make_config
+from tests.conftest import END_MS, LAMBDA_CUTOFF_MS, make_config, online_store_config
 from tests.oracle import late_flags, log_records, master_events, window_features
 
 pytestmark = pytest.mark.slow
@@ -41,9 +41,25 @@ def served_truth(config: SaikiConfig, cutoff_ms: int) -> pd.DataFrame:
     return events[~left]
 
 
-@pytest.fixture(scope="module")
-def server(lambda_env: SaikiConfig) -> Iterator[RunningServer]:
-    running = start_server(lambda_env, host="127.0.0.1", port=0)
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def server(
+    request: pytest.FixtureRequest,
+    lambda_env: SaikiConfig,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningServer]:
+    """A server on the lambda environment's SQLite online store, and one on a copy whose
+    online store is Redis (the speed rows written there by the speed layer's writer):
+    every exactness test below runs on both."""
+    config = lambda_env
+    if request.param == "redis":
+        root = tmp_path_factory.mktemp("on-redis") / "data"
+        shutil.copytree(lambda_env.data_dir, root, ignore=shutil.ignore_patterns("feast"))
+        config = online_store_config(root, "redis", request.getfixturevalue("redis_server"))
+        writer = FeastSpeedWriter(config)
+        for entity in ("user", "item"):
+            rows = SqliteOnlineReader(lambda_env).read_speed(entity, None)
+            writer.write(entity, list(rows.values()))
+    running = start_server(config, host="127.0.0.1", port=0)
     yield running
     running.stop(0)
 

@@ -145,10 +145,11 @@ def check_from_log(
     """For logged answers in [from, to), recompute each served feature at the answer's
     time t from the master dataset over the events ingested by t, and compare.
 
-    The server reads the minute of q whole (``serving/merge.py``), so the recomputation
-    is at q = ceil_minute(t). A value that differs while one of its entity's events was
-    acknowledged within ``in_flight_ms`` before t is counted as in flight (the speed layer
-    had not applied it yet), not as a mismatch.
+    The server answers at q = t (``serving/merge.py``): each window from
+    ``floor_minute(t - W)``, and the current minute read whole, up to ``ceil_minute(t)``;
+    the recomputation takes the same bounds. A value that differs while one of its
+    entity's events was acknowledged within ``in_flight_ms`` before t is counted as in
+    flight (the speed layer had not applied it yet), not as a mismatch.
     """
     if to_ms <= from_ms:
         raise InvalidInputError("--to", "must be after --from")
@@ -195,7 +196,6 @@ def check_from_log(
         known = events.filter(pa.array(ingested <= t))
         fresh = events.filter(pa.array((ingested <= t) & (ingested > t - in_flight_ms)))
         report.checked += 1
-        q = ceil_minute(t)
         wanted = [
             (user, str(answer["user_id"]), answer["user_features"]),
             *(
@@ -205,7 +205,9 @@ def check_from_log(
         ]
         for entity in (user, item):
             ids = [entity_id for kind, entity_id, _ in wanted if kind is entity]
-            expected = features_at(known, entity, ids, q)
+            # As the server answered "now" at t: windows from floor_minute(t - W), and
+            # the current minute read whole (its tile, up to ceil_minute(t)).
+            expected = features_at(known, entity, ids, t, upper_ms=ceil_minute(t))
             busy = set(pc.unique(fresh.column(entity.key)).to_pylist())
             for kind, entity_id, logged in wanted:
                 if kind is not entity:

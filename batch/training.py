@@ -311,10 +311,15 @@ def read_lineage(path: Path) -> TrainingSetLineage:
 
 
 def features_at(
-    events: pa.Table, entity: Entity, ids: list[str], q_ms: int
+    events: pa.Table, entity: Entity, ids: list[str], q_ms: int, upper_ms: int | None = None
 ) -> dict[str, dict[str, float]]:
     """Every feature of ``ids`` at query time q, from raw events, with the same prefix-sum
-    arithmetic as training sets (``saiki consistency`` compares serving against this)."""
+    arithmetic as training sets (``saiki consistency`` compares serving against this).
+
+    Events count from ``floor_minute(q - W)`` to ``upper_ms`` (default q): serving "now"
+    reads the current minute whole, so it answers at t with ``upper_ms = ceil_minute(t)``.
+    """
+    upper = q_ms if upper_ms is None else upper_ms
     mine = events.filter(pc.is_in(events.column(entity.key), pa.array(ids, pa.string())))
     dictionary, codes = (
         encode(mine.column(entity.key))
@@ -341,7 +346,7 @@ def features_at(
         if sums is not None and known.any():
             count = int(known.sum())
             window_sums[known] = sums.between(
-                query[known], np.full(count, lower), np.full(count, q_ms)
+                query[known], np.full(count, lower), np.full(count, upper)
             )
         named = {n: window_sums[:, a] for a, n in enumerate(AGGREGATION_NAMES)}
         for name, column in finalise(named, window).items():

@@ -201,11 +201,13 @@ class PredictionLog:
         item_features: npt.NDArray[np.float64] | None = None,
         model_ms: float = 0.0,
         shadow: tuple[str, Callable[[], npt.NDArray[np.float64]]] | None = None,
+        at_ms: int | None = None,
     ) -> None:
         """Queue one answer; never blocks (a full queue counts it in ``dropped``).
-        ``shadow`` is called on the writer thread, never on the caller's."""
+        ``shadow`` is called on the writer thread, never on the caller's; ``at_ms`` is the
+        answer's time (default: now), taken before its features were read."""
         served = _Served(
-            self._clock(),
+            self._clock() if at_ms is None else at_ms,
             user_id,
             device_id,
             prediction,
@@ -466,5 +468,6 @@ class Predictor:
                 item_features=items.values if sampled else None,
                 model_ms=model_ms,
                 shadow=shadowed,
+                at_ms=now,  # before the features were read: what they are consistent with
             )
         return result

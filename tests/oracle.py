@@ -16,13 +16,18 @@ def floor_minute(ms: int) -> int:
     return ms - ms % MINUTE
 
 
-def window_features(events: pd.DataFrame, key: str, entity_id: str, q: int) -> dict[str, float]:
-    """Every feature of one entity at query time q (ms), from events with an int ms time."""
+def window_features(
+    events: pd.DataFrame, key: str, entity_id: str, q: int, upper: int | None = None
+) -> dict[str, float]:
+    """Every feature of one entity at query time q (ms), from events with an int ms time:
+    events from floor_minute(q - W) to ``upper`` (default q; serving "now" at t reads the
+    current minute whole: upper = the end of t's minute)."""
     mine = events[events[key] == entity_id]
+    end = q if upper is None else upper
     out: dict[str, float] = {}
     for name, minutes in WINDOWS.items():
         lower = floor_minute(q - minutes * MINUTE)
-        inside = mine[(mine["event_time"] >= lower) & (mine["event_time"] < q)]
+        inside = mine[(mine["event_time"] >= lower) & (mine["event_time"] < end)]
         impressions = float((inside["event_type"] == "IMPRESSION").sum())
         clicks_frame = inside[inside["event_type"] == "CLICK"]
         clicks = float(len(clicks_frame))

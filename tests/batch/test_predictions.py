@@ -187,10 +187,12 @@ def test_consistency_from_the_log_passes_served_values_and_finds_an_injected_ske
     master.load(log)
     events = oracle.master_events(config)
     acknowledged = events[events["ingest_time"].astype("int64") // 1000 <= t]
-    q = t - t % 60_000 + 60_000  # the server reads the answer's minute whole
+    end = t - t % 60_000 + 60_000  # the server reads the answer's minute whole
 
     def vector(frame: object, key: str, entity_id: str) -> np.ndarray:
-        values = oracle.window_features(frame, key, entity_id, q)  # type: ignore[arg-type]
+        # As the server answers "now" at t: windows from floor_minute(t - W) to the end
+        # of t's minute (an event sits exactly an hour before t: the edge counts).
+        values = oracle.window_features(frame, key, entity_id, t, end)  # type: ignore[arg-type]
         return np.array([[values[n] for n in FEATURE_NAMES]])
 
     served = PredictionLog(config.data_dir / "serving", clock=lambda: t)
@@ -259,20 +261,20 @@ def test_a_late_event_makes_the_recomputed_row_differ_from_the_vector_that_was_s
     master.load(log)
     events = oracle.master_events(config)
     acknowledged = events[events["ingest_time"].astype("int64") // 1000 <= t]
-    q = t - t % 60_000 + 60_000  # the server reads the answer's minute whole
+    end = t - t % 60_000 + 60_000  # the server reads the answer's minute whole
 
     def vector(frame: object, key: str, entity_id: str, at: int) -> np.ndarray:
-        values = oracle.window_features(frame, key, entity_id, at)  # type: ignore[arg-type]
+        values = oracle.window_features(frame, key, entity_id, at, end)  # type: ignore[arg-type]
         return np.array([[values[n] for n in FEATURE_NAMES]])
 
-    served_user = vector(acknowledged, "user_id", "u0", q)
+    served_user = vector(acknowledged, "user_id", "u0", t)
     served = PredictionLog(config.data_dir / "serving", clock=lambda: t)
     served.write(
         "u0",
         Prediction("req", "v1", "production", [("i1", 0.6)]),
         candidates=["i1"],
         user_features=served_user,
-        item_features=vector(acknowledged, "item_id", "i1", q),
+        item_features=vector(acknowledged, "item_id", "i1", t),
     )
     served.close()
     master.load_predictions(config.data_dir / "serving", t + HOLD_MS + 2 * HOUR)

@@ -370,9 +370,6 @@ def main() -> None:
         speed.terminate()
         speed.wait(120)
     status = read_status(data / "speed")
-    if redis is not None:
-        redis.terminate()
-        redis.wait(30)
     print(f"# live serving benchmark — {conditions()}")
     print(
         f"speed layer writing ({ingest.sent} events ingested at {CALLS_PER_S} calls/s x "
@@ -389,8 +386,13 @@ def main() -> None:
         f"{np.percentile(fresh, 95):.0f} ms over {len(fresh)} probes"
     )
     print(f"failed calls: {len(FAILURES)} {sorted(set(FAILURES))}")
-    for line in breakdown(data):
-        print(line)
+    try:
+        for line in breakdown(data):
+            print(line)
+    finally:
+        if redis is not None:  # the breakdown reads the store too
+            redis.terminate()
+            redis.wait(30)
 
 
 if __name__ == "__main__":

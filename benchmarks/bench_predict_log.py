@@ -7,8 +7,10 @@ it): the same server (``--workers 2``, int8, feature cache on) started three tim
 ``log_features_share = 1`` (also the user's and each candidate's merged feature values);
 and the same with a second version staged in shadow (``saiki models stage``: it scores
 every request on the log's writer thread, after the answer is sent). 100 candidates per
-call, at 1 and at 8 calls in flight. Targets (issue 20): logging costs at most 10% of the
-``Predict`` p50; the shadow's cost is reported against the log with features.
+call, at 1 and at 8 calls in flight, in ``PREDICT_LOG_ROUNDS`` (2) rounds of alternating
+order, samples pooled per row, each round's p50 printed beside it. Targets (issue 20):
+logging costs at most 10% of the ``Predict`` p50; the shadow's cost is reported against
+the log with features.
 
     python -m benchmarks.bench_predict_log
 """
@@ -16,6 +18,7 @@ call, at 1 and at 8 calls in flight. Targets (issue 20): logging costs at most 1
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from saiki.serving.monitor import read_predictions
 from saiki.serving.registry import ModelRegistry
 
 FULL, SHADOW = "log answers + features (share 1)", "the same + a shadow model"
+ROUNDS = int(os.environ.get("PREDICT_LOG_ROUNDS", "2"))
 SETTINGS = {
     "log off": {"SERVING_LOG_PREDICTIONS": "false"},
     "log answers only (share 0)": {"SERVING_LOG_FEATURES_SHARE": "0"},
@@ -45,6 +49,49 @@ async def measure(settings: dict[str, str], data: Path) -> dict[int, tuple[list[
         server.wait(60)
 
 
+Rows = dict[str, dict[int, tuple[list[float], int]]]
+
+
+def run_rounds(
+    data: Path, shadow: int
+) -> tuple[Rows, dict[str, dict[int, list[float]]], list[dict[str, object]]]:
+    """Every setting in every round; pooled samples, per-round p50s, shadowed answers."""
+    shadowed_rounds: list[dict[str, object]] = []
+    # Rounds in alternating order (forward, then backward, ...): a drift of the machine
+    # over the run then weighs on every setting alike, and each row's per-round p50s
+    # show the spread that a difference must beat.
+    results: dict[str, dict[int, tuple[list[float], int]]] = {}
+    per_round: dict[str, dict[int, list[float]]] = {}
+    for round_number in range(ROUNDS):
+        order = list(SETTINGS.items())
+        if round_number % 2:
+            order.reverse()
+        for name, env in order:
+            shutil.rmtree(data / "serving", ignore_errors=True)
+            if name == SHADOW:
+                cli(data, "models", "stage", str(shadow))
+            try:
+                measured = asyncio.run(measure(env, data))
+            finally:
+                if name == SHADOW:
+                    cli(data, "models", "stage", "--end")
+            for flight, (samples, rate) in measured.items():
+                kept, total = results.setdefault(name, {}).get(flight, ([], 0))
+                results[name][flight] = (kept + samples, total + rate)
+                per_round.setdefault(name, {}).setdefault(flight, []).append(
+                    float(np.percentile(np.array(samples) * 1000, 50))
+                )
+            if name == SHADOW:
+                shadowed_rounds = [
+                    r for r in read_predictions(data / "serving", 0) if "shadow_ms" in r
+                ]
+    pooled = {
+        name: {f: (samples, total // ROUNDS) for f, (samples, total) in rows.items()}
+        for name, rows in results.items()
+    }
+    return pooled, per_round, shadowed_rounds
+
+
 def main() -> None:
     data = DATA / "features" / "data"
     if not (data / "views" / "CURRENT").exists():
@@ -58,31 +105,26 @@ def main() -> None:
     if shadow is None:  # a second version to shadow: another seed, not promoted
         cli(data, "train", "--seed", "1")
         shadow = max(v.version for v in registry.versions())
-    results = {}
-    for name, env in SETTINGS.items():
-        shutil.rmtree(data / "serving", ignore_errors=True)
-        if name == SHADOW:
-            cli(data, "models", "stage", str(shadow))
-        try:
-            results[name] = asyncio.run(measure(env, data))
-        finally:
-            if name == SHADOW:
-                cli(data, "models", "stage", "--end")
-    shadowed = [r for r in read_predictions(data / "serving", 0) if "shadow_ms" in r]
-    logged = sum(p.stat().st_size for p in (data / "serving").glob("predictions-*.jsonl"))
+    results, per_round, shadowed = run_rounds(data, shadow)
 
     def ms(samples: list[float], q: float) -> float:
         return float(np.percentile(np.array(samples) * 1000, q))
 
     print(f"# prediction log benchmark — {conditions()}")
     print(
-        f"server: saiki serve --workers 2, int8, feature cache on; {SECONDS}s per row; "
-        "100 candidates per call"
+        f"server: saiki serve --workers 2, int8, feature cache on; {SECONDS}s per row and "
+        f"round, {ROUNDS} rounds in alternating order; 100 candidates per call"
     )
-    print(f"{'setting':<36}{'in flight':>10}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}")
+    print(
+        f"{'setting':<36}{'in flight':>10}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}  p50 per round"
+    )
     for name, by_flight in results.items():
         for flight, (samples, rate) in by_flight.items():
-            print(f"{name:<36}{flight:>10}{ms(samples, 50):>8.2f}{ms(samples, 99):>8.2f}{rate:>9}")
+            rounds = " ".join(f"{v:.2f}" for v in per_round[name][flight])
+            print(
+                f"{name:<36}{flight:>10}{ms(samples, 50):>8.2f}{ms(samples, 99):>8.2f}"
+                f"{rate:>9}  {rounds}"
+            )
     for flight in (1, 8):
         off = ms(results["log off"][flight][0], 50)
         full = ms(results[FULL][flight][0], 50)
@@ -102,7 +144,6 @@ def main() -> None:
             f"shadow v{shadow}: {len(shadowed)} requests scored on the writer thread, forward "
             f"p50 {np.percentile(times, 50):.2f} ms, p99 {np.percentile(times, 99):.2f} ms"
         )
-    print(f"log written by the last setting: {logged / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,7 @@ the cluster configuration (``feature_repo/feature_store.redis.yaml``)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,11 +12,11 @@ import pytest
 
 from saiki.core.config import SaikiConfig
 from saiki.feature_repo.feast_repo import apply, open_store
-from saiki.feature_repo.layout import REPO_DIR
 from saiki.feature_repo.online_readers import SqliteOnlineReader
 from saiki.feature_repo.redis_store import RedisOnlineReader
 from saiki.feature_repo.views import ViewCatalog
 from tests.conftest import make_config
+from tests.feature_repo.test_feast_repo import feast_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 FEAST = str(Path(sys.executable).parent / "feast")
@@ -41,27 +39,10 @@ def test_the_sql_registry_and_redis_through_saiki_and_the_stock_cli(
     assert {"user_batch", "item_batch", "user_speed", "item_speed"} <= names
 
     # The stock CLI, with the cluster yaml, sees what saiki registered in PostgreSQL.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
-    env.update(
-        {
-            "SAIKI_DATA_DIR": str(root),
-            "SAIKI_FEAST_REGISTRY": registry,
-            "SAIKI_FEAST_REDIS_CONNECTION": redis_server,
-        }
-    )
+    cluster = {"SAIKI_FEAST_REGISTRY": registry, "SAIKI_FEAST_REDIS_CONNECTION": redis_server}
 
     def feast(*argv: str) -> str:
-        done = subprocess.run(
-            [FEAST, "-f", "feature_store.redis.yaml", *argv],
-            cwd=REPO_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
+        return feast_cli(root, "-f", "feature_store.redis.yaml", *argv, environ=cluster)
 
     listed = feast("feature-views", "list")
     assert all(name in listed for name in ("user_batch", "user_speed"))

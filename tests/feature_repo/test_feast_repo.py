@@ -21,9 +21,11 @@ pytestmark = pytest.mark.slow
 FEAST = str(Path(sys.executable).parent / "feast")
 
 
-def feast_cli(data_dir: Path, *argv: str) -> str:
+def feast_cli(data_dir: Path, *argv: str, environ: dict[str, str] | None = None) -> str:
+    """The stock ``feast`` CLI in the repo folder, for this data dir (and ``environ``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     env["SAIKI_DATA_DIR"] = str(data_dir)
+    env.update(environ or {})
     done = subprocess.run(
         [FEAST, *argv],
         cwd=REPO_DIR,

@@ -5,7 +5,6 @@ the cluster configuration (``feature_repo/feature_store.redis.yaml``)."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from tests.conftest import make_config
 from tests.feature_repo.test_feast_repo import feast_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-FEAST = str(Path(sys.executable).parent / "feast")
 
 
 def test_the_sql_registry_and_redis_through_saiki_and_the_stock_cli(

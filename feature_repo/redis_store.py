@@ -98,6 +98,22 @@ class _Layout:
         )
         return str(proto.entity_values[0].string_val)
 
+    def scan(self, client: Any, entity: str) -> tuple[list[bytes], list[str]]:
+        """Every key of this project's rows of an entity kind, and their ids. The server
+        may hold other projects' keys (the project is only a suffix): a key is kept only
+        if it is exactly what this layout writes for the id it holds."""
+        pattern = _glob_escape(self.prefix(entity)) + b"*" + _glob_escape(self._suffix)
+        keys, ids = [], []
+        for key in client.scan_iter(match=pattern, count=1000):
+            try:
+                entity_id = self.entity_id(key)
+            except (ValueError, IndexError):  # another project's key that matched the glob
+                continue
+            if self.key(entity, entity_id) == key:
+                keys.append(key)
+                ids.append(entity_id)
+        return keys, ids
+
     def prefix(self, entity: str) -> bytes:
         """What every key of an entity kind starts with (its join key, serialised)."""
         from feast.infra.key_encoding_utils import serialize_entity_key_prefix
@@ -107,6 +123,11 @@ class _Layout:
             entity_key_serialization_version=ENTITY_KEY_SERIALIZATION_VERSION,
         )
         return prefix
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """``raw`` matched literally in a Redis glob pattern."""
+    return b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in raw)
 
 
 class RedisOnlineReader:
@@ -131,8 +152,7 @@ class RedisOnlineReader:
     def read_speed(self, entity: str, ids: Sequence[str] | None) -> dict[str, SpeedRow]:
         """Speed rows of these ids (every row of the kind when ids is None)."""
         if ids is None:
-            keys = list(self._client.scan_iter(match=self._layout.prefix(entity) + b"*"))
-            ids = [self._layout.entity_id(k) for k in keys]
+            keys, ids = self._layout.scan(self._client, entity)
         else:
             keys = [self._layout.key(entity, i) for i in ids]
         if not keys:

@@ -127,3 +127,33 @@ def test_on_redis_the_fast_reader_and_feasts_return_the_rows_the_writer_wrote(
     behind = reader.changes_since(changed.seq)
     assert behind is not None and behind.entities is None
     assert behind.seq == changed.seq + 4
+
+
+@pytest.mark.cluster
+def test_on_a_shared_redis_each_project_reads_back_only_its_own_rows(
+    lambda_env: SaikiConfig, redis_server: str, tmp_path: Path
+) -> None:
+    """Feast keys a row by its entity key with the project as a suffix: a scan for one
+    project's rows must not return (nor choke on) another's, even one whose name ends
+    with the first one's."""
+    from saiki.feature_repo.feast_repo import apply
+    from saiki.feature_repo.redis_store import RedisOnlineReader
+    from saiki.feature_repo.speed_rows import FeastSpeedWriter
+
+    rows = sorted(SqliteOnlineReader(lambda_env).read_speed("user", None).items())
+    configs = []
+    for project in ("shared", "unshared"):
+        root = tmp_path / project
+        root.mkdir()
+        (root / "saiki.toml").write_text(
+            f'[feast]\nonline_store = "redis"\nredis_connection = "{redis_server}"\n'
+            f'project = "{project}"\n'
+        )
+        configs.append(make_config(root))
+        apply(configs[-1])
+    FeastSpeedWriter(configs[0]).write("user", [row for _, row in rows[:10]])
+    FeastSpeedWriter(configs[1]).write("user", [row for _, row in rows[5:30]])
+    own = {r.entity_id for r in FeastSpeedWriter(configs[0]).read_all("user")}
+    assert own == {entity_id for entity_id, _ in rows[:10]}
+    others = set(RedisOnlineReader(configs[1]).read_speed("user", None))
+    assert others == {entity_id for entity_id, _ in rows[5:30]}

@@ -32,6 +32,9 @@ def add_parsers(subparsers: Any) -> None:
     run.set_defaults(handler=run_speed_command)
     status = verbs.add_parser("status", help="watermark, lag, late events, tiles written")
     status.set_defaults(handler=run_status)
+    stop = verbs.add_parser("stop", help="cancel the job on the Flink cluster ([speed] jobmanager)")
+    stop.add_argument("--jobmanager", default="", help="HOST:PORT of a Flink cluster")
+    stop.set_defaults(handler=run_stop)
 
 
 def _line(look: Any) -> str:
@@ -67,7 +70,14 @@ def run_speed_command(args: argparse.Namespace) -> int:
             stage=lambda step: print(step, file=sys.stderr, flush=True),
         )
     except KeyboardInterrupt:
-        print("speed layer stopped; it resumes from its last checkpoint", file=sys.stderr)
+        if config.speed.jobmanager:
+            print(
+                f"stopped watching; the job keeps running on {config.speed.jobmanager} "
+                "(saiki speed stop cancels it)",
+                file=sys.stderr,
+            )
+        else:
+            print("speed layer stopped; it resumes from its last checkpoint", file=sys.stderr)
         return 130
     print(_line(final))
     return 0
@@ -85,6 +95,11 @@ def run_status(args: argparse.Namespace) -> int:
         print("the speed layer has not run yet: saiki speed run")
         return 0
     print(_line(look))
+    if config.speed.jobmanager:
+        from saiki.speed.cluster import FlinkRest, describe_job
+
+        for line in describe_job(FlinkRest(config.speed.jobmanager)):
+            print(f"  {line}")
     print(
         f"  started {format_iso(status.job_started_ms)} from batch cutoff "
         f"{format_iso(status.start_cutoff_ms)}; tiles kept from "
@@ -105,4 +120,23 @@ def run_status(args: argparse.Namespace) -> int:
             "  (the job's idle cost grows with the segments: about a core at 20,000 every "
             "200 ms; raise [speed] monitor_ms or use the Kafka source, see docs/speed.md)"
         )
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    """``saiki speed stop``: cancel the cluster's job; its checkpoints stay, and the next
+    ``saiki speed run`` resumes from the newest."""
+    from saiki.core.errors import ConfigError
+    from saiki.speed.cluster import FlinkRest
+
+    config = load_config(args.data_dir, speed={"jobmanager": args.jobmanager or None})
+    if not config.speed.jobmanager:
+        raise ConfigError("saiki speed stop needs a cluster: --jobmanager or [speed] jobmanager")
+    rest = FlinkRest(config.speed.jobmanager)
+    job = rest.live_job()
+    if job is None:
+        print(f"no running saiki-speed job on {config.speed.jobmanager}")
+        return 0
+    rest.cancel(job["jid"])
+    print(f"cancelled {job['jid']}; the next saiki speed run resumes from its checkpoint")
     return 0

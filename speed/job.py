@@ -30,6 +30,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import site
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -143,6 +144,23 @@ def union_query(spec: SpeedJobSpec) -> str:
     """
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def embedded_python_path() -> str:
+    """sys.path entries Flink's embedded interpreter (pemja) needs to import saiki.
+
+    Thread mode runs Python inside the JVM with the base interpreter's prefix: it neither
+    sees the virtualenv nor runs its .pth files, so site-packages and the project's
+    folder holding the ``saiki`` package are passed explicitly (the package finds its
+    layers in the checkout itself). On a cluster, every TaskManager's machine must hold
+    the same virtualenv and checkout at the same paths.
+    """
+    entries = [*site.getsitepackages(), str(PROJECT_ROOT / "proto")]
+    entries += [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return os.pathsep.join(dict.fromkeys(entries))
+
+
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     """The newest complete retained checkpoint (a ``chk-N`` folder with ``_metadata``)."""
     found = glob.glob(str(checkpoints / "*" / "chk-*" / "_metadata"))
@@ -179,7 +197,19 @@ def job_configuration(
     if jobmanager:
         host, _, port = jobmanager.partition(":")
         settings.update(
-            {"execution.target": "remote", "rest.address": host, "rest.port": port or "8081"}
+            {
+                "execution.target": "remote",
+                "rest.address": host,
+                "rest.port": port or "8081",
+                # The TaskManagers' Python finds saiki through the job's own settings,
+                # not through the environment the cluster was started with.
+                "python.pythonpath": embedded_python_path(),
+                # A lost TaskManager or a failed task: Flink restarts the job from its
+                # latest checkpoint once slots are back, backing off up to 30 s.
+                "restart-strategy.type": "exponential-delay",
+                "restart-strategy.exponential-delay.initial-backoff": "1 s",
+                "restart-strategy.exponential-delay.max-backoff": "30 s",
+            }
         )
     return settings
 
@@ -193,7 +223,24 @@ def flink_environment(spec: SpeedJobSpec, restore: Path | None, jobmanager: str 
     configuration = Configuration()
     for key, value in job_configuration(spec, restore, jobmanager).items():
         configuration.set_string(key, value)
-    env = StreamExecutionEnvironment.get_execution_environment(configuration)
+    if jobmanager:
+        # getExecutionEnvironment outside `flink run` always builds a local environment
+        # (it forces execution.target=local): a remote one is asked for by name.
+        from pyflink.java_gateway import get_gateway
+
+        gateway = get_gateway()
+        host, _, port = jobmanager.partition(":")
+        j_env = gateway.jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment
+        env = StreamExecutionEnvironment(
+            j_env.createRemoteEnvironment(
+                host,
+                int(port or 8081),
+                configuration._j_configuration,
+                gateway.new_array(gateway.jvm.String, 0),
+            )
+        )
+    else:
+        env = StreamExecutionEnvironment.get_execution_environment(configuration)
     return env, StreamTableEnvironment.create(env)
 
 

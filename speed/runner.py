@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import site
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -35,8 +34,10 @@ from saiki.core.schema import MAX_FUTURE_MS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
+from saiki.speed.cluster import JOB_NAME, TERMINAL, FlinkRest
 from saiki.speed.job import (
     build_job,
+    embedded_python_path,
     flink_environment,
     latest_checkpoint,
     load_lineage,
@@ -45,7 +46,6 @@ from saiki.speed.job import (
 from saiki.speed.jvm import jvm_args
 from saiki.speed.shape import JOB_SHAPE, SpeedJobSpec, checkpoint_root
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _INGEST_ONLY = pa.schema([SEGMENT_ARROW_SCHEMA.field("ingest_ms")])
 
 
@@ -58,19 +58,6 @@ class SpeedProgress:
     lag_events: int
     lag_seconds: float
     segments: int = 0  # in the folder Flink's source re-lists (its idle cost grows with them)
-
-
-def embedded_python_path() -> str:
-    """sys.path entries Flink's embedded interpreter (pemja) needs to import saiki.
-
-    Thread mode runs Python inside the JVM with the base interpreter's prefix: it neither
-    sees the virtualenv nor runs its .pth files, so site-packages and the project's
-    folder holding the ``saiki`` package are passed explicitly (the package finds its
-    layers in the checkout itself).
-    """
-    entries = [*site.getsitepackages(), str(PROJECT_ROOT / "proto")]
-    existing = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join([*entries, *([existing] if existing else [])])
 
 
 def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path | None]:
@@ -189,9 +176,81 @@ def run_speed(
 
     os.environ["PYTHONPATH"] = embedded_python_path()
     os.environ["JVM_ARGS"] = jvm_args(config.data_dir / "speed")  # if the JVM starts here
-    (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
-    spec, checkpoint = _start_spec(config, fresh, reached)
     stop = stop or threading.Event()
+    rest = FlinkRest(config.speed.jobmanager) if config.speed.jobmanager else None
+    running = rest.live_job() if rest is not None else None
+    if running is not None:
+        # A session cluster already runs the job (submitted by an earlier client that
+        # has since exited): watch it, never start a second one.
+        if fresh:
+            raise ComponentError(
+                f"--fresh: the Flink cluster at {config.speed.jobmanager} still runs "
+                f"{JOB_NAME} ({running['jid']}, {running['state']}); saiki speed stop first"
+            )
+        reached(f"watching the cluster's running job {running['jid']}")
+        assert rest is not None
+        job: _Job = _ClusterJob(rest, running["jid"])
+    else:
+        (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
+        job = _submit(config, fresh, reached, rest)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return _watch(config, job, stop, report, idle_seconds if until_idle else None)
+    finally:
+        # A local job ends with its client; a cluster's keeps running unless this was a
+        # bounded run (--until-idle).
+        if rest is None or until_idle:
+            job.cancel()
+        elif stage is not None:
+            stage(f"the job keeps running on the cluster at {config.speed.jobmanager}")
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _watch(
+    config: SaikiConfig,
+    job: _Job,
+    stop: threading.Event,
+    report: Callable[[SpeedProgress], None] | None,
+    idle_seconds: float | None,
+) -> SpeedProgress:
+    """Watch ``job`` twice a second until ``stop`` (or, with ``idle_seconds``, until it
+    has read the whole log, written every row, stayed so that long and checkpointed)."""
+    spec = load_lineage(config.data_dir / "speed")
+    checkpoints = spec.checkpoints if spec else checkpoint_root(config.data_dir, "")
+    caught_up_at: int | None = None
+    while not stop.wait(0.5):
+        job.raise_if_failed()
+        look = progress(config)
+        if report is not None:
+            report(look)
+        if idle_seconds is None:
+            continue
+        status = look.status
+        # Idle: every record read and every changed row written, for a while...
+        if status is None or look.lag_events or status.pending_rows:
+            caught_up_at = None
+            continue
+        if caught_up_at is None:
+            caught_up_at = now_ms()
+        quiet = now_ms() - caught_up_at >= idle_seconds * 1000
+        # ...and a checkpoint taken since, so that a later run resumes past it all.
+        newest = latest_checkpoint(checkpoints)
+        checkpointed = newest is not None and (
+            os.path.getmtime(newest / "_metadata") * 1000 > caught_up_at
+        )
+        if quiet and checkpointed:
+            break
+    return progress(config)
+
+
+def _submit(
+    config: SaikiConfig, fresh: bool, reached: Callable[[str], None], rest: FlinkRest | None
+) -> _Job:
+    """Plan the job and submit it: to a local mini-cluster, or to ``rest``'s cluster."""
+    spec, checkpoint = _start_spec(config, fresh, reached)
     # The sink writes to the Feast views: they must be registered before the job runs.
     # Registering imports Feast (~5 s) and applies (~2 s): done in a separate process
     # while the JVM starts and the job is planned. Not in a thread: Feast's import churns
@@ -208,40 +267,52 @@ def run_speed(
     if registering is not None:
         registering.result()  # raises what apply raised
         reached("Feast views registered")
-    client = env.execute_async("saiki-speed")
+    client = env.execute_async(JOB_NAME)
     reached("job submitted")
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    caught_up_at: int | None = None
-    try:
-        while not stop.wait(0.5):
-            _raise_if_failed(client)
-            look = progress(config)
-            if report is not None:
-                report(look)
-            if not until_idle:
-                continue
-            status = look.status
-            # Idle: every record read and every changed row written, for a while...
-            if status is None or look.lag_events or status.pending_rows:
-                caught_up_at = None
-                continue
-            if caught_up_at is None:
-                caught_up_at = now_ms()
-            quiet = now_ms() - caught_up_at >= idle_seconds * 1000
-            # ...and a checkpoint taken since, so that a later run resumes past it all.
-            newest = latest_checkpoint(spec.checkpoints)
-            checkpointed = newest is not None and (
-                os.path.getmtime(newest / "_metadata") * 1000 > caught_up_at
-            )
-            if quiet and checkpointed:
-                break
-        return progress(config)
-    finally:
-        _cancel(client)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+    if rest is None:
+        return _LocalJob(client)
+    return _ClusterJob(rest, str(client.get_job_id()))
+
+
+class _Job(Protocol):
+    """The running job, as the driver sees it."""
+
+    def raise_if_failed(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+@dataclass
+class _LocalJob:
+    """A job on the client's own mini-cluster, through its JobClient."""
+
+    client: Any
+
+    def raise_if_failed(self) -> None:
+        _raise_if_failed(self.client)
+
+    def cancel(self) -> None:
+        _cancel(self.client)
+
+
+@dataclass
+class _ClusterJob:
+    """A job on a session cluster, through Flink's REST API. Restarts (a lost
+    TaskManager) are Flink's to handle; only a terminal state stops the driver."""
+
+    rest: FlinkRest
+    job_id: str
+
+    def raise_if_failed(self) -> None:
+        state = self.rest.call(f"/jobs/{self.job_id}").get("state", "")
+        if state in TERMINAL:
+            failures = self.rest.exceptions(self.job_id)
+            reason = failures[0] if failures else "see the JobManager's log"
+            raise ComponentError(f"the Flink job {self.job_id} stopped ({state}): {reason}")
+
+    def cancel(self) -> None:
+        with contextlib.suppress(ComponentError):
+            self.rest.cancel(self.job_id)
 
 
 def _register_views(config: SaikiConfig) -> Future[None]:

@@ -202,18 +202,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.wait(30)
 
 
-def online_store_config(root: Path, store: str, redis_connection: str = "") -> SaikiConfig:
+def online_store_config(
+    root: Path, store: str, redis_connection: str = "", more_toml: str = ""
+) -> SaikiConfig:
     """A data dir whose Feast online store is ``sqlite`` or ``redis`` (its own project on
-    the shared server), with saiki's feature views applied."""
+    the shared server), with saiki's feature views applied; ``more_toml`` is appended to
+    its saiki.toml."""
     from saiki.feature_repo.feast_repo import apply
 
     root.mkdir(parents=True, exist_ok=True)
+    toml = more_toml
     if store == "redis":
         project = f"p{abs(hash(str(root))) % 10**8}"
-        (root / "saiki.toml").write_text(
+        toml = (
             f'[feast]\nonline_store = "redis"\nredis_connection = "{redis_connection}"\n'
-            f'project = "{project}"\n'
+            f'project = "{project}"\n{more_toml}'
         )
+    if toml:
+        (root / "saiki.toml").write_text(toml)
     config = make_config(root)
     apply(config)
     return config

@@ -4,6 +4,7 @@ run: these tests are never skipped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -143,3 +144,69 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(30)
         log.close()
+
+
+@dataclass(frozen=True)
+class FlinkCluster:
+    """A Flink standalone session cluster (the apache-flink package's distribution, laid
+    out by ``saiki.speed.cluster.prepare_home``): REST at ``address``."""
+
+    home: Path
+    address: str
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            "FLINK_HOME": str(self.home),
+            "FLINK_CONF_DIR": str(self.home / "conf"),
+            "FLINK_LOG_DIR": str(self.home / "log"),
+            "FLINK_PID_DIR": str(self.home),
+        }
+
+    def daemon(self, role: str) -> None:
+        """``bin/jobmanager.sh start`` or ``bin/taskmanager.sh start`` (Flink's own
+        scripts; the cluster's processes never see the suite's PYTHONPATH)."""
+        subprocess.run(
+            ["bash", str(self.home / "bin" / f"{role}.sh"), "start"],
+            env=self._env(),
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+
+    def pids(self, role: str) -> list[int]:
+        """Process ids from Flink's pid files (``standalonesession``, ``taskexecutor``)."""
+        found = []
+        for pid_file in self.home.glob(f"flink-*-{role}.pid"):
+            found += [int(p) for p in pid_file.read_text().split() if p.strip()]
+        return found
+
+    def kill_taskmanagers(self) -> None:
+        """SIGKILL every TaskManager, as a lost machine would."""
+        for pid in self.pids("taskexecutor"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid_file in self.home.glob("flink-*-taskexecutor.pid"):
+            pid_file.unlink()
+
+    def stop(self) -> None:
+        for pid in self.pids("taskexecutor") + self.pids("standalonesession"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def flink_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkCluster]:
+    """A JobManager and one TaskManager (two slots) on loopback."""
+    from saiki.speed.cluster import FlinkRest, cluster_settings, prepare_home
+
+    rpc_port, rest_port = _free_port(), _free_port()
+    home = prepare_home(tmp_path_factory.mktemp("flink"), cluster_settings(rpc_port, rest_port))
+    cluster = FlinkCluster(home, f"localhost:{rest_port}")
+    try:
+        cluster.daemon("jobmanager")
+        cluster.daemon("taskmanager")
+        FlinkRest(cluster.address).wait_ready(taskmanagers=1, timeout_s=120)
+        yield cluster
+    finally:
+        cluster.stop()

@@ -18,7 +18,7 @@ from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
 from saiki.core.ingest_files import ingest_files
 from saiki.feature_repo.online import read_status, unpack_tiles
-from saiki.feature_repo.online_readers import SqliteOnlineReader
+from saiki.feature_repo.online_readers import online_reader
 from saiki.feature_repo.views import ViewCatalog
 from saiki.simulator import TrafficOptions, World, write_jsonl
 from saiki.speed.job import latest_checkpoint
@@ -50,7 +50,7 @@ def expected(config: SaikiConfig) -> tuple[dict[tuple[str, str, int], tuple[int,
 
 def served_tiles(config: SaikiConfig) -> dict[tuple[str, str, int], tuple[int, ...]]:
     cutoff = ViewCatalog(config.data_dir).current().cutoff_ms  # type: ignore[union-attr]
-    reader = SqliteOnlineReader(config)
+    reader = online_reader(config)  # SQLite or Redis, as configured
     tiles = {}
     for entity in ("user", "item"):
         for entity_id, row in reader.read_speed(entity, None).items():

@@ -85,8 +85,9 @@ def _wait_serving(port: int, timeout: float = 120) -> None:
 
 def _predicts_received(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    wanted = 'saiki_rpc_received_total{method="/saiki.v1.PredictionService/Predict"}'
     for line in text.decode().splitlines():
-        if line.startswith('saiki_rpc_received_total{method="/saiki.v1.PredictionService/Predict"}'):
+        if line.startswith(wanted):
             return float(line.split()[-1])
     return 0.0
 

@@ -30,5 +30,5 @@ def test_prepare_puts_the_python_runtime_in_lib_and_writes_the_settings(tmp_path
 
 
 def test_an_unreachable_cluster_is_a_clear_error() -> None:
-    with pytest.raises(ComponentError, match="REST API at http://127.0.0.1:9 did not answer"):
+    with pytest.raises(ComponentError, match=r"REST API at http://127\.0\.0\.1:9 did not answer"):
         FlinkRest("127.0.0.1:9").jobs()

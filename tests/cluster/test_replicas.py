@@ -45,6 +45,7 @@ ITEMS = [f"i{n}" for n in range(60)]
 def _serve(root: Path, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     env["SAIKI_SERVING_METRICS_PORT"] = str(metrics_port)
+    log = open(root.parent / f"serve-{port}.log", "wb")  # noqa: SIM115 (the child keeps it)
     return subprocess.Popen(
         [
             sys.executable,
@@ -61,8 +62,8 @@ def _serve(root: Path, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
         cwd=ROOT,
         env=env,
         start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -103,7 +103,7 @@ def run_list(args: argparse.Namespace) -> int:
     """``saiki models list``."""
     from saiki.serving.registry import ModelRegistry
 
-    registry = ModelRegistry(load_config(args.data_dir).data_dir)
+    registry = ModelRegistry.open(load_config(args.data_dir))
     rows = [
         (
             v.name,
@@ -212,7 +212,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.version:
         version = parse_version(args.version)
     else:
-        staged = ModelRegistry(config.data_dir).shadow()
+        staged = ModelRegistry.open(config).shadow()
         if staged is None:
             print("nothing is staged in shadow: `saiki models stage V`")
             return 0

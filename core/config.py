@@ -187,6 +187,12 @@ class ModelsConfig:
     shadow_minutes: int = 60
     shadow_min_labelled: int = 500
     shadow_tolerance: float = 0.01
+    # Where model versions live: empty for <data>/models, or a folder every replica
+    # reaches ("s3://bucket/prefix", credentials from [catalog.properties]).
+    artifacts: str = ""
+    # Where their stages live: empty for registry.json beside them (a file lock), or a
+    # SQL URL (e.g. postgresql+psycopg2://...): required with artifacts on object storage.
+    metadata: str = ""
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def _live(
     from saiki.simulator import World
     from saiki.simulator.live import LivePopulation
 
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     world = World(users=plan.users, items=plan.items, seed=seed, shift_at_ms=shift_at)
     population = LivePopulation(world, f"127.0.0.1:{port}", seed=seed + 1)
     try:

@@ -55,7 +55,7 @@ def pin_reasons(config: SaikiConfig) -> dict[int, list[str]]:
             continue  # not a training set saiki wrote: it pins nothing
         if snapshot is not None:
             pins.setdefault(int(snapshot), []).append(f"training set {path.name}")
-    for version in ModelRegistry(config.data_dir).versions():
+    for version in ModelRegistry.open(config).versions():
         pinned = version.lineage.get("snapshot_id")
         if isinstance(pinned, int):
             pins.setdefault(pinned, []).append(f"model {version.name}")

@@ -102,7 +102,7 @@ def train_and_register(
     model, quantised, report = train_and_evaluate(
         path, epochs=request.epochs, seed=request.seed, holdout_from_ms=request.holdout_from_ms
     )
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     production = registry.production()
     metrics = report.as_dict()
     if production is not None:
@@ -166,7 +166,7 @@ def promote(
     """Put a version in production (its artifacts verified first); returns the previous.
     With ``[models] require_shadow``, only after a shadow period that passed (unless
     ``force``)."""
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     registry.load(version)  # refuse to promote an artifact that fails its checksum
     if config.models.require_shadow and not force and registry.production() not in {None, version}:
         judged = verdict(config, compare(config, version))
@@ -183,7 +183,7 @@ def promote(
 
 def rollback(config: SaikiConfig) -> int:
     """Back to the previous production version; returns it."""
-    restored = ModelRegistry(config.data_dir).rollback()
+    restored = ModelRegistry.open(config).rollback()
     audit.record(config.data_dir, "rollback", version=restored)
     return restored
 

@@ -15,7 +15,12 @@ def monitor_now(config: SaikiConfig, window_ms: int) -> MonitorReport:
     """Drift and live CTR of the production model over the last ``window_ms``, judged
     against the version's own reference (which the first such window sets)."""
     report = monitor(
-        config.data_dir, serving_merger(config), EventLog(config.log_dir), now_ms(), window_ms
+        config.data_dir,
+        serving_merger(config),
+        EventLog(config.log_dir),
+        now_ms(),
+        window_ms,
+        registry=ModelRegistry.open(config),
     )
     return Baselines(config.data_dir).observe(report)
 
@@ -23,7 +28,7 @@ def monitor_now(config: SaikiConfig, window_ms: int) -> MonitorReport:
 def guard(config: SaikiConfig, report: MonitorReport) -> str | None:
     """Roll production back when it clearly earns less than the version it replaced;
     returns what was done, or None."""
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     if report.production is None or registry.production() != report.production:
         return None
     previous = registry.previous()

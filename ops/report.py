@@ -176,7 +176,7 @@ def write_report(
     """
     folder = config.data_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     versions = registry.versions()
     if versions:
         _models_plot(versions, folder / "models.png")

@@ -130,7 +130,7 @@ def _serving_lines(config: SaikiConfig) -> list[str]:
 
     view = ViewCatalog(config.data_dir).current()
     views = len(ViewCatalog(config.data_dir).list())
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     production = registry.production()
     model = "-"
     if production is not None:

@@ -119,14 +119,14 @@ def stage(config: SaikiConfig, version: int, share: float | None = None) -> Shad
     chosen = config.models.shadow_share if share is None else share
     if not 0.0 < chosen <= 1.0:
         raise PreconditionError(f"--share must be within (0, 1], got {chosen}")
-    staged = ModelRegistry(config.data_dir).stage_shadow(version, chosen, now_ms())
+    staged = ModelRegistry.open(config).stage_shadow(version, chosen, now_ms())
     audit.record(config.data_dir, "shadow", version=version, share=chosen)
     return staged
 
 
 def end_stage(config: SaikiConfig) -> Shadow | None:
     """End the shadow stage (the version stays registered, a candidate)."""
-    ended = ModelRegistry(config.data_dir).end_shadow()
+    ended = ModelRegistry.open(config).end_shadow()
     if ended is not None:
         audit.record(config.data_dir, "shadow-end", version=ended.version)
     return ended
@@ -153,7 +153,7 @@ def shadow_answers(config: SaikiConfig, name: str, master: MasterDataset) -> pa.
 
 def compare(config: SaikiConfig, version: int, *, load: bool = True) -> ShadowReport:
     """Judge ``version``'s shadow scores against the scores served with them."""
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     registry.get(version)
     staged = registry.shadow()
     master = MasterDataset(config)

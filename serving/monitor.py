@@ -240,10 +240,17 @@ def recent_events(log: EventLog, since_ms: int) -> pa.Table:
 
 
 def monitor(
-    data_dir: Path, merger: FeatureMerger, log: EventLog, now_ms: int, window_ms: int = 3_600_000
+    data_dir: Path,
+    merger: FeatureMerger,
+    log: EventLog,
+    now_ms: int,
+    window_ms: int = 3_600_000,
+    *,
+    registry: ModelRegistry | None = None,
 ) -> MonitorReport:
-    """Compute both signals over the last ``window_ms``."""
-    registry = ModelRegistry(data_dir)
+    """Compute both signals over the last ``window_ms`` (``registry``: the configured
+    one; by default the one in ``data_dir``)."""
+    registry = registry or ModelRegistry(data_dir)
     production = registry.production()
     since = now_ms - window_ms
     report = MonitorReport((since, now_ms), production)

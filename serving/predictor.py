@@ -2,7 +2,7 @@
 
 The models in use (production, any A/B variant's version, and the version staged in
 shadow) form an immutable
-:class:`ModelSet`. When ``registry.json`` or ``experiment.json`` changes, a new set is
+:class:`ModelSet`. When the registry's stages or ``experiment.json`` change, a new set is
 loaded beside the old one and swapped in with one assignment: requests in flight finish
 on the set they started with, and none fails during the switch. A version whose artifact
 fails its checksum is refused and the old set stays.
@@ -332,13 +332,11 @@ class Predictor:
         self._reload()
 
     def _stamp(self) -> tuple[float, float]:
-        stamps = []
-        for name in ("registry.json", EXPERIMENT_FILE):
-            try:
-                stamps.append(os.stat(self._registry.root / name).st_mtime)
-            except FileNotFoundError:
-                stamps.append(0.0)
-        return stamps[0], stamps[1]
+        try:
+            experiment = os.stat(self._registry.root / EXPERIMENT_FILE).st_mtime
+        except FileNotFoundError:
+            experiment = 0.0
+        return self._registry.stamp(), experiment
 
     def _build(self, current: ModelSet) -> ModelSet:
         stamp = self._stamp()

@@ -14,6 +14,12 @@ A version folder is written under a hidden name and renamed into place; nothing 
 ever rewritten. Stages change by rewriting ``registry.json`` atomically under a lock.
 Loading verifies the checksum first: a tampered or truncated artifact is refused
 (:class:`~core.errors.ArtifactError`) and a server keeps the model it has.
+
+Shared by replicas (``[models] artifacts = "s3://bucket/prefix"``): the version folders
+live in object storage, ``meta.json`` written last (a folder without it is not a
+version yet); the stages live in a SQL database (``[models] metadata``, see
+:mod:`serving.registry_stages`), and each machine keeps verified copies of the artifacts
+it loads under ``<data>/models/cache/``.
 """
 
 from __future__ import annotations
@@ -23,19 +29,23 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from saiki.core.errors import ArtifactError, NotFoundError, PreconditionError
-from saiki.core.files import atomic_write, file_lock
+from saiki.core.errors import ArtifactError, ConfigError, NotFoundError, PreconditionError
+from saiki.core.objectstore import open_folder
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import SPEC_VERSION
 from saiki.serving.model import ModelConfig, RankingModel, script
+from saiki.serving.registry_stages import FileStages, SqlStages, StageStore
+
+if TYPE_CHECKING:
+    from saiki.core.config import SaikiConfig
 
 CANDIDATE, PRODUCTION, ARCHIVED, SHADOW = "candidate", "production", "archived", "shadow"
 PRECISIONS = ("int8", "fp32")
@@ -85,44 +95,63 @@ def _sha256(path: Path) -> str:
 class ModelRegistry:
     """Versions, stages and verified loading."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.root = data_dir / "models"
+    def __init__(
+        self,
+        data_dir: Path,
+        artifacts: str = "",
+        metadata: str = "",
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = data_dir / "models"  # experiment.json, the local lock and cache
+        self._artifacts = open_folder(artifacts or str(self.root), properties)
+        if self._artifacts.remote and not metadata:
+            raise ConfigError(
+                "[models] artifacts on object storage needs [models] metadata (a SQL URL, "
+                "e.g. PostgreSQL): object storage has no lock to change stages under"
+            )
+        self._store: StageStore = SqlStages(metadata) if metadata else FileStages(self.root)
 
-    def _folder(self, version: int) -> Path:
-        return self.root / f"v{version:04d}"
+    @classmethod
+    def open(cls, config: SaikiConfig) -> ModelRegistry:
+        """The registry ``config`` names (``[models] artifacts`` and ``metadata``)."""
+        return cls(
+            config.data_dir,
+            config.models.artifacts,
+            config.models.metadata,
+            config.catalog.properties,
+        )
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with file_lock(self.root / ".lock"):
+        with self._store.locked():
             yield
 
     def _stages(self) -> dict[str, Any]:
-        try:
-            stages: dict[str, Any] = json.loads((self.root / "registry.json").read_text())
-        except FileNotFoundError:
-            stages = {"production": None, "history": [], "stages": {}}
-        return stages
+        return self._store.read()
 
     def _write_stages(self, stages: dict[str, Any]) -> None:
-        atomic_write(self.root / "registry.json", json.dumps(stages, indent=2, sort_keys=True))
+        self._store.write(stages)
+
+    def stamp(self) -> float:
+        """Changes whenever the stages do (servers poll it to pick up a promotion)."""
+        return self._store.stamp()
 
     def versions(self) -> list[ModelVersion]:
         """Every registered version, oldest first."""
-        if not self.root.exists():
-            return []
         found = []
-        for folder in sorted(self.root.glob("v[0-9]*")):
-            meta = folder / "meta.json"
-            if meta.exists():
-                found.append(ModelVersion(**json.loads(meta.read_text())))
+        for name in self._artifacts.folders():
+            if len(name) > 1 and name[0] == "v" and name[1:].isdigit():
+                meta = self._artifacts.read_bytes(name, "meta.json")
+                if meta is not None:  # no meta.json: a version still being written
+                    found.append(ModelVersion(**json.loads(meta)))
         return found
 
     def get(self, version: int) -> ModelVersion:
         """One version's metadata."""
-        meta = self._folder(version) / "meta.json"
-        if not meta.exists():
+        meta = self._artifacts.read_bytes(f"v{version:04d}", "meta.json")
+        if meta is None:
             raise NotFoundError(f"no model version v{version}")
-        return ModelVersion(**json.loads(meta.read_text()))
+        return ModelVersion(**json.loads(meta))
 
     def stage_of(self, version: int) -> str:
         """candidate, shadow, production or archived."""
@@ -174,6 +203,7 @@ class ModelRegistry:
         with self._locked():
             existing = [v.version for v in self.versions()]
             version = max(existing, default=0) + 1
+            self.root.mkdir(parents=True, exist_ok=True)
             staging = self.root / f".staging-v{version:04d}-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
@@ -199,11 +229,35 @@ class ModelRegistry:
                 artifacts=artifacts,
             )
             (staging / "meta.json").write_text(json.dumps(entry.__dict__, indent=2))
-            os.rename(staging, self._folder(version))
+            self._publish(staging, f"v{version:04d}")
             stages = self._stages()
             stages["stages"][str(version)] = CANDIDATE
             self._write_stages(stages)
             return entry
+
+    def _publish(self, staging: Path, name: str) -> None:
+        """Put a staged version folder in place: renamed locally; on object storage, its
+        artifacts copied first and ``meta.json`` last (what makes it a version)."""
+        if not self._artifacts.remote:
+            os.rename(staging, Path(self._artifacts.path(name)))
+            return
+        try:
+            for precision in PRECISIONS:
+                self._artifacts.write_file(staging / f"{precision}.pt", name, f"{precision}.pt")
+            self._artifacts.write_file(staging / "meta.json", name, "meta.json")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _artifact_file(self, version: int, artifact: dict[str, Any]) -> Path:
+        """A local path to a version's artifact: in place, or this machine's verified
+        copy of the object store's (fetched again when missing or not matching)."""
+        name = f"v{version:04d}"
+        if not self._artifacts.remote:
+            return Path(self._artifacts.path(name, artifact["file"]))
+        cached: Path = self.root / "cache" / name / str(artifact["file"])
+        if not cached.exists() or _sha256(cached) != artifact["sha256"]:
+            self._artifacts.download(cached, name, artifact["file"])
+        return cached
 
     def promote(self, version: int) -> int | None:
         """Make a version production; the previous one is archived. Returns the previous."""
@@ -250,7 +304,7 @@ class ModelRegistry:
             raise ArtifactError(f"unknown precision {precision!r}: int8 or fp32")
         entry = self.get(version)
         artifact = entry.artifacts[precision]
-        path = self._folder(version) / artifact["file"]
+        path = self._artifact_file(version, artifact)
         if not path.exists() or _sha256(path) != artifact["sha256"]:
             raise ArtifactError(f"model v{version} {precision} artifact fails its checksum")
         if entry.spec_version != SPEC_VERSION:

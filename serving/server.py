@@ -102,8 +102,10 @@ class Readiness:
         return {event: True, feature: True, prediction: self._predictor.ready}
 
     def update(self) -> None:
-        """Set health and gauges from the server's state now."""
+        """Set health and gauges from the server's state now; pick up a new model set
+        and a new batch view (loaded in the background) even while no request comes."""
         self._predictor.refresh()
+        self._merger.refresh()
         statuses = self.statuses()
         statuses[""] = all(statuses.values())
         for name, serving in statuses.items():
@@ -214,7 +216,7 @@ def start_server(
         else None
     )
     predictor = Predictor(
-        ModelRegistry(config.data_dir),
+        ModelRegistry.open(config),
         merger,
         precision=serving.precision,
         prediction_log=prediction_log,

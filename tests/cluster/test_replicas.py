@@ -1,6 +1,7 @@
 """Two serving replicas on the cluster configuration: their own ports (gRPC and metrics),
-one shared data directory standing in for a shared filesystem (the event log, views,
-models), the Iceberg catalog and the Feast SQL registry on PostgreSQL, the online store on
+one shared data directory standing in for a shared filesystem (the event log, views),
+model versions in S3 object storage with their stages in PostgreSQL, the Iceberg catalog
+and the Feast SQL registry on PostgreSQL, the online store on
 Redis, the speed job on the Flink session cluster. A client balancing over both with
 gRPC's ``round_robin`` gets identical answers; an event sent to both is accepted once and
 reaches the master dataset and the speed layer; a promotion reaches both."""
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -26,6 +28,8 @@ from saiki.batch.master import MasterDataset
 from saiki.core.config import SaikiConfig
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import read_status
+from saiki.serving.model import ModelConfig, RankingModel, quantise
+from saiki.serving.registry import ModelRegistry
 from saiki.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -34,7 +38,7 @@ from saiki.v1 import (
     prediction_pb2,
     prediction_pb2_grpc,
 )
-from tests.cluster.conftest import FlinkCluster, _free_port
+from tests.cluster.conftest import FlinkCluster, ObjectStore, _free_port
 from tests.conftest import ROOT, online_store_config, run_saiki
 from tests.serving.test_predict import register_untrained
 
@@ -93,25 +97,47 @@ def _predicts_received(metrics_port: int) -> float:
     return 0.0
 
 
+def _upload_production(local: Path, config: SaikiConfig) -> None:
+    """Register the local registry's production version in the configured (shared) one
+    and promote it there."""
+    source = ModelRegistry(local)
+    entry = source.get(source.production())  # type: ignore[arg-type]
+    model = RankingModel(ModelConfig(**entry.config))
+    model.load_state_dict(torch.load(local / "models" / "v0001" / "fp32.pt", weights_only=True))
+    shared = ModelRegistry.open(config)
+    version = shared.register(
+        model.eval(), quantise(model), ModelConfig(**entry.config), entry.lineage, entry.metrics
+    ).version
+    shared.promote(version)
+
+
 @pytest.fixture
 def replicas(
     trained: tuple[SaikiConfig, Path],
     postgres: str,
     redis_server: str,
     flink_cluster: FlinkCluster,
-    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[tuple[SaikiConfig, list[tuple[int, int]]]]:
+    store: ObjectStore = request.getfixturevalue("object_store")
+    tmp_path: Path = request.getfixturevalue("tmp_path")
     root = tmp_path / "shared"
-    shutil.copytree(trained[0].data_dir, root, ignore=shutil.ignore_patterns("feast"))
+    # Model versions come from object storage, their stages from PostgreSQL.
+    shutil.copytree(trained[0].data_dir, root, ignore=shutil.ignore_patterns("feast", "models"))
     registry = postgres.replace("postgresql+psycopg2://", "postgresql+psycopg://", 1)
+    properties = "\n".join(f'"{k}" = "{v}"' for k, v in store.properties.items())
     config = online_store_config(
         root,
         "redis",
         redis_server,
         f'registry = "{registry}"\n'
         f'[catalog]\nuri = "{postgres}"\nnamespace = "replicas"\n'
+        f"[catalog.properties]\n{properties}\n"
+        f'[models]\nartifacts = "s3://{store.lake}/replicas-{tmp_path.name}/models"\n'
+        f'metadata = "{postgres}"\n'
         f'[speed]\njobmanager = "{flink_cluster.address}"\n',
     )
+    _upload_production(trained[0].data_dir, config)
     ports = [(_free_port(), _free_port()) for _ in range(2)]
     servers = [_serve(root, port, metrics) for port, metrics in ports]
     try:

@@ -45,7 +45,7 @@ def served(
 
 def register_untrained(config: SaikiConfig) -> int:
     model = RankingModel(ModelConfig()).eval()
-    registry = ModelRegistry(config.data_dir)
+    registry = ModelRegistry.open(config)
     metrics = registry.get(1).metrics
     return registry.register(
         model, quantise(model), ModelConfig(), {"note": "test"}, metrics

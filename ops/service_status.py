@@ -117,11 +117,20 @@ def _speed_lines(config: SaikiConfig, now: float) -> list[str]:
         return ["speed layer: has not run"]
     watermark = format_iso(status.watermark_ms) if status.watermark_ms else "-"
     last_write = _ago(now - status.last_flush_ms / 1000) if status.last_flush_ms else "-"
-    return [
+    lines = [
         f"speed layer: {status.state}, lag {look.lag_events} events ({look.lag_seconds:.1f}s), "
         f"last write {last_write} ago, watermark {watermark}, "
         f"{look.segments} segments listed"
     ]
+    if config.speed.jobmanager:  # the job's own state, from the Flink cluster
+        from saiki.core.errors import ComponentError
+        from saiki.speed.cluster import FlinkRest, describe_job
+
+        try:
+            lines.extend(f"  {line}" for line in describe_job(FlinkRest(config.speed.jobmanager)))
+        except ComponentError as exc:
+            lines.append(f"  {exc}")
+    return lines
 
 
 def _serving_lines(config: SaikiConfig) -> list[str]:

@@ -138,6 +138,16 @@ def test_the_cluster_job_outlives_its_client_and_a_killed_taskmanager_exactly(
     text = run_saiki(config, "speed", "status")
     assert f"Flink job {job_id} at {flink_cluster.address}: RUNNING" in text
     assert "1 failure(s)" in text or "failure(s), newest" in text
+    shown = subprocess.run(  # exits 1 (no server runs here): its text is what counts
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "status"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
+    assert f"Flink job {job_id} at {flink_cluster.address}: RUNNING" in shown
     run_saiki(config, "speed", "stop")
     _wait(lambda: rest.live_job() is None, 60, "the job cancelled")
     assert rest.jobs()[0]["state"] == "CANCELED"

@@ -24,10 +24,16 @@ def _machine(root: Path, url: str, postgres: str, store: ObjectStore) -> ModelRe
     return ModelRegistry(root, url, postgres, store.properties)
 
 
-def _register(registry: ModelRegistry, seed: int) -> int:
+def _model(seed: int) -> tuple[RankingModel, object]:
+    """A model and its quantised form (built in one thread: TorchScript compiles)."""
     torch.manual_seed(seed)
     model = RankingModel(ModelConfig()).eval()
-    return registry.register(model, quantise(model), ModelConfig(), {"seed": seed}, {}).version
+    return model, quantise(model)
+
+
+def _register(registry: ModelRegistry, seed: int) -> int:
+    model, quantised = _model(seed)
+    return registry.register(model, quantised, ModelConfig(), {"seed": seed}, {}).version
 
 
 def test_two_machines_share_versions_and_stages_through_s3_and_postgres(
@@ -51,14 +57,26 @@ def test_two_machines_share_versions_and_stages_through_s3_and_postgres(
 
     # Registrations racing from both machines: one version each, none lost.
     made: list[int] = []
+    errors: list[BaseException] = []
+    models = [_model(n) for n in range(10, 14)]
+
+    def register(registry: ModelRegistry, n: int) -> None:
+        model, quantised = models[n]
+        try:
+            entry = registry.register(model, quantised, ModelConfig(), {"n": n}, {})
+            made.append(entry.version)
+        except BaseException as exc:  # reported below, with its cause
+            errors.append(exc)
+
     threads = [
-        threading.Thread(target=lambda r=r, n=n: made.append(_register(r, n)))
-        for n, r in enumerate([first, second, first, second], start=10)
+        threading.Thread(target=register, args=(r, n))
+        for n, r in enumerate([first, second, first, second])
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
+    assert not errors, errors
     assert sorted(made) == [v1 + 1, v1 + 2, v1 + 3, v1 + 4]
     assert [v.version for v in first.versions()] == [v1, *sorted(made)]
     second.promote(made[0])

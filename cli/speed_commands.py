@@ -98,7 +98,7 @@ def run_status(args: argparse.Namespace) -> int:
     if config.speed.jobmanager:
         from saiki.speed.cluster import FlinkRest, describe_job
 
-        for line in describe_job(FlinkRest(config.speed.jobmanager)):
+        for line in describe_job(FlinkRest.for_config(config)):
             print(f"  {line}")
     print(
         f"  started {format_iso(status.job_started_ms)} from batch cutoff "
@@ -132,7 +132,7 @@ def run_stop(args: argparse.Namespace) -> int:
     config = load_config(args.data_dir, speed={"jobmanager": args.jobmanager or None})
     if not config.speed.jobmanager:
         raise ConfigError("saiki speed stop needs a cluster: --jobmanager or [speed] jobmanager")
-    rest = FlinkRest(config.speed.jobmanager)
+    rest = FlinkRest.for_config(config)
     job = rest.live_job()
     if job is None:
         print(f"no running saiki-speed job on {config.speed.jobmanager}")

@@ -127,7 +127,7 @@ def _speed_lines(config: SaikiConfig, now: float) -> list[str]:
         from saiki.speed.cluster import FlinkRest, describe_job
 
         try:
-            lines.extend(f"  {line}" for line in describe_job(FlinkRest(config.speed.jobmanager)))
+            lines.extend(f"  {line}" for line in describe_job(FlinkRest.for_config(config)))
         except ComponentError as exc:
             lines.append(f"  {exc}")
     return lines

@@ -23,9 +23,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saiki.core.errors import ComponentError
+
+if TYPE_CHECKING:
+    from saiki.core.config import SaikiConfig
 
 JOB_NAME = "saiki-speed"
 # Job states from which the job will not run again by itself.
@@ -117,11 +120,24 @@ def prepare_home(dest: Path, settings: Mapping[str, str]) -> Path:
     return dest
 
 
+def job_name(data_dir: Path) -> str:
+    """The speed job's name on a cluster: one job per data directory, so that several
+    deployments (or test sessions) can share a session cluster."""
+    return f"{JOB_NAME} {data_dir}"
+
+
 @dataclass(frozen=True)
 class FlinkRest:
-    """Flink's REST API at ``HOST:PORT`` (the JobManager's ``rest.port``)."""
+    """Flink's REST API at ``HOST:PORT`` (the JobManager's ``rest.port``); ``name`` is the
+    job it looks for (:func:`job_name`)."""
 
     address: str
+    name: str = JOB_NAME
+
+    @classmethod
+    def for_config(cls, config: SaikiConfig) -> FlinkRest:
+        """The cluster of ``[speed] jobmanager``, looking for this data dir's job."""
+        return cls(config.speed.jobmanager, job_name(config.data_dir))
 
     @property
     def base(self) -> str:
@@ -141,14 +157,15 @@ class FlinkRest:
         """Slots and TaskManagers (``/overview``)."""
         return dict(self.call("/overview"))
 
-    def jobs(self, name: str = JOB_NAME) -> list[dict[str, Any]]:
-        """The cluster's jobs called ``name``, newest first."""
-        jobs = [j for j in self.call("/jobs/overview").get("jobs", []) if j.get("name") == name]
+    def jobs(self) -> list[dict[str, Any]]:
+        """The cluster's jobs called :attr:`name`, newest first."""
+        listed = self.call("/jobs/overview").get("jobs", [])
+        jobs = [j for j in listed if j.get("name") == self.name]
         return sorted(jobs, key=lambda j: j.get("start-time", 0), reverse=True)
 
-    def live_job(self, name: str = JOB_NAME) -> dict[str, Any] | None:
-        """The newest job called ``name`` that is not in a terminal state."""
-        return next((j for j in self.jobs(name) if j.get("state") not in TERMINAL), None)
+    def live_job(self) -> dict[str, Any] | None:
+        """The newest job called :attr:`name` that is not in a terminal state."""
+        return next((j for j in self.jobs() if j.get("state") not in TERMINAL), None)
 
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         """Counts and the latest completed checkpoint (``/jobs/ID/checkpoints``)."""
@@ -186,7 +203,7 @@ def describe_job(rest: FlinkRest) -> list[str]:
     """Lines for ``saiki speed status``: the cluster job's state, restarts, checkpoints."""
     jobs = rest.jobs()
     if not jobs:
-        return [f"no {JOB_NAME} job on the Flink cluster at {rest.address}"]
+        return [f"no job {rest.name!r} on the Flink cluster at {rest.address}"]
     job = rest.live_job() or jobs[0]
     lines = [f"Flink job {job['jid']} at {rest.address}: {job['state']}"]
     if job.get("state") not in TERMINAL:

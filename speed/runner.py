@@ -34,7 +34,7 @@ from saiki.core.schema import MAX_FUTURE_MS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
-from saiki.speed.cluster import JOB_NAME, TERMINAL, FlinkRest
+from saiki.speed.cluster import TERMINAL, FlinkRest, job_name
 from saiki.speed.job import (
     build_job,
     embedded_python_path,
@@ -177,18 +177,18 @@ def run_speed(
     os.environ["PYTHONPATH"] = embedded_python_path()
     os.environ["JVM_ARGS"] = jvm_args(config.data_dir / "speed")  # if the JVM starts here
     stop = stop or threading.Event()
-    rest = FlinkRest(config.speed.jobmanager) if config.speed.jobmanager else None
+    rest = FlinkRest.for_config(config) if config.speed.jobmanager else None
     running = rest.live_job() if rest is not None else None
     if running is not None:
         # A session cluster already runs the job (submitted by an earlier client that
         # has since exited): watch it, never start a second one.
+        assert rest is not None
         if fresh:
             raise ComponentError(
                 f"--fresh: the Flink cluster at {config.speed.jobmanager} still runs "
-                f"{JOB_NAME} ({running['jid']}, {running['state']}); saiki speed stop first"
+                f"{rest.name!r} ({running['jid']}, {running['state']}); saiki speed stop first"
             )
         reached(f"watching the cluster's running job {running['jid']}")
-        assert rest is not None
         job: _Job = _ClusterJob(rest, running["jid"])
     else:
         (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
@@ -267,7 +267,7 @@ def _submit(
     if registering is not None:
         registering.result()  # raises what apply raised
         reached("Feast views registered")
-    client = env.execute_async(JOB_NAME)
+    client = env.execute_async(job_name(config.data_dir))
     reached("job submitted")
     if rest is None:
         return _LocalJob(client)

@@ -66,7 +66,7 @@ def test_the_cluster_job_outlives_its_client_and_a_killed_taskmanager_exactly(
     config = online_store_config(
         root, "redis", redis_server, f'[speed]\njobmanager = "{flink_cluster.address}"\n'
     )
-    rest = FlinkRest(flink_cluster.address)
+    rest = FlinkRest.for_config(config)
     log = EventLog(config.log_dir)
     parts = _parts(tmp_path, 10)
     speed_dir = root / "speed"

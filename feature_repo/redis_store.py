@@ -4,8 +4,12 @@ log beside them: the same design as the SQLite store's (``feature_repo/changes.p
 **Rows.** Feast's Redis store keeps one hash per entity, under the serialised entity key
 followed by the project's name; a feature's field is the murmur3 hash of
 ``"{view}:{feature}"`` and holds a ``Value`` proto. The reader asks for the speed view's
-``tiles`` and ``tiles_from_ms`` of every requested entity in one pipelined round trip
-(``HMGET`` per entity), in Feast's own layout, so the rows are the ones Feast writes.
+``tiles`` and ``tiles_from_ms`` of every requested entity in one round trip: one
+server-side script that runs ``HMGET`` per entity (measured against a pipeline of
+``HMGET`` commands, 1,000 keys: 10.5 against 18.4 ms with the hiredis parser, 20.6 against
+35.8 without; the pipeline's cost is redis-py packing and parsing each command), in
+Feast's own layout, so the rows are the ones Feast writes. The script takes every key
+in one call, so the store must be a standalone Redis (or a primary), not Redis Cluster.
 
 **Change log.** After each write of speed rows (after the pipeline that wrote them has
 returned) the writer appends one record with a server-side script: ``INCR`` of the
@@ -32,6 +36,11 @@ from saiki.feature_repo.spec import ENTITY_BY_NAME
 
 KEEP: Final = 10_000  # change records kept (a reader further behind drops its cache)
 _SPEED_FIELDS: Final = ("tiles", "tiles_from_ms", "updated_ms")
+_READ: Final = """
+local rows = {}
+for i, key in ipairs(KEYS) do rows[i] = redis.call('HMGET', key, unpack(ARGV)) end
+return rows
+"""
 _APPEND: Final = """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, seq .. '|' .. ARGV[1] .. '|' .. ARGV[2])
@@ -136,6 +145,7 @@ class RedisOnlineReader:
     def __init__(self, config: SaikiConfig) -> None:
         self._layout = _Layout(config)
         self._client = redis_client(config.feast.redis_connection)
+        self._read_rows = self._client.register_script(_READ)  # EVALSHA, loaded on demand
 
     def entity_key(self, entity: str, entity_id: str) -> bytes:
         """An entity's hash key, as Feast writes it."""
@@ -159,10 +169,7 @@ class RedisOnlineReader:
             return {}
         fields = self._layout.fields[entity]
         try:
-            with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hmget(key, fields)
-                found = pipe.execute()
+            found = self._read_rows(keys=keys, args=fields)
         except Exception as exc:  # redis.RedisError and connection errors alike
             raise ComponentError(f"online store read failed: {exc}") from exc
         parse = self._layout.value.FromString

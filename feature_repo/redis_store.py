@@ -35,6 +35,7 @@ from saiki.feature_repo.online import Changes, SpeedRow
 from saiki.feature_repo.spec import ENTITY_BY_NAME
 
 KEEP: Final = 10_000  # change records kept (a reader further behind drops its cache)
+_KEYS_KEPT: Final = 200_000  # entity keys remembered per reader (about 20 MB)
 _SPEED_FIELDS: Final = ("tiles", "tiles_from_ms", "updated_ms")
 _READ: Final = """
 local rows = {}
@@ -87,10 +88,23 @@ class _Layout:
             entity: [_mmh3(f"{entity}_speed:{name}") for name in _SPEED_FIELDS]
             for entity in ENTITY_BY_NAME
         }
+        self._keys: dict[tuple[str, str], bytes] = {}
         self.changes = f"saiki:{self.project}:speed_changes".encode()
         self.position = f"saiki:{self.project}:speed_changes:seq".encode()
 
     def key(self, entity: str, entity_id: str) -> bytes:
+        """An entity's hash key (remembered: Feast's serialisation costs about 6 µs, a
+        third of reading the row)."""
+        known = self._keys.get((entity, entity_id))
+        if known is not None:
+            return known
+        if len(self._keys) >= _KEYS_KEPT:
+            self._keys.clear()
+        made = self._make_key(entity, entity_id)
+        self._keys[(entity, entity_id)] = made
+        return made
+
+    def _make_key(self, entity: str, entity_id: str) -> bytes:
         proto = self._entity_key(
             join_keys=[ENTITY_BY_NAME[entity].key],
             entity_values=[self.value(string_val=entity_id)],

@@ -15,6 +15,49 @@ import pytest
 from saiki.core.config import SaikiConfig, load_config
 from saiki.simulator import TrafficOptions, TrafficSummary, World, write_jsonl
 
+# Each tier's time budget on 2 cores: the setup, call and teardown of its tests (a
+# session fixture counts for the first test that uses it). A tier marked `cluster` starts
+# cluster servers, `slow` real components, the rest are unit tests. A tier over budget
+# fails the run: the whole suite must stay well under 30 minutes (about 13 today).
+TIER_BUDGET_S = {"unit": 180.0, "end-to-end": 1000.0, "cluster": 600.0}
+_SPENT: dict[str, float] = {}
+
+
+def _tier(keywords: object) -> str:
+    if "cluster" in keywords:  # type: ignore[operator]
+        return "cluster"
+    return "end-to-end" if "slow" in keywords else "unit"  # type: ignore[operator]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = _tier(report.keywords)
+    _SPENT[tier] = _SPENT.get(tier, 0.0) + report.duration
+
+
+def _overruns() -> list[str]:
+    return [
+        f"{tier} {spent:.0f} s > {TIER_BUDGET_S[tier]:.0f} s"
+        for tier, spent in _SPENT.items()
+        if spent > TIER_BUDGET_S[tier]
+    ]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _overruns() and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    spent = ", ".join(
+        f"{tier} {_SPENT[tier]:.0f}/{TIER_BUDGET_S[tier]:.0f} s"
+        for tier in TIER_BUDGET_S
+        if tier in _SPENT
+    )
+    terminalreporter.write_line(f"time per tier (spent/budget): {spent}")  # type: ignore[attr-defined]
+    for overrun in _overruns():
+        terminalreporter.write_line(f"TIER OVER BUDGET: {overrun}", red=True)  # type: ignore[attr-defined]
+
+
 # A fixed "now" for deterministic traffic: 2026-11-20T12:00:00Z.
 END_MS = 1_795_176_000_000
 

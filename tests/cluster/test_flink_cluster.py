@@ -22,19 +22,11 @@ from saiki.core.ingest_files import ingest_files
 from saiki.feature_repo.online import read_status
 from saiki.simulator import TrafficOptions, World, write_jsonl
 from saiki.speed.cluster import FlinkRest
-from saiki.speed.job import latest_checkpoint
 from tests.cluster.conftest import FlinkCluster
 from tests.conftest import END_MS, ROOT, online_store_config, run_saiki
-from tests.speed.test_speed_job import expected, served_tiles
+from tests.speed.test_speed_job import _wait, expected, feed_until_unchecked, served_tiles
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-
-
-def _wait(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 def _parts(tmp_path: Path, count: int) -> list[Path]:
@@ -99,21 +91,7 @@ def test_the_cluster_job_outlives_its_client_and_a_killed_taskmanager_exactly(
     job = rest.live_job()
     assert job is not None and job["state"] == "RUNNING"  # the client is gone, the job not
     job_id = job["jid"]
-    _wait(lambda: latest_checkpoint(speed_dir / "checkpoints") is not None, 60, "a checkpoint")
-    # Kill where a restore has work to do: after the job read and wrote a part that no
-    # completed checkpoint covers yet (one is taken every 2 s).
-    fed = 0
-    for part in parts[:6]:
-        fed += 1
-        ingested_s = time.time()
-        ingest_files(Ingestor(log), [part], chunk_bytes=20_000, workers=1)
-        _wait(caught_up, 60, "the part read and written")
-        newest = latest_checkpoint(speed_dir / "checkpoints")
-        assert newest is not None
-        if (newest / "_metadata").stat().st_mtime < ingested_s:
-            break
-    else:
-        pytest.fail("every part was checkpointed before the kill could land")
+    fed = feed_until_unchecked(log, parts[:6], speed_dir / "checkpoints", caught_up)
     flink_cluster.kill_taskmanagers()
     # Traffic goes on while no TaskManager runs; one comes back, as a restarted machine.
     ingest_files(Ingestor(log), [parts[fed]], chunk_bytes=20_000, workers=1)

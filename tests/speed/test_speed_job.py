@@ -106,6 +106,24 @@ def _wait(condition: object, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def feed_until_unchecked(
+    log: EventLog, parts: list[Path], checkpoints: Path, caught_up: object
+) -> int:
+    """Ingest parts one at a time, each read and written, until one that no completed
+    checkpoint covers yet (one is taken every 2 s): where a kill leaves a restore work to
+    do. Returns how many parts were fed."""
+    _wait(lambda: latest_checkpoint(checkpoints) is not None, 60, "a checkpoint")
+    for fed, part in enumerate(parts, start=1):
+        ingested_s = time.time()
+        ingest_files(Ingestor(log), [part], chunk_bytes=20_000, workers=1)
+        _wait(caught_up, 60, "the part read and written")
+        newest = latest_checkpoint(checkpoints)
+        assert newest is not None
+        if (newest / "_metadata").stat().st_mtime < ingested_s:
+            return fed
+    pytest.fail("every part was checkpointed before the kill could land")
+
+
 def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     lambda_env: SaikiConfig, tmp_path: Path
 ) -> None:
@@ -144,21 +162,7 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
             return status is not None and status.events_seen == log.events.head()
 
         _wait(caught_up, 180, "the first catch-up")
-        _wait(lambda: latest_checkpoint(speed_dir / "checkpoints") is not None, 60, "a checkpoint")
-        # Kill where a restore has work to do: after the job read and wrote a part that
-        # no completed checkpoint covers yet (one is taken every 2 s).
-        fed = 0
-        for part in parts:
-            fed += 1
-            ingested_s = time.time()
-            ingest_files(Ingestor(log), [part], chunk_bytes=20_000, workers=1)
-            _wait(caught_up, 60, "the part read and written")
-            newest = latest_checkpoint(speed_dir / "checkpoints")
-            assert newest is not None
-            if (newest / "_metadata").stat().st_mtime < ingested_s:
-                break
-        else:
-            pytest.fail("every part was checkpointed before the kill could land")
+        fed = feed_until_unchecked(log, parts, speed_dir / "checkpoints", caught_up)
         os.killpg(job.pid, signal.SIGKILL)
     finally:
         job.wait(30)

@@ -197,7 +197,7 @@ def run_batch_view(
     if request.load_first:
         master.load(EventLog(config.log_dir))
     pinned = _pin(master, request)
-    catalog = ViewCatalog(config.data_dir)
+    catalog = ViewCatalog.open(config)
     catalog.sweep_staging()
     view_id = catalog.new_view_id()
     staging = catalog.stage(view_id)

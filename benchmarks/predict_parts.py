@@ -40,7 +40,7 @@ def breakdown(data: Path) -> list[str]:
         candidates = [c if n < len(ITEMS) else f"{c}-cold" for n, c in enumerate(candidates)]
         for precision in ("int8", "fp32"):
             model, model_config = registry.load(version, precision)
-            merger = FeatureMerger(ViewCatalog(data), online_reader(config), cache=False)
+            merger = FeatureMerger(ViewCatalog.open(config), online_reader(config), cache=False)
             parts: dict[str, list[float]] = {
                 "merge": [],
                 "forward": [],

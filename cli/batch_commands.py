@@ -97,7 +97,7 @@ def run_views(args: argparse.Namespace) -> int:
     """``saiki batch views``."""
     from saiki.feature_repo.views import ViewCatalog
 
-    catalog = ViewCatalog(load_config(args.data_dir).data_dir)
+    catalog = ViewCatalog.open(load_config(args.data_dir))
     current = catalog.current_id()
     rows = [
         (

@@ -196,6 +196,20 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class ViewsConfig:
+    """Where published batch views live (``saiki batch run`` writes them, servers and the
+    speed layer read them)."""
+
+    # Empty for <data>/views, or a folder every machine reaches ("s3://bucket/prefix",
+    # credentials from [catalog.properties]); each machine keeps a copy of the views it
+    # reads under <data>/views.
+    location: str = ""
+    # Their manifests and which one is current: a SQL URL (e.g. postgresql+psycopg2://...),
+    # required with a location (object storage has no rename and no lock).
+    metadata: str = ""
+
+
+@dataclass(frozen=True)
 class SaikiConfig:
     """The whole configuration; ``data_dir`` is absolute."""
 
@@ -208,6 +222,7 @@ class SaikiConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
 
     @property
     def catalog_uri(self) -> str:
@@ -245,6 +260,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "schedule": ScheduleConfig,
     "models": ModelsConfig,
+    "views": ViewsConfig,
 }
 
 

@@ -51,6 +51,8 @@ class ObjectFolder:
     def write_file(self, source: Path, *parts: str) -> None:
         """Copy a local file in (whole: a reader never sees part of it on S3)."""
         try:
+            if not self.remote:  # a local folder needs its parents; S3 has none
+                self.fs.create_dir(self.path(*parts[:-1]), recursive=True)
             with open(source, "rb") as handle, self.fs.open_output_stream(self.path(*parts)) as out:
                 shutil.copyfileobj(handle, out, 1 << 20)
         except OSError as exc:
@@ -66,6 +68,44 @@ class ObjectFolder:
         except OSError as exc:
             raise StorageError(f"cannot read {self.url}/{'/'.join(parts)}: {exc}") from exc
         partial.replace(destination)
+
+    def upload_tree(self, source: Path, *parts: str, last: str) -> None:
+        """Copy a local folder in, its file ``last`` after every other one (the marker
+        that says the folder is whole)."""
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        for file in sorted(files, key=lambda p: p == source / last):
+            self.write_file(file, *parts, *file.relative_to(source).parts)
+
+    def files(self, *parts: str) -> list[str]:
+        """Every file under a folder, as paths relative to it (none when it is missing)."""
+        from pyarrow import fs
+
+        base = self.path(*parts)
+        try:
+            infos = self.fs.get_file_info(
+                fs.FileSelector(base, recursive=True, allow_not_found=True)
+            )
+        except OSError as exc:
+            raise StorageError(f"cannot list {self.url}/{'/'.join(parts)}: {exc}") from exc
+        prefix = base.rstrip("/") + "/"
+        return sorted(i.path[len(prefix) :] for i in infos if i.type == fs.FileType.File)
+
+    def download_tree(self, destination: Path, *parts: str) -> list[str]:
+        """Copy every file under a folder out to ``destination``; returns their paths."""
+        names = self.files(*parts)
+        for name in names:
+            self.download(destination / name, *parts, *name.split("/"))
+        return names
+
+    def delete_folder(self, *parts: str) -> None:
+        """Remove a folder and everything in it (nothing when it is missing)."""
+        try:
+            self.fs.delete_dir(self.path(*parts))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if "not found" not in str(exc).lower() and "NoSuchKey" not in str(exc):
+                raise StorageError(f"cannot remove {self.url}/{'/'.join(parts)}: {exc}") from exc
 
     def folders(self) -> list[str]:
         """The names of the folders directly inside."""

@@ -23,8 +23,10 @@ from typing import Any
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Bytes, Float64, Int64
 
+from saiki.core.config import SaikiConfig, load_config
 from saiki.feature_repo.layout import batch_source_path, speed_source_path
 from saiki.feature_repo.spec import ENTITIES, FEATURE_NAMES
+from saiki.feature_repo.views import ViewCatalog
 
 SPEED_FIELDS = (
     Field(name="tiles", dtype=Bytes),
@@ -33,9 +35,14 @@ SPEED_FIELDS = (
 )
 
 
-def build(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
-    """Every Feast object of the repo for a data dir, by name; the batch sources point at
-    ``view_id`` (default: the current view)."""
+def build(config: SaikiConfig, view_id: str | None = None) -> dict[str, Any]:
+    """Every Feast object of the repo for a configuration, by name; the batch sources
+    point at ``view_id`` (default: the current view)."""
+    data_dir = config.data_dir
+    catalog = ViewCatalog.open(config)
+    # Views on object storage: Feast's file offline store reaches them at the catalog's
+    # S3 endpoint (saiki itself never reads them through Feast).
+    endpoint = config.catalog.properties.get("s3.endpoint") if catalog.shared else None
     objects: dict[str, Any] = {}
     for spec in ENTITIES:
         entity = Entity(
@@ -46,8 +53,9 @@ def build(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
         )
         batch_source = FileSource(
             name=f"{spec.name}_batch_view",
-            path=str(batch_source_path(data_dir, spec.name, view_id)),
+            path=batch_source_path(catalog, data_dir, spec.name, view_id),
             timestamp_field="event_timestamp",
+            s3_endpoint_override=endpoint or None,
             description="the current published batch view of saiki's batch layer",
         )
         batch_view = FeatureView(
@@ -96,8 +104,8 @@ def build(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
 # `feast apply` collects module-level objects: bind each under its name.
 globals().update(
     build(
-        Path(
+        load_config(
             os.environ.get("SAIKI_DATA_DIR") or Path(__file__).resolve().parent.parent / ".saiki"
-        ).resolve()
+        )
     )
 )

@@ -77,19 +77,19 @@ def open_store(config: SaikiConfig) -> Any:
         return store
 
 
-def feast_objects(data_dir: Path, view_id: str | None = None) -> dict[str, Any]:
-    """The repo's Feast objects for this data dir, by name (see definitions.py)."""
+def feast_objects(config: SaikiConfig, view_id: str | None = None) -> dict[str, Any]:
+    """The repo's Feast objects for this configuration, by name (see definitions.py)."""
     import_feast()
     from saiki.feature_repo import definitions
 
-    return definitions.build(data_dir, view_id)
+    return definitions.build(config, view_id)
 
 
 _APPLIED = "applied.json"
 
 
 def _applied_stamp(config: SaikiConfig, view_id: str | None) -> dict[str, Any]:
-    current = view_id or ViewCatalog(config.data_dir).current_id()
+    current = view_id or ViewCatalog.open(config).current_id()
     return {"spec": SPEC_VERSION, "view": current, "project": config.feast.project}
 
 
@@ -123,7 +123,7 @@ def apply(config: SaikiConfig, view_id: str | None = None) -> list[str]:
     stamp = feast_dir(config.data_dir) / _APPLIED
     stamp.unlink(missing_ok=True)
     store = open_store(config)
-    objects = feast_objects(config.data_dir, view_id)
+    objects = feast_objects(config, view_id)
     try:
         store.apply(list(objects.values()))
     except Exception as exc:

@@ -66,15 +66,16 @@ def _seed(path: Path, schema: pa.Schema) -> Path:
     return path
 
 
-def batch_source_path(data_dir: Path, entity: str, view_id: str | None = None) -> Path:
-    """A view's ``{entity}_features`` folder (default: the current view's), or the seed
-    before any view exists."""
-    current = view_id or ViewCatalog(data_dir).current_id()
+def batch_source_path(
+    catalog: ViewCatalog, data_dir: Path, entity: str, view_id: str | None
+) -> str:
+    """Where a view's ``{entity}_features`` live (default: the current view's; shared
+    views: their object-storage URL), or the seed before any view exists."""
+    current = view_id or catalog.current_id()
     if current is not None:
-        return ViewCatalog(data_dir).path(current) / f"{entity}_features"
-    return _seed(
-        feast_dir(data_dir) / "seed" / f"{entity}_features.parquet", batch_source_schema(entity)
-    )
+        return catalog.source_url(current, f"{entity}_features")
+    seed = feast_dir(data_dir) / "seed" / f"{entity}_features.parquet"
+    return str(_seed(seed, batch_source_schema(entity)))
 
 
 def speed_source_path(data_dir: Path, entity: str) -> Path:

@@ -25,7 +25,7 @@ def publish_batch_view(
     """
     store = open_store(config)
     apply(config, manifest.view_id)  # the batch sources now point at the new view
-    catalog = ViewCatalog(config.data_dir)
+    catalog = ViewCatalog.open(config)
     empty = empty_features()
     written = 0
     for entity in ENTITIES:

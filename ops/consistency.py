@@ -21,7 +21,7 @@ from saiki.serving.merge import FeatureMerger
 
 def serving_merger(config: SaikiConfig) -> FeatureMerger:
     """The merger the gRPC servers use (batch view + speed tiles), built in this process."""
-    return FeatureMerger(ViewCatalog(config.data_dir), online_reader(config))
+    return FeatureMerger(ViewCatalog.open(config), online_reader(config))
 
 
 def consistency_report(config: SaikiConfig, sample: int, q_ms: int) -> ConsistencyReport:

@@ -85,9 +85,9 @@ def forget_user(config: SaikiConfig, user_id: str, *, recompute: bool = False) -
     deleted = {t.snapshot_id for t in report.tables if t.snapshot_id is not None}
     older = {s.snapshot_id for s in master.snapshots(EVENTS_TABLE) if s.snapshot_id not in deleted}
     report.pinned = {s: why for s, why in pin_reasons(config).items() if s in older}
-    current = ViewCatalog(config.data_dir).current_id()
+    current = ViewCatalog.open(config).current_id()
     report.older_views = [
-        v.view_id for v in ViewCatalog(config.data_dir).list() if v.view_id != current
+        v.view_id for v in ViewCatalog.open(config).list() if v.view_id != current
     ]
     if not recompute and current is not None:
         report.older_views.insert(0, current)

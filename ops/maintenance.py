@@ -45,7 +45,7 @@ def pinned_snapshots(config: SaikiConfig) -> set[int]:
 def pin_reasons(config: SaikiConfig) -> dict[int, list[str]]:
     """Each pinned snapshot with what pins it (``view …``, ``training set …``, ``model v3``)."""
     pins: dict[int, list[str]] = {}
-    for view in ViewCatalog(config.data_dir).list():
+    for view in ViewCatalog.open(config).list():
         if view.snapshot_id is not None:
             pins.setdefault(int(view.snapshot_id), []).append(f"view {view.view_id}")
     for path in sorted((config.data_dir / "training").glob("*.parquet")):

@@ -137,8 +137,8 @@ def _serving_lines(config: SaikiConfig) -> list[str]:
     from saiki.feature_repo.views import ViewCatalog
     from saiki.serving.registry import ModelRegistry
 
-    view = ViewCatalog(config.data_dir).current()
-    views = len(ViewCatalog(config.data_dir).list())
+    view = ViewCatalog.open(config).current()
+    views = len(ViewCatalog.open(config).list())
     registry = ModelRegistry.open(config)
     production = registry.production()
     model = "-"

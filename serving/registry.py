@@ -18,7 +18,7 @@ Loading verifies the checksum first: a tampered or truncated artifact is refused
 Shared by replicas (``[models] artifacts = "s3://bucket/prefix"``): the version folders
 live in object storage, ``meta.json`` written last (a folder without it is not a
 version yet); the stages live in a SQL database (``[models] metadata``, see
-:mod:`serving.registry_stages`), and each machine keeps verified copies of the artifacts
+:mod:`core.documents`), and each machine keeps verified copies of the artifacts
 it loads under ``<data>/models/cache/``.
 """
 
@@ -37,18 +37,26 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from saiki.core.documents import Document, FileDocument, SqlDocument
 from saiki.core.errors import ArtifactError, ConfigError, NotFoundError, PreconditionError
 from saiki.core.objectstore import open_folder
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import SPEC_VERSION
 from saiki.serving.model import ModelConfig, RankingModel, script
-from saiki.serving.registry_stages import FileStages, SqlStages, StageStore
 
 if TYPE_CHECKING:
     from saiki.core.config import SaikiConfig
 
 CANDIDATE, PRODUCTION, ARCHIVED, SHADOW = "candidate", "production", "archived", "shadow"
 PRECISIONS = ("int8", "fp32")
+# The stages document: registry.json beside local artifacts, or a row of this table.
+STAGES_FILE = "registry.json"
+STAGES_TABLE = "saiki_model_registry"
+
+
+def empty_stages() -> dict[str, Any]:
+    """The stages document of a registry with nothing registered."""
+    return {"production": None, "history": [], "stages": {}}
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,11 @@ class ModelRegistry:
                 "[models] artifacts on object storage needs [models] metadata (a SQL URL, "
                 "e.g. PostgreSQL): object storage has no lock to change stages under"
             )
-        self._store: StageStore = SqlStages(metadata) if metadata else FileStages(self.root)
+        self._store: Document = (
+            SqlDocument(metadata, STAGES_TABLE, "models", empty_stages())
+            if metadata
+            else FileDocument(self.root / STAGES_FILE, self.root / ".lock", empty_stages())
+        )
 
     @classmethod
     def open(cls, config: SaikiConfig) -> ModelRegistry:

@@ -202,7 +202,7 @@ def start_server(
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     merger = FeatureMerger(
-        ViewCatalog(config.data_dir),
+        ViewCatalog.open(config),
         online_reader(config),
         reload_interval_ms=serving.reload_interval_ms,
         cache=serving.feature_cache,

@@ -62,7 +62,7 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         from saiki.feature_repo.views import ViewCatalog
 
-        catalog = ViewCatalog(self._config.data_dir)
+        catalog = ViewCatalog.open(self._config)
 
         def current_cutoff() -> int | None:
             manifest = catalog.current()

@@ -73,7 +73,7 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
         # The listing interval is no part of the job's state: the configured one applies.
         return replace(lineage, monitor_ms=config.speed.monitor_ms), checkpoint
     shutil.rmtree(checkpoints, ignore_errors=True)
-    current = ViewCatalog(config.data_dir).current()
+    current = ViewCatalog.open(config).current()
     spec = SpeedJobSpec(
         data_dir=str(config.data_dir),
         log_dir=str(EventLog(config.log_dir).events.directory),
@@ -125,7 +125,7 @@ def archive_before_cutoff(config: SaikiConfig, cutoff_ms: int) -> int:
     event time capped at ingest time among all records before it; an event is at most
     ``MAX_FUTURE_MS`` ahead of its ingest time, so that watermark plus the bound at or
     before the cutoff proves it for every earlier segment. Returns how many moved."""
-    view = ViewCatalog(config.data_dir).current()
+    view = ViewCatalog.open(config).current()
     if view is None:
         return 0
     events = _events(config.log_dir)

@@ -1,9 +1,11 @@
-"""Where the model registry keeps its stages (production, history, shadow): a JSON file
-beside the artifacts under a file lock (one machine, or a shared filesystem), or a row in
-a SQL database (``[models] metadata``, e.g. PostgreSQL) whose row lock serialises every
-change — what replicas that share object storage need, since it has neither rename nor
-lock. Both hold the same JSON document; ``stamp`` changes with every write, so servers
-poll it to pick up a promotion.
+"""One small JSON document that several processes change under a lock: a file under a
+file lock (one machine, or a shared filesystem), or a row in a SQL database (e.g.
+PostgreSQL) whose row lock serialises every change — what machines that share object
+storage need, since it has neither rename nor lock. ``stamp`` changes with every write,
+so readers poll it cheaply.
+
+Used for the model registry's stages (``[models] metadata``) and the batch view catalog
+(``[views] metadata``).
 """
 
 from __future__ import annotations
@@ -19,86 +21,82 @@ from typing import Any, Protocol
 from saiki.core.errors import ComponentError
 from saiki.core.files import atomic_write, file_lock
 
-REGISTRY_FILE = "registry.json"
-TABLE = "saiki_model_registry"
 
-
-def empty_stages() -> dict[str, Any]:
-    """The document of a registry with nothing registered."""
-    return {"production": None, "history": [], "stages": {}}
-
-
-class StageStore(Protocol):
-    """Reads and writes the stages document; writes only inside :meth:`locked`."""
+class Document(Protocol):
+    """Reads and writes one JSON document; writes only inside :meth:`locked`."""
 
     def locked(self) -> Any: ...
 
     def read(self) -> dict[str, Any]: ...
 
-    def write(self, stages: dict[str, Any]) -> None: ...
+    def write(self, doc: dict[str, Any]) -> None: ...
 
     def stamp(self) -> float: ...
 
 
-class FileStages:
-    """``registry.json`` in ``root``, changed atomically under ``root/.lock``."""
+class FileDocument:
+    """The JSON file ``path``, changed atomically under ``lock`` (a file lock)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, path: Path, lock: Path, empty: dict[str, Any]) -> None:
+        self.path = path
+        self._lock = lock
+        self._empty = empty
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        with file_lock(self.root / ".lock"):
+        with file_lock(self._lock):
             yield
 
     def read(self) -> dict[str, Any]:
         try:
-            stages: dict[str, Any] = json.loads((self.root / REGISTRY_FILE).read_text())
+            doc: dict[str, Any] = json.loads(self.path.read_text())
         except FileNotFoundError:
-            stages = empty_stages()
-        return stages
+            doc = json.loads(json.dumps(self._empty))
+        return doc
 
-    def write(self, stages: dict[str, Any]) -> None:
-        atomic_write(self.root / REGISTRY_FILE, json.dumps(stages, indent=2, sort_keys=True))
+    def write(self, doc: dict[str, Any]) -> None:
+        atomic_write(self.path, json.dumps(doc, indent=2, sort_keys=True))
 
     def stamp(self) -> float:
         try:
-            return os.stat(self.root / REGISTRY_FILE).st_mtime
+            return os.stat(self.path).st_mtime
         except FileNotFoundError:
             return 0.0
 
 
-class SqlStages:
-    """One row of ``saiki_model_registry`` per registry name, in a SQLAlchemy database.
+class SqlDocument:
+    """One row of ``table`` per document name, in a SQLAlchemy database.
 
     :meth:`locked` opens a transaction and takes the row's write lock first (an
     ``UPDATE`` of the row: a row lock on PostgreSQL, the database's write lock on
     SQLite), so a concurrent promote waits instead of overwriting.
     """
 
-    def __init__(self, url: str, name: str = "models") -> None:
+    def __init__(self, url: str, table: str, name: str, empty: dict[str, Any]) -> None:
         from sqlalchemy import create_engine, text
 
         self._text = text
         self._engine = create_engine(url, pool_pre_ping=True)
+        self._table = table
         self._name = name
+        self._empty = empty
         self._local = threading.local()
         try:
             with self._engine.begin() as conn:
                 conn.execute(
                     text(
-                        f"CREATE TABLE IF NOT EXISTS {TABLE} (name VARCHAR(200) PRIMARY KEY, "
+                        f"CREATE TABLE IF NOT EXISTS {self._table} (name VARCHAR(200) PRIMARY KEY, "
                         "doc TEXT NOT NULL, seq BIGINT NOT NULL)"
                     )
                 )
         except Exception as exc:  # two processes creating it at once: one wins
             if not self._table_exists():
-                raise ComponentError(f"model registry metadata at {url}: {exc}") from exc
+                raise ComponentError(f"{table} metadata at {url}: {exc}") from exc
 
     def _table_exists(self) -> bool:
         from sqlalchemy import inspect
 
-        return bool(inspect(self._engine).has_table(TABLE))
+        return bool(inspect(self._engine).has_table(self._table))
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -106,12 +104,14 @@ class SqlStages:
         with self._engine.begin() as conn:
             conn.execute(
                 text(
-                    f"INSERT INTO {TABLE} (name, doc, seq) VALUES (:n, :d, 0) "
+                    f"INSERT INTO {self._table} (name, doc, seq) VALUES (:n, :d, 0) "
                     "ON CONFLICT (name) DO NOTHING"
                 ),
-                {"n": self._name, "d": json.dumps(empty_stages())},
+                {"n": self._name, "d": json.dumps(self._empty)},
             )
-            conn.execute(text(f"UPDATE {TABLE} SET seq = seq WHERE name = :n"), {"n": self._name})
+            conn.execute(
+                text(f"UPDATE {self._table} SET seq = seq WHERE name = :n"), {"n": self._name}
+            )
             self._local.conn = conn
             try:
                 yield
@@ -119,7 +119,7 @@ class SqlStages:
                 self._local.conn = None
 
     def _row(self) -> tuple[str, int] | None:
-        query = self._text(f"SELECT doc, seq FROM {TABLE} WHERE name = :n")
+        query = self._text(f"SELECT doc, seq FROM {self._table} WHERE name = :n")
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             row = conn.execute(query, {"n": self._name}).first()
@@ -130,16 +130,16 @@ class SqlStages:
 
     def read(self) -> dict[str, Any]:
         row = self._row()
-        stages: dict[str, Any] = json.loads(row[0]) if row is not None else empty_stages()
-        return stages
+        doc: dict[str, Any] = json.loads(row[0] if row is not None else json.dumps(self._empty))
+        return doc
 
-    def write(self, stages: dict[str, Any]) -> None:
+    def write(self, doc: dict[str, Any]) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            raise RuntimeError("stages are written only under SqlStages.locked()")
+            raise RuntimeError("a document is written only under SqlDocument.locked()")
         conn.execute(
-            self._text(f"UPDATE {TABLE} SET doc = :d, seq = seq + 1 WHERE name = :n"),
-            {"d": json.dumps(stages, sort_keys=True), "n": self._name},
+            self._text(f"UPDATE {self._table} SET doc = :d, seq = seq + 1 WHERE name = :n"),
+            {"d": json.dumps(doc, sort_keys=True), "n": self._name},
         )
 
     def stamp(self) -> float:

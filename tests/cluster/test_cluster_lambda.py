@@ -1,8 +1,10 @@
 """The lambda merge's exactness on the whole cluster configuration: the master dataset
 in a PostgreSQL catalog with its warehouse on S3 (SeaweedFS), the batch view computed by
-Beam from there, the speed job on the Flink session cluster writing to Redis, two serving
-replicas — every value served by either equals the independent recomputation, at the
-batch cutoff and again after a handoff to a later view."""
+Beam from there and published to S3 with its manifest and the current pointer in
+PostgreSQL, the Feast registry in PostgreSQL, the speed job on the Flink session cluster
+writing to Redis, two serving replicas with data directories of their own — every value
+served by either equals the independent recomputation, at the batch cutoff and again
+after a handoff to a later view."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 
 from saiki.core.config import SaikiConfig
 from saiki.core.timeutil import format_iso
+from saiki.feature_repo.views import ViewCatalog
 from saiki.v1 import features_pb2, features_pb2_grpc
 from tests.cluster.conftest import FlinkCluster, ObjectStore, _free_port
 from tests.cluster.test_replicas import _serve, _wait_serving
@@ -65,22 +68,39 @@ def test_served_values_equal_the_recomputation_on_the_cluster_stores_across_a_ha
     # on the cluster's stores.
     shutil.copytree(lambda_env.data_dir / "log", root / "log")
     properties = "\n".join(f'"{k}" = "{v}"' for k, v in object_store.properties.items())
+    registry = postgres.replace("postgresql+psycopg2://", "postgresql+psycopg://", 1)
     config = online_store_config(
         root,
         "redis",
         redis_server,
+        f'registry = "{registry}"\n'
         f'[catalog]\nuri = "{postgres}"\nnamespace = "lambda_cluster"\n'
         f'warehouse = "s3://{object_store.lake}/lambda-cluster"\n'
         f"[catalog.properties]\n{properties}\n"
+        f'[views]\nlocation = "s3://{object_store.lake}/lambda-cluster/views"\n'
+        f'metadata = "{postgres}"\n'
         f'[speed]\njobmanager = "{flink_cluster.address}"\n',
     )
     assert json.loads(json.dumps(config.catalog.properties)) == object_store.properties
     run_saiki(config, "master", "load")
     run_saiki(config, "batch", "run", "--as-of", format_iso(LAMBDA_CUTOFF_MS), timeout=600)
     run_saiki(config, "speed", "run", "--until-idle", "--fresh", timeout=400)
+    views = ViewCatalog.open(config)
+    first = views.current()
+    assert views.shared is not None and first is not None
+    assert "manifest.json" in views.shared.folder.files(first.view_id)  # on S3
 
+    # Each replica has a data directory of its own: only saiki.toml in it. The view
+    # comes from S3, which one is current from PostgreSQL.
+    replica_dirs = [tmp_path / f"replica-{n}" for n in range(2)]
+    for replica in replica_dirs:
+        replica.mkdir()
+        shutil.copy(root / "saiki.toml", replica / "saiki.toml")
     ports = [(_free_port(), _free_port()) for _ in range(2)]
-    servers = [_serve(root, port, metrics) for port, metrics in ports]
+    servers = [
+        _serve(replica, port, metrics)
+        for replica, (port, metrics) in zip(replica_dirs, ports, strict=True)
+    ]
     try:
         for port, _ in ports:
             _wait_serving(port)
@@ -117,6 +137,11 @@ def test_served_values_equal_the_recomputation_on_the_cluster_stores_across_a_ha
                 time.sleep(0.5)
         for entity_id, values in zip(ids, _served(grpc_ports, "item", ids, q, END_MS), strict=True):
             assert values == pytest.approx(window_features(everything, "item_id", entity_id, q))
+        second = views.current()
+        assert second is not None and second.view_id != first.view_id
+        for replica in replica_dirs:  # each fetched both views whole from S3
+            for view in (first, second):
+                assert (replica / "views" / view.view_id / "manifest.json").exists()
     finally:
         for server in servers:
             os.killpg(server.pid, signal.SIGTERM)

@@ -54,6 +54,9 @@ class LogConfig:
     """The event log: append-only segment files (embedded) or a Kafka topic (cluster)."""
 
     backend: Literal["segments", "kafka"] = "segments"
+    # The segments' folder: empty for <data>/log, or a path every replica reaches (a
+    # shared filesystem), so that Ingest on any of them appends to one log.
+    dir: str = ""
     kafka_bootstrap: str = ""
     kafka_topic: str = "saiki.events"
     # `saiki ingest` writes one segment per this many input lines.
@@ -247,8 +250,8 @@ class SaikiConfig:
 
     @property
     def log_dir(self) -> Path:
-        """The root of the event log's segment files."""
-        return self.data_dir / "log"
+        """The root of the event log's segment files (``[log] dir``, else ``<data>/log``)."""
+        return Path(self.log.dir).expanduser().resolve() if self.log.dir else self.data_dir / "log"
 
 
 _SECTIONS: dict[str, type[Any]] = {

@@ -1,10 +1,11 @@
-"""Two serving replicas on the cluster configuration: their own ports (gRPC and metrics),
-one shared data directory standing in for a shared filesystem (the event log, views),
-model versions in S3 object storage with their stages in PostgreSQL, the Iceberg catalog
-and the Feast SQL registry on PostgreSQL, the online store on
-Redis, the speed job on the Flink session cluster. A client balancing over both with
-gRPC's ``round_robin`` gets identical answers; an event sent to both is accepted once and
-reaches the master dataset and the speed layer; a promotion reaches both."""
+"""Two serving replicas on the cluster configuration: their own ports (gRPC and metrics)
+and data directories (only saiki.toml in them), one event log folder (``[log] dir``)
+standing in for a shared filesystem, the batch view and model versions in S3 object
+storage with their catalogs in PostgreSQL, the Iceberg catalog and the Feast SQL registry
+on PostgreSQL, the online store on Redis, the speed job on the Flink session cluster. A
+client balancing over both with gRPC's ``round_robin`` gets identical answers; an event
+sent to both is accepted once and reaches the master dataset and the speed layer; a
+promotion reaches both."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from saiki.batch.master import MasterDataset
 from saiki.core.config import SaikiConfig
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import read_status
+from saiki.feature_repo.views import ViewCatalog
 from saiki.serving.model import ModelConfig, RankingModel, quantise
 from saiki.serving.registry import ModelRegistry
 from saiki.v1 import (
@@ -111,6 +113,21 @@ def _upload_production(local: Path, config: SaikiConfig) -> None:
     shared.promote(version)
 
 
+def _share_current_view(root: Path, config: SaikiConfig) -> None:
+    """Publish the data dir's current view (made by the trained fixture) to the shared
+    view catalog, as `saiki batch run` on this configuration would have."""
+    local = ViewCatalog(root)
+    manifest = local.current()
+    assert manifest is not None
+    held = root.parent / "view-to-share"
+    shutil.move(local.path(manifest.view_id), held)
+    shutil.rmtree(root / "views")
+    shared = ViewCatalog.open(config)
+    staging = shared.stage(manifest.view_id)
+    shutil.copytree(held, staging, dirs_exist_ok=True)
+    shared.publish(staging, manifest)
+
+
 @pytest.fixture
 def replicas(
     trained: tuple[SaikiConfig, Path],
@@ -121,8 +138,9 @@ def replicas(
 ) -> Iterator[tuple[SaikiConfig, list[tuple[int, int]]]]:
     store: ObjectStore = request.getfixturevalue("object_store")
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    root = tmp_path / "shared"
-    # Model versions come from object storage, their stages from PostgreSQL.
+    root = tmp_path / "shared"  # the machine that loads, recomputes and runs the speed job
+    # Model versions and the view come from object storage, their catalogs from
+    # PostgreSQL; the event log is one folder every replica reaches.
     shutil.copytree(trained[0].data_dir, root, ignore=shutil.ignore_patterns("feast", "models"))
     registry = postgres.replace("postgresql+psycopg2://", "postgresql+psycopg://", 1)
     properties = "\n".join(f'"{k}" = "{v}"' for k, v in store.properties.items())
@@ -135,11 +153,22 @@ def replicas(
         f"[catalog.properties]\n{properties}\n"
         f'[models]\nartifacts = "s3://{store.lake}/replicas-{tmp_path.name}/models"\n'
         f'metadata = "{postgres}"\n'
+        f'[views]\nlocation = "s3://{store.lake}/replicas-{tmp_path.name}/views"\n'
+        f'metadata = "{postgres}"\n'
+        f'[log]\ndir = "{root / "log"}"\n'
         f'[speed]\njobmanager = "{flink_cluster.address}"\n',
     )
     _upload_production(trained[0].data_dir, config)
+    _share_current_view(root, config)
+    replica_dirs = [tmp_path / f"replica-{n}" for n in range(2)]
+    for replica in replica_dirs:
+        replica.mkdir()
+        shutil.copy(root / "saiki.toml", replica / "saiki.toml")
     ports = [(_free_port(), _free_port()) for _ in range(2)]
-    servers = [_serve(root, port, metrics) for port, metrics in ports]
+    servers = [
+        _serve(replica, port, metrics)
+        for replica, (port, metrics) in zip(replica_dirs, ports, strict=True)
+    ]
     try:
         for port, _ in ports:
             _wait_serving(port)
@@ -216,6 +245,11 @@ def test_two_replicas_answer_alike_accept_an_event_once_and_follow_a_promotion(
             seen.append(dict(reply.entities[0].values))
         assert seen[0] == seen[1]
         assert seen[0]["impressions_1h"] == 6 and seen[0]["clicks_1h"] == 2
+        view = ViewCatalog.open(config).current_id()
+        for n in range(2):  # each wrote to the one log and fetched the view from S3
+            replica = config.data_dir.parent / f"replica-{n}"
+            assert not (replica / "log").exists()
+            assert view is not None and (replica / "views" / view / "manifest.json").exists()
 
         # A promotion in the shared registry reaches both replicas.
         version = register_untrained(config)

@@ -132,7 +132,7 @@ def open_catalog(config: SaikiConfig) -> Catalog:
     return load_catalog(config.catalog.name, **config.iceberg_properties)
 
 
-def _events_to_iceberg(table: pa.Table) -> pa.Table:
+def events_to_iceberg(table: pa.Table) -> pa.Table:
     """Log rows (times in epoch ms) in the master table's Arrow shape."""
 
     def micros(column: str) -> pa.Array:
@@ -143,7 +143,7 @@ def _events_to_iceberg(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA.as_arrow())
 
 
-def _quarantine_to_iceberg(table: pa.Table) -> pa.Table:
+def quarantine_to_iceberg(table: pa.Table) -> pa.Table:
     ingest = pc.multiply(table.column("ingest_ms"), 1000).cast(pa.int64()).cast(_TIMESTAMP)
     arrays = [
         ingest,
@@ -284,14 +284,23 @@ class MasterDataset:
         rows_per_commit: int = 2_000_000,
         progress: Callable[[int], None] | None = None,
     ) -> list[LoadResult]:
-        """Append everything in the log that the tables do not hold yet, exactly once."""
+        """Append everything in the log that the tables do not hold yet, exactly once.
+
+        With ``[log] backend = "kafka"`` the records come from the topic instead
+        (``batch/kafka_load.py``).
+        """
+        if self.config.log.backend == "kafka":
+            from saiki.batch.kafka_load import load_from_kafka
+
+            with self.loader_lock():
+                return load_from_kafka(self, rows_per_commit, progress)
         with self.loader_lock():
             return [
                 self._load_topic(
                     name=EVENTS_TABLE,
                     topic=log.events,
                     schema=SEGMENT_ARROW_SCHEMA,
-                    convert=_events_to_iceberg,
+                    convert=events_to_iceberg,
                     rows_per_commit=rows_per_commit,
                     progress=progress,
                 ),
@@ -299,7 +308,7 @@ class MasterDataset:
                     name=QUARANTINE_TABLE,
                     topic=log.quarantine,
                     schema=QUARANTINE_RECORD_SCHEMA,
-                    convert=_quarantine_to_iceberg,
+                    convert=quarantine_to_iceberg,
                     rows_per_commit=rows_per_commit,
                     progress=None,
                 ),
@@ -340,7 +349,7 @@ class MasterDataset:
     def _commit(self, table: Table, name: str, rows: pa.Table, next_offset: int) -> Table:
         expected = self.committed_offset(table)
         try:
-            return self._append(table, name, rows, {NEXT_OFFSET: str(next_offset)})
+            return self.append(table, name, rows, {NEXT_OFFSET: str(next_offset)})
         except CommitFailedException as exc:
             # Another writer committed first (beyond this machine's lock): never guess.
             current = self.committed_offset(self.table(name))
@@ -349,7 +358,8 @@ class MasterDataset:
                 f"{current}; rerun the load"
             ) from exc
 
-    def _append(self, table: Table, name: str, rows: pa.Table, properties: dict[str, str]) -> Table:
+    def append(self, table: Table, name: str, rows: pa.Table, properties: dict[str, str]) -> Table:
+        """Commit ``rows`` as one snapshot whose summary carries ``properties``."""
         transaction = table.transaction()
         with transaction.update_snapshot(snapshot_properties=properties).fast_append() as add:
             for data_file in data_files_by_day(table, rows):
@@ -379,7 +389,7 @@ class MasterDataset:
                     DROPPED: str(dropped),  # this commit's files noted so many not logged
                 }
                 if rows.num_rows:
-                    table = self._append(table, PREDICTIONS_TABLE, rows, properties)
+                    table = self.append(table, PREDICTIONS_TABLE, rows, properties)
                     result.snapshots += 1
                 for path in batch:  # durable in the table (or empty): the files go
                     path.unlink()

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import conditions, fresh_dir, traffic_file
-from saiki.batch.master import MasterDataset, _events_to_iceberg
+from saiki.batch.master import MasterDataset, events_to_iceberg
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
@@ -39,7 +39,7 @@ def main() -> None:
     load_s = time.perf_counter() - started
 
     rows = pa.concat_tables(t for _, t in log.events.read_range(0, SEGMENT_ARROW_SCHEMA))
-    rows = _events_to_iceberg(rows)
+    rows = events_to_iceberg(rows)
     started = time.perf_counter()
     pq.write_table(rows, data / "floor.parquet", compression="zstd")
     floor_s = time.perf_counter() - started

@@ -132,6 +132,31 @@ def stage_batch(
     ``describe(i)`` gives the raw payload and source of input i (for quarantine only).
     Pure CPU plus staged writes: it runs in worker processes for files.
     """
+    events, ids, rejected, duplicates = split_checked(checked)
+    staged_events = None
+    newest = 0
+    if events:
+        payload, table, newest = _lines_and_columns(events, ingest_ms)
+        staged_events = log.events.stage_payload(payload, len(events), table)
+    staged_quarantine = None
+    if rejected:
+        records = quarantine_records(rejected, ingest_ms, describe)
+        try:
+            staged_quarantine = log.quarantine.stage(records)
+        except StorageError:
+            if staged_events is not None:
+                staged_events.discard()
+            raise
+    return StagedBatch(
+        len(checked), ids, staged_events, duplicates, rejected, staged_quarantine, newest
+    )
+
+
+def split_checked(
+    checked: Sequence[Event | Rejection],
+) -> tuple[list[Event], list[str], list[tuple[int, Rejection]], int]:
+    """Validation outcomes split: the events (first occurrence of each id), their ids,
+    the rejections with their input index, and how many repeats were dropped."""
     # Two comprehensions: faster than one loop that appends to either list.
     events: list[Event] = [o for o in checked if type(o) is not Rejection]  # type: ignore[misc]
     rejected: list[tuple[int, Rejection]] = []
@@ -145,38 +170,47 @@ def stage_batch(
         keep = sorted(first.values())
         events = [events[i] for i in keep]
         ids = [ids[i] for i in keep]
-    staged_events = None
-    newest = 0
-    if events:
-        payload, table, newest = _lines_and_columns(events, ingest_ms)
-        staged_events = log.events.stage_payload(payload, len(events), table)
-    staged_quarantine = None
-    if rejected:
-        records = []
-        for index, why in rejected:
-            raw, source = describe(index)
-            kept, size, digest = bounded_payload(raw)
-            records.append(
-                {
-                    "ingest_ms": ingest_ms,
-                    "source": source,
-                    "event_id": why.event_id[:MAX_ID_CHARS],
-                    "field": why.field[:MAX_ID_CHARS],
-                    "reason": why.reason[:RAW_PREFIX_BYTES],
-                    "raw": kept,
-                    "raw_bytes": size,
-                    "raw_sha256": digest,
-                }
-            )
-        try:
-            staged_quarantine = log.quarantine.stage([orjson.dumps(r) for r in records])
-        except StorageError:
-            if staged_events is not None:
-                staged_events.discard()
-            raise
-    return StagedBatch(
-        len(checked), ids, staged_events, duplicates, rejected, staged_quarantine, newest
-    )
+    return events, ids, rejected, duplicates
+
+
+def quarantine_records(
+    rejected: Sequence[tuple[int, Rejection]],
+    ingest_ms: int,
+    describe: Callable[[int], tuple[str, str]],
+) -> list[bytes]:
+    """The quarantine topic's records (JSON) of rejected inputs, with their reasons."""
+    records = []
+    for index, why in rejected:
+        raw, source = describe(index)
+        kept, size, digest = bounded_payload(raw)
+        record = {
+            "ingest_ms": ingest_ms,
+            "source": source,
+            "event_id": why.event_id[:MAX_ID_CHARS],
+            "field": why.field[:MAX_ID_CHARS],
+            "reason": why.reason[:RAW_PREFIX_BYTES],
+            "raw": kept,
+            "raw_bytes": size,
+            "raw_sha256": digest,
+        }
+        records.append(orjson.dumps(record))
+    return records
+
+
+def encode_records(
+    events: Sequence[Event], ingest_ms: int, watermark_ms: int
+) -> tuple[list[bytes], int]:
+    """Each event as its log record (JSON, ``prior_ms`` = the newest capped event time
+    before it, starting from ``watermark_ms``); also the newest capped event time."""
+    capped = np.minimum(np.fromiter((e[1] for e in events), np.int64, len(events)), ingest_ms)
+    prior = np.empty(len(events), dtype=np.int64)
+    prior[0] = watermark_ms
+    np.maximum.accumulate(np.maximum(capped[:-1], watermark_ms), out=prior[1:])
+    records = [
+        _RECORD_ENCODER.encode(_LogRecord(ingest_ms, before, *event))
+        for before, event in zip(prior.tolist(), events, strict=True)
+    ]
+    return records, max(int(capped.max()), watermark_ms)
 
 
 def bounded_payload(raw: str) -> tuple[str, int, str]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import json_format
 
 from saiki.core.errors import InvalidInputError
-from saiki.core.group_commit import GroupCommitter
-from saiki.core.ingest import Ingestor, RawEvent
+from saiki.core.ingest import IngestResult, RawEvent
 from saiki.serving.status import abort_if_expired, rpc
 from saiki.v1 import events_pb2, events_pb2_grpc
 
@@ -61,13 +61,21 @@ def raw_payload(event: events_pb2.Event) -> str:
         return json.dumps(document)
 
 
+class Appender(Protocol):
+    """Where accepted events go: the segment files' group committer
+    (``core/group_commit.py``) or the Kafka producer (``core/kafka_log.py``)."""
+
+    def submit(self, inputs: Sequence[RawEvent]) -> IngestResult: ...
+
+    def close(self) -> None: ...
+
+
 class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
     """Validates and appends each request's events; answers per-event rejections."""
 
-    def __init__(self, ingestor: Ingestor, max_events: int, linger_ms: float = 0.0) -> None:
-        # One committer per process: calls share segments and fsyncs (core/group_commit);
-        # the log's file lock orders this process against others.
-        self._committer = GroupCommitter(ingestor, linger_ms)
+    def __init__(self, appender: Appender, max_events: int) -> None:
+        # One appender per process: calls share segments and fsyncs, or producer batches.
+        self._committer = appender
         self._max_events = max_events
 
     def close(self) -> None:

@@ -20,13 +20,14 @@ from grpc_reflection.v1alpha import reflection
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
 from saiki.core.eventlog import EventLog
+from saiki.core.group_commit import GroupCommitter
 from saiki.core.ingest import Ingestor
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.online_readers import online_reader
 from saiki.feature_repo.views import ViewCatalog
 from saiki.serving import observability
-from saiki.serving.event_service import EventService
+from saiki.serving.event_service import Appender, EventService
 from saiki.serving.feature_service import FeatureService
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.names import SERVICE_NAMES
@@ -175,6 +176,20 @@ def _listen(server: grpc.Server, address: str, config: SaikiConfig) -> int:
         raise ConfigError(f"cannot listen on {address}: {exc}") from exc
 
 
+def event_appender(config: SaikiConfig) -> Appender:
+    """Ingest's appender: the group committer on the segment files, or the Kafka producer
+    (``[log] backend``)."""
+    log = config.log
+    if log.backend == "kafka":
+        if not log.kafka_bootstrap:
+            raise ConfigError('[log] backend = "kafka" needs [log] kafka_bootstrap')
+        from saiki.core.kafka_log import KafkaAppender
+
+        return KafkaAppender(log.kafka_bootstrap, log.kafka_topic, linger_ms=log.group_commit_ms)
+    # The log's file lock orders this process against others.
+    return GroupCommitter(Ingestor(EventLog(config.log_dir)), log.group_commit_ms)
+
+
 def start_server(
     config: SaikiConfig,
     host: str | None = None,
@@ -195,11 +210,7 @@ def start_server(
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)],
         maximum_concurrent_rpcs=serving.max_in_flight,
     )
-    event_service = EventService(
-        Ingestor(EventLog(config.log_dir)),
-        serving.max_events_per_ingest,
-        linger_ms=config.log.group_commit_ms,
-    )
+    event_service = EventService(event_appender(config), serving.max_events_per_ingest)
     events_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     merger = FeatureMerger(
         ViewCatalog.open(config),

@@ -32,10 +32,12 @@ from saiki.core.ingest import (
     IngestResult,
     RawEvent,
     check_inputs,
+    check_lines,
     encode_records,
     quarantine_records,
     split_checked,
 )
+from saiki.core.schema import Event, Rejection
 from saiki.core.timeutil import now_ms
 
 QUARANTINE_SUFFIX: Final = ".quarantine"
@@ -104,10 +106,30 @@ class KafkaAppender:
     def submit(self, inputs: Sequence[RawEvent]) -> IngestResult:
         """Validate and append one call's events; return once the broker has them all."""
         ingest_ms = self.clock()
-        events, _ids, rejected, duplicates = split_checked(check_inputs(inputs, ingest_ms))
-        quarantined = quarantine_records(
-            rejected, ingest_ms, lambda i: (inputs[i].payload, inputs[i].source)
+        return self._append(
+            check_inputs(inputs, ingest_ms),
+            ingest_ms,
+            lambda i: (inputs[i].payload, inputs[i].source),
         )
+
+    def submit_lines(self, lines: Sequence[bytes], sources: Sequence[str]) -> IngestResult:
+        """Validate and append raw JSON lines (``saiki ingest`` files), each with where it
+        came from (kept if it is quarantined)."""
+        ingest_ms = self.clock()
+        return self._append(
+            check_lines(lines, ingest_ms),
+            ingest_ms,
+            lambda i: (lines[i].decode("utf-8", "replace"), sources[i]),
+        )
+
+    def _append(
+        self,
+        checked: Sequence[Event | Rejection],
+        ingest_ms: int,
+        describe: Callable[[int], tuple[str, str]],
+    ) -> IngestResult:
+        events, _ids, rejected, duplicates = split_checked(checked)
+        quarantined = quarantine_records(rejected, ingest_ms, describe)
         waiting = _Deliveries(len(events) + len(quarantined))
         with self._lock:
             if events:
@@ -120,7 +142,7 @@ class KafkaAppender:
         result = IngestResult(
             accepted=len(events), duplicates=duplicates, quarantined=len(rejected)
         )
-        result.rejections = rejected
+        result.rejections = list(rejected)
         return result
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, waiting: _Deliveries) -> None:

@@ -27,14 +27,14 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from saiki.core.config import SaikiConfig
-from saiki.core.errors import ComponentError
+from saiki.core.errors import ComponentError, ConfigError
 from saiki.core.eventlog import EventLog, Topic
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.core.schema import MAX_FUTURE_MS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
-from saiki.speed.cluster import TERMINAL, FlinkRest, job_name
+from saiki.speed.cluster import TERMINAL, FlinkRest, job_name, package_distribution
 from saiki.speed.job import (
     build_job,
     embedded_python_path,
@@ -153,6 +153,18 @@ def _start_spec(
     return spec, checkpoint
 
 
+def _require_kafka_connector() -> None:
+    """The local mini-cluster reads a Kafka topic only with Flink's Kafka connector jar
+    in the package's ``lib/``; say so before starting a JVM for nothing."""
+    if not any((package_distribution() / "lib").glob("flink-sql-connector-kafka*.jar")):
+        raise ConfigError(
+            '[log] backend = "kafka": the speed job reads the topic through Flink\'s Kafka '
+            "connector (flink-sql-connector-kafka for Flink 2.x), which the apache-flink "
+            f"package does not ship; put its jar in {package_distribution() / 'lib'}, or run "
+            "the job on a session cluster that has it ([speed] jobmanager)"
+        )
+
+
 def run_speed(
     config: SaikiConfig,
     *,
@@ -174,6 +186,8 @@ def run_speed(
         if stage is not None:
             stage(f"{step} after {time.perf_counter() - began:.1f}s")
 
+    if config.log.backend == "kafka" and not config.speed.jobmanager:
+        _require_kafka_connector()
     os.environ["PYTHONPATH"] = embedded_python_path()
     os.environ["JVM_ARGS"] = jvm_args(config.data_dir / "speed")  # if the JVM starts here
     stop = stop or threading.Event()

@@ -17,10 +17,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from saiki.batch.kafka_load import KAFKA_OFFSETS
 from saiki.batch.master import EVENTS_TABLE, NEXT_OFFSET, QUARANTINE_TABLE, MasterDataset
 from saiki.core.config import SaikiConfig
+from saiki.core.errors import ConfigError
 from saiki.core.eventlog import EventLog
 from saiki.core.kafka_log import read_topic
 from saiki.core.timeutil import now_ms
 from saiki.serving.server import RunningServer, start_server
+from saiki.speed.runner import run_speed
 from saiki.v1 import events_pb2, events_pb2_grpc
 from tests.conftest import make_config, run_saiki
 
@@ -120,3 +122,34 @@ def test_ingest_on_two_servers_reaches_the_master_dataset_exactly_once(
     assert (results[0].rows, results[0].next_offset) == (5, 21)
     assert _loaded(config) == sorted(e.event_id for e in [*events, *more])
     assert json.loads(_summary(config)[KAFKA_OFFSETS]) == {"0": 21}
+
+
+def test_saiki_ingest_of_a_file_goes_to_the_topic_and_loads_once(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "data", kafka_broker, f"file-{tmp_path.name}")
+    at = now_ms() - 60_000
+    good = [
+        {
+            "event_id": f"f-{n}",
+            "event_time": at,
+            "user_id": "u",
+            "item_id": "i",
+            "event_type": "IMPRESSION",
+        }
+        for n in range(3)
+    ]
+    lines = [json.dumps(e) for e in good] + ["", json.dumps(good[0]), '{"event_id": "f-bad"}']
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    printed = run_saiki(config, "ingest", str(source))
+    assert "3 accepted, 1 duplicates, 1 quarantined" in printed, printed
+    assert _loaded(config) == ["f-0", "f-1", "f-2"]
+    quarantine = MasterDataset(config).table(QUARANTINE_TABLE).scan().to_arrow()
+    assert quarantine.column("source").to_pylist() == ["events.jsonl:6"]  # its line number
+
+
+def test_the_local_speed_job_on_kafka_names_the_missing_connector(tmp_path: Path) -> None:
+    config = _config(tmp_path / "data", "127.0.0.1:9", "events")
+    with pytest.raises(ConfigError, match="flink-sql-connector-kafka"):
+        run_speed(config, until_idle=True)

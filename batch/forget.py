@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from pyiceberg.expressions import EqualTo
 
-from saiki.batch.master import EVENTS_TABLE, MasterDataset, loader_summary
+from saiki.batch.master import MasterDataset, loader_summary
 from saiki.batch.predictions import PREDICTIONS_TABLE
+from saiki.batch.tables import EVENTS_TABLE
 from saiki.core.forgotten import user_digest
 
 FORGET: str = "saiki.forget.user-sha256"

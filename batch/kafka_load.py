@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,13 +25,34 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import In
 from pyiceberg.table import Table
 
+from saiki.batch.tables import (
+    EVENTS_TABLE,
+    NEXT_OFFSET,
+    QUARANTINE_TABLE,
+    LoadResult,
+    events_to_iceberg,
+    quarantine_to_iceberg,
+)
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import OFFSET_FIELD
 from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
 from saiki.core.kafka_log import QUARANTINE_SUFFIX, read_topic
 
 if TYPE_CHECKING:
-    from saiki.batch.master import LoadResult, MasterDataset
+    from saiki.core.config import SaikiConfig
+
+
+class Master(Protocol):
+    """What the load needs of ``batch.master.MasterDataset``."""
+
+    config: SaikiConfig
+
+    def table(self, name: str) -> Table: ...
+
+    def append(
+        self, table: Table, name: str, rows: pa.Table, properties: dict[str, str]
+    ) -> Table: ...
+
 
 KAFKA_OFFSETS: Final = "saiki.kafka.offsets"
 
@@ -72,20 +93,11 @@ def new_events(table: Table, rows: pa.Table) -> pa.Table:
 
 
 def load_from_kafka(
-    master: MasterDataset,
+    master: Master,
     rows_per_commit: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[LoadResult]:
     """Append what the events and quarantine topics hold past the recorded offsets."""
-    from saiki.batch.master import (
-        EVENTS_TABLE,
-        NEXT_OFFSET,
-        QUARANTINE_TABLE,
-        LoadResult,
-        events_to_iceberg,
-        quarantine_to_iceberg,
-    )
-
     log = master.config.log
     results = []
     for name, topic, schema, convert, dedupe in (

@@ -26,10 +26,8 @@ import yaml
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
-from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
-from pyiceberg.types import LongType, NestedField, StringType, TimestamptzType
 
 from saiki.batch.predictions import (
     DROPPED,
@@ -44,63 +42,29 @@ from saiki.batch.predictions import (
     pending_files,
     read_files,
 )
+from saiki.batch.tables import (
+    EVENTS_SCHEMA,
+    EVENTS_TABLE,
+    NEXT_OFFSET,
+    QUARANTINE_SCHEMA,
+    QUARANTINE_TABLE,
+    LoadResult,
+    events_to_iceberg,
+    quarantine_to_iceberg,
+)
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import EventLog, Topic
 from saiki.core.files import atomic_write, file_lock
 from saiki.core.forgotten import Forgotten
 from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
-from saiki.core.schema import EVENT_FIELDS
 
-EVENTS_TABLE: Final = "events"
-QUARANTINE_TABLE: Final = "events_quarantine"
-NEXT_OFFSET: Final = "saiki.log.next-offset"
-
-_ICEBERG_TYPES: Final = {pa.string(): StringType(), pa.int64(): LongType()}
-# The event schema's fields in their order (their ids are the table's field ids), then
-# where each row came from: its log offset and ingest time.
-EVENTS_SCHEMA: Final = Schema(
-    *(
-        NestedField(
-            n,
-            f.name,
-            TimestamptzType() if f.is_time else _ICEBERG_TYPES[f.type],
-            required=f.required,
-        )
-        for n, f in enumerate(EVENT_FIELDS, start=1)
-    ),
-    NestedField(len(EVENT_FIELDS) + 1, "log_offset", LongType(), required=True),
-    NestedField(len(EVENT_FIELDS) + 2, "ingest_time", TimestamptzType(), required=True),
-)
-QUARANTINE_SCHEMA: Final = Schema(
-    NestedField(1, "ingest_time", TimestamptzType(), required=True),
-    NestedField(2, "source", StringType(), required=False),
-    NestedField(3, "event_id", StringType(), required=False),
-    NestedField(4, "field", StringType(), required=False),
-    NestedField(5, "reason", StringType(), required=True),
-    NestedField(6, "raw_payload", StringType(), required=True),
-    NestedField(7, "log_offset", LongType(), required=True),
-    # raw_payload holds at most a prefix of an oversized payload: its size and hash here.
-    NestedField(8, "raw_bytes", LongType(), required=False),
-    NestedField(9, "raw_sha256", StringType(), required=False),
-)
-_TIMESTAMP: Final = pa.timestamp("us", tz="UTC")
 # Each table's schema and the field its day partition is taken from.
 _SCHEMAS: Final = {
     EVENTS_TABLE: (EVENTS_SCHEMA, 2),
     QUARANTINE_TABLE: (QUARANTINE_SCHEMA, 1),
     PREDICTIONS_TABLE: (PREDICTIONS_SCHEMA, 1),
 }
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    """What one load added to a table."""
-
-    table: str
-    rows: int
-    snapshots: int
-    next_offset: int
 
 
 @dataclass(frozen=True)
@@ -130,33 +94,6 @@ def open_catalog(config: SaikiConfig) -> Catalog:
     write_pyiceberg_yaml(config)
     (config.data_dir / "warehouse").mkdir(parents=True, exist_ok=True)
     return load_catalog(config.catalog.name, **config.iceberg_properties)
-
-
-def events_to_iceberg(table: pa.Table) -> pa.Table:
-    """Log rows (times in epoch ms) in the master table's Arrow shape."""
-
-    def micros(column: str) -> pa.Array:
-        return pc.multiply(table.column(column), 1000).cast(pa.int64()).cast(_TIMESTAMP)
-
-    arrays = [micros(f.name) if f.is_time else table.column(f.name) for f in EVENT_FIELDS]
-    arrays += [table.column("offset"), micros("ingest_ms")]
-    return pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA.as_arrow())
-
-
-def quarantine_to_iceberg(table: pa.Table) -> pa.Table:
-    ingest = pc.multiply(table.column("ingest_ms"), 1000).cast(pa.int64()).cast(_TIMESTAMP)
-    arrays = [
-        ingest,
-        table.column("source"),
-        table.column("event_id"),
-        table.column("field"),
-        pc.fill_null(table.column("reason"), ""),
-        pc.fill_null(table.column("raw"), ""),
-        table.column("offset"),
-        table.column("raw_bytes"),
-        table.column("raw_sha256"),
-    ]
-    return pa.Table.from_arrays(arrays, schema=QUARANTINE_SCHEMA.as_arrow())
 
 
 def _evolved(table: Table, name: str) -> Table:

@@ -20,7 +20,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from saiki.batch.master import EVENTS_TABLE, MasterDataset
+from saiki.batch.master import MasterDataset
 from saiki.batch.pipeline import (
     DEAD_LETTER,
     LOCAL_PROGRESS,
@@ -32,6 +32,7 @@ from saiki.batch.pipeline import (
     iceberg_time,
     window_lower_bound,
 )
+from saiki.batch.tables import EVENTS_TABLE
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError, InvalidInputError, PreconditionError
 from saiki.core.eventlog import EventLog

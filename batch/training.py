@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from saiki.batch.master import EVENTS_TABLE, MasterDataset
+from saiki.batch.master import MasterDataset
 from saiki.batch.pipeline import ReadSnapshot, SnapshotScan, invalid_rows, shards_of
 from saiki.batch.run import catalog_properties, code_version, pipeline_options
+from saiki.batch.tables import EVENTS_TABLE
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError, InvalidInputError, PreconditionError
 from saiki.core.files import atomic_write

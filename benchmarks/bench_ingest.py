@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import conditions, fresh_dir, traffic_file
-from saiki.batch.master import MasterDataset, events_to_iceberg
+from saiki.batch.master import MasterDataset
+from saiki.batch.tables import events_to_iceberg
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saiki.batch.master import LoadResult, MasterDataset
+from saiki.batch.master import MasterDataset
 from saiki.batch.predictions import PREDICTIONS_TABLE
+from saiki.batch.tables import LoadResult
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import InvalidInputError, NotFoundError
 from saiki.core.eventlog import EventLog

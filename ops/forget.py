@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass, field
 
 from saiki.batch.forget import TableForgotten, forget_in_master
-from saiki.batch.master import EVENTS_TABLE, MasterDataset
+from saiki.batch.master import MasterDataset
 from saiki.batch.predictions import FilesForgotten, forget_in_files
+from saiki.batch.tables import EVENTS_TABLE
 from saiki.core import audit, forgotten
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import InvalidInputError

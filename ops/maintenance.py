@@ -12,14 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from saiki.batch.maintenance import CompactResult, ExpireResult, compact, expire_snapshots
-from saiki.batch.master import (
-    EVENTS_TABLE,
-    QUARANTINE_TABLE,
-    MasterDataset,
-    data_files_by_day,
-    loader_summary,
-)
+from saiki.batch.master import MasterDataset, data_files_by_day, loader_summary
 from saiki.batch.predictions import PREDICTIONS_TABLE
+from saiki.batch.tables import EVENTS_TABLE, QUARANTINE_TABLE
 from saiki.batch.training import read_lineage
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import SaikiError

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from saiki.batch.maintenance import compact, expire_snapshots
-from saiki.batch.master import EVENTS_TABLE, NEXT_OFFSET, MasterDataset, data_files_by_day
+from saiki.batch.master import MasterDataset, data_files_by_day
+from saiki.batch.tables import EVENTS_TABLE, NEXT_OFFSET
 from saiki.batch.training import TrainingSetLineage, write_training_set
 from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog

@@ -15,7 +15,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from saiki.batch.kafka_load import KAFKA_OFFSETS
-from saiki.batch.master import EVENTS_TABLE, NEXT_OFFSET, QUARANTINE_TABLE, MasterDataset
+from saiki.batch.master import MasterDataset
+from saiki.batch.tables import EVENTS_TABLE, NEXT_OFFSET, QUARANTINE_TABLE
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
 from saiki.core.eventlog import EventLog

@@ -182,7 +182,7 @@ def test_the_fast_path_decides_every_line_as_the_rules_do() -> None:
 
 def test_the_event_schema_is_one_definition_everywhere() -> None:
     """The Arrow, Iceberg and wire forms of an event name the same fields, in order."""
-    from saiki.batch.master import EVENTS_SCHEMA
+    from saiki.batch.tables import EVENTS_SCHEMA
     from saiki.core.schema import EVENT_ARROW_SCHEMA, EVENT_FIELDS, FIELDS, Event
     from saiki.v1 import events_pb2
 

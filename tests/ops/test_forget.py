@@ -12,8 +12,9 @@ import pyarrow.compute as pc
 import pytest
 from pyiceberg.expressions import EqualTo
 
-from saiki.batch.master import EVENTS_TABLE, MasterDataset
+from saiki.batch.master import MasterDataset
 from saiki.batch.predictions import PREDICTIONS_TABLE
+from saiki.batch.tables import EVENTS_TABLE
 from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog
 from saiki.core.forgotten import FILE, user_digest

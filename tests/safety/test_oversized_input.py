@@ -12,8 +12,9 @@ import grpc
 import pyarrow.compute as pc
 import pytest
 
-from saiki.batch.master import QUARANTINE_TABLE, MasterDataset
+from saiki.batch.master import MasterDataset
 from saiki.batch.run import BatchRunRequest, run_batch_view
+from saiki.batch.tables import QUARANTINE_TABLE
 from saiki.core.config import SaikiConfig
 from saiki.core.ingest import RAW_PREFIX_BYTES
 from saiki.core.timeutil import floor_minute, format_iso, now_ms

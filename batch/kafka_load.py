@@ -115,7 +115,7 @@ def load_from_kafka(
         rows_loaded = snapshots = 0
         positions = dict(start)
         for values, offsets, positions in read_topic(
-            log.kafka_bootstrap, topic, start, rows_per_commit
+            log.kafka_bootstrap, topic, start, rows_per_commit, log.kafka_properties
         ):
             rows = parse_records(values, schema)
             rows = rows.add_column(0, OFFSET_FIELD, pa.array(offsets, pa.int64()))

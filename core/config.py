@@ -59,6 +59,11 @@ class LogConfig:
     dir: str = ""
     kafka_bootstrap: str = ""
     kafka_topic: str = "saiki.events"
+    # ``[log.kafka_properties]``: librdkafka settings for Ingest's producer and the master
+    # loader's consumer, e.g. "security.protocol" = "SASL_SSL", "sasl.mechanism",
+    # "sasl.username", "sasl.password" for a managed Kafka. saiki's own (idempotence,
+    # acks, offsets) win over them.
+    kafka_properties: dict[str, str] = field(default_factory=dict)
     # `saiki ingest` writes one segment per this many input lines.
     segment_events: int = 200_000
     # Ingest calls of one server process are committed in groups (one segment and one

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
-from saiki.core.errors import ComponentError, StorageError
+from saiki.core.errors import ComponentError, ConfigError, StorageError
 from saiki.core.ingest import (
     IngestResult,
     RawEvent,
@@ -45,11 +45,33 @@ ACK_TIMEOUT_S: Final = 30.0
 READ_IDLE_S: Final = 30.0
 
 
-def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int = 1) -> None:
+def client_settings(bootstrap: str, properties: Mapping[str, str], **own: Any) -> dict[str, Any]:
+    """A librdkafka configuration: the address, the user's ``[log.kafka_properties]``,
+    then saiki's own settings (which win)."""
+    own_keys = {key.replace("_", "."): value for key, value in own.items()}
+    return {"bootstrap.servers": bootstrap, **properties, **own_keys}
+
+
+def _client(kind: Callable[[dict[str, Any]], Any], settings: dict[str, Any]) -> Any:
+    """A Kafka client; a setting librdkafka refuses is a configuration error naming it."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return kind(settings)
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"[log.kafka_properties]: Kafka refused the settings: {exc}") from exc
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Sequence[str],
+    properties: Mapping[str, str] | None = None,
+    partitions: int = 1,
+) -> None:
     """Create the topics that do not exist yet (a topic someone else made is kept)."""
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = _client(AdminClient, client_settings(bootstrap, properties or {}))
     try:
         existing = set(admin.list_topics(timeout=10).topics)
     except Exception as exc:
@@ -78,21 +100,22 @@ class KafkaAppender:
         topic: str,
         linger_ms: float = 5.0,
         clock: Callable[[], int] = now_ms,
+        properties: Mapping[str, str] | None = None,
     ) -> None:
         from confluent_kafka import Producer
 
         self.topic = topic
         self.clock = clock
-        ensure_topics(bootstrap, [topic, topic + QUARANTINE_SUFFIX])
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": max(linger_ms, 0.0),
-                "message.timeout.ms": int(ACK_TIMEOUT_S * 1000),
-            }
+        ensure_topics(bootstrap, [topic, topic + QUARANTINE_SUFFIX], properties)
+        settings = client_settings(
+            bootstrap,
+            properties or {},
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=max(linger_ms, 0.0),
+            message_timeout_ms=int(ACK_TIMEOUT_S * 1000),
         )
+        self._producer = _client(Producer, settings)
         self._watermark_ms = 0
         self._lock = threading.Lock()  # orders prior_ms with the records it precedes
         self._closed = threading.Event()
@@ -185,23 +208,27 @@ class _Deliveries:
 
 
 def read_topic(
-    bootstrap: str, topic: str, start: dict[int, int], chunk: int = 100_000
+    bootstrap: str,
+    topic: str,
+    start: dict[int, int],
+    chunk: int = 100_000,
+    properties: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[list[bytes], list[int], dict[int, int]]]:
     """Every record of ``topic`` from ``start`` (partition → offset; 0 where absent) to
     the end of each partition as found, in chunks of about ``chunk`` records: their
     values, their offsets, and the next offset of every partition after the chunk."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "saiki-master-loader",  # never committed: offsets live in Iceberg
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-        }
+    settings = client_settings(
+        bootstrap,
+        properties or {},
+        group_id="saiki-master-loader",  # never committed: offsets live in Iceberg
+        enable_auto_commit=False,
+        enable_partition_eof=True,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
+    consumer = _client(Consumer, settings)
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if metadata is None or metadata.error is not None or not metadata.partitions:

@@ -114,7 +114,8 @@ def _ingest_to_kafka(
     """JSON-lines files into the Kafka topic, 10,000 lines a call, in this process."""
     from saiki.core.kafka_log import KafkaAppender
 
-    appender = KafkaAppender(config.log.kafka_bootstrap, config.log.kafka_topic)
+    log = config.log
+    appender = KafkaAppender(log.kafka_bootstrap, log.kafka_topic, properties=log.kafka_properties)
     total = IngestResult()
     try:
         for path in files:

@@ -185,7 +185,12 @@ def event_appender(config: SaikiConfig) -> Appender:
             raise ConfigError('[log] backend = "kafka" needs [log] kafka_bootstrap')
         from saiki.core.kafka_log import KafkaAppender
 
-        return KafkaAppender(log.kafka_bootstrap, log.kafka_topic, linger_ms=log.group_commit_ms)
+        return KafkaAppender(
+            log.kafka_bootstrap,
+            log.kafka_topic,
+            linger_ms=log.group_commit_ms,
+            properties=log.kafka_properties,
+        )
     # The log's file lock orders this process against others.
     return GroupCommitter(Ingestor(EventLog(config.log_dir)), log.group_commit_ms)
 

@@ -20,7 +20,7 @@ from saiki.batch.tables import EVENTS_TABLE, NEXT_OFFSET, QUARANTINE_TABLE
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
 from saiki.core.eventlog import EventLog
-from saiki.core.kafka_log import read_topic
+from saiki.core.kafka_log import KafkaAppender, read_topic
 from saiki.core.timeutil import now_ms
 from saiki.serving.server import RunningServer, start_server
 from saiki.speed.runner import run_speed
@@ -154,3 +154,17 @@ def test_the_local_speed_job_on_kafka_names_the_missing_connector(tmp_path: Path
     config = _config(tmp_path / "data", "127.0.0.1:9", "events")
     with pytest.raises(ConfigError, match="flink-sql-connector-kafka"):
         run_speed(config, until_idle=True)
+
+
+def test_kafka_properties_reach_the_clients(kafka_broker: str, tmp_path: Path) -> None:
+    """[log.kafka_properties] go to librdkafka as they are (what a managed Kafka's SASL
+    settings need): one it does not know is refused, naming it; a valid one is taken."""
+    wrong = {"no.such.setting": "1"}
+    with pytest.raises(ConfigError, match=r"no\.such\.setting"):
+        KafkaAppender(kafka_broker, f"props-{tmp_path.name}", properties=wrong)
+    with pytest.raises(ConfigError, match=r"no\.such\.setting"):
+        list(read_topic(kafka_broker, "anything", {}, properties=wrong))
+    appender = KafkaAppender(
+        kafka_broker, f"props-{tmp_path.name}", properties={"client.id": "saiki-test"}
+    )
+    appender.close()

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from saiki.batch.master import MasterDataset
-from saiki.batch.pipeline import iceberg_time, normalise_types
+from saiki.batch.pipeline import normalise_types
 from saiki.batch.predictions import PREDICTIONS_TABLE, read_files
+from saiki.batch.tables import iceberg_time
 from saiki.batch.training import features_at
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import InvalidInputError

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import In
+from pyiceberg.expressions import And, GreaterThanOrEqual, In, LessThanOrEqual
 from pyiceberg.table import Table
 
 from saiki.batch.tables import (
@@ -31,6 +31,7 @@ from saiki.batch.tables import (
     QUARANTINE_TABLE,
     LoadResult,
     events_to_iceberg,
+    iceberg_time,
     quarantine_to_iceberg,
 )
 from saiki.core.errors import ComponentError
@@ -80,12 +81,24 @@ def parse_records(values: list[bytes], schema: pa.Schema) -> pa.Table:
 
 
 def new_events(table: Table, rows: pa.Table) -> pa.Table:
-    """The rows whose ``event_id`` neither an earlier row nor ``table`` holds."""
+    """The rows whose ``event_id`` neither an earlier row nor ``table`` holds.
+
+    A resend carries its event's own time, so only the table's rows in the chunk's range
+    of event times are looked at: the day partitions and the files' time bounds prune the
+    scan to the recent files, whatever the table's size.
+    """
     ids = rows.column("event_id").to_pylist()
     first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1), strict=True))
     if len(first) < len(ids):
         rows = rows.take(sorted(first.values()))
-    held = table.scan(row_filter=In("event_id", set(first)), selected_fields=("event_id",))
+    bounds = pc.min_max(rows.column("event_time"))
+    in_range = And(
+        GreaterThanOrEqual("event_time", iceberg_time(bounds["min"].as_py())),
+        LessThanOrEqual("event_time", iceberg_time(bounds["max"].as_py())),
+    )
+    held = table.scan(
+        row_filter=And(in_range, In("event_id", set(first))), selected_fields=("event_id",)
+    )
     held_ids = held.to_arrow().column("event_id")
     if len(held_ids):
         rows = rows.filter(pc.invert(pc.is_in(rows.column("event_id"), held_ids)))

@@ -27,10 +27,10 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 from saiki.batch.master import MasterDataset
-from saiki.batch.pipeline import iceberg_time, normalise_types
+from saiki.batch.pipeline import normalise_types
 from saiki.batch.predictions import PREDICTIONS_TABLE
 from saiki.batch.run import code_version
-from saiki.batch.tables import EVENTS_TABLE
+from saiki.batch.tables import EVENTS_TABLE, iceberg_time
 from saiki.batch.training import (
     IMPRESSION_COLUMNS,
     LABEL_WINDOW_MS,

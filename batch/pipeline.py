@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam import pvalue
 
+from saiki.batch.tables import iceberg_time
 from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITIES, MAX_WINDOW, WINDOWS, Entity
 from saiki.feature_repo.tiles import (
     ENTITY_ID,
@@ -81,14 +82,6 @@ class SnapshotScan:
 
         properties = {k: v for k, v in self.catalog.items() if k != "name"}
         return load_catalog(self.catalog["name"], **properties).load_table(self.identifier)
-
-
-def iceberg_time(ms: int) -> str:
-    """An epoch-ms instant as the ISO literal pyiceberg compares timestamptz columns with."""
-    from datetime import UTC, datetime, timedelta
-
-    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-    return instant.isoformat(timespec="microseconds")
 
 
 def normalise_types(table: pa.Table) -> pa.Table:

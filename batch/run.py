@@ -29,10 +29,9 @@ from saiki.batch.pipeline import (
     SnapshotScan,
     WriteDeadLetters,
     WriteTables,
-    iceberg_time,
     window_lower_bound,
 )
-from saiki.batch.tables import EVENTS_TABLE
+from saiki.batch.tables import EVENTS_TABLE, iceberg_time
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError, InvalidInputError, PreconditionError
 from saiki.core.eventlog import EventLog

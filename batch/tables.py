@@ -84,3 +84,11 @@ def quarantine_to_iceberg(table: pa.Table) -> pa.Table:
         table.column("raw_sha256"),
     ]
     return pa.Table.from_arrays(arrays, schema=QUARANTINE_SCHEMA.as_arrow())
+
+
+def iceberg_time(ms: int) -> str:
+    """An epoch-ms instant as the ISO literal pyiceberg compares timestamptz columns with."""
+    from datetime import UTC, datetime, timedelta
+
+    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return instant.isoformat(timespec="microseconds")

@@ -137,8 +137,10 @@ def _serving_lines(config: SaikiConfig) -> list[str]:
     from saiki.feature_repo.views import ViewCatalog
     from saiki.serving.registry import ModelRegistry
 
-    view = ViewCatalog.open(config).current()
-    views = len(ViewCatalog.open(config).list())
+    catalog = ViewCatalog.open(config)
+    view = catalog.current()
+    views = len(catalog.list())
+    where = f" at {catalog.shared.folder.url}" if catalog.shared is not None else ""
     registry = ModelRegistry.open(config)
     production = registry.production()
     model = "-"
@@ -150,6 +152,6 @@ def _serving_lines(config: SaikiConfig) -> list[str]:
     return [
         "view in service: "
         + (f"{view.view_id}, cutoff {format_iso(view.cutoff_ms)}" if view else "-")
-        + f" ({views} kept)",
+        + f" ({views} kept{where})",
         f"model in production: {model}",
     ]

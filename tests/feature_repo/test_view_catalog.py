@@ -14,6 +14,7 @@ import pytest
 from saiki.core.config import SaikiConfig, load_config
 from saiki.core.errors import ConfigError, NotFoundError
 from saiki.feature_repo.views import MANIFEST, ViewCatalog, ViewManifest
+from saiki.ops.service_status import service_status
 
 
 def config_for(data_dir: Path, shared: Path | None) -> SaikiConfig:
@@ -112,6 +113,8 @@ def test_shared_views_live_at_their_location_and_feast_points_there(tmp_path: Pa
     assert catalog.source_url(view.view_id, "user_features") == (
         f"{shared / 'views'}/{view.view_id}/user_features"
     )
+    report = service_status(config_for(tmp_path / "a", shared))
+    assert any(f"{view.view_id}" in line and str(shared / "views") in line for line in report.lines)
 
 
 def test_a_run_killed_between_copying_out_and_listing_publishes_nothing(

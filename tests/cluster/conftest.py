@@ -168,6 +168,7 @@ class FlinkCluster:
         scripts; the cluster's processes never see the suite's PYTHONPATH)."""
         subprocess.run(
             ["bash", str(self.home / "bin" / f"{role}.sh"), "start"],
+            cwd=self.home,  # where a JVM writes hs_err_pid*.log if it crashes
             env=self._env(),
             capture_output=True,
             timeout=60,

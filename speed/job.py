@@ -59,6 +59,11 @@ _ROW_COLUMNS = (
 )
 
 
+def _sql_text(value: str) -> str:
+    """A value inside a single-quoted Flink SQL string literal."""
+    return value.replace("'", "''")
+
+
 def source_ddl(spec: SpeedJobSpec) -> str:
     """The event log as a Flink table: its segment files, or a Kafka topic.
 
@@ -70,14 +75,18 @@ def source_ddl(spec: SpeedJobSpec) -> str:
     so it is rendered and unit-tested but not run in this repository's tests.
     """
     if spec.kafka_bootstrap:
+        client = "".join(
+            f"\n            '{_sql_text('properties.' + key)}' = '{_sql_text(value)}',"
+            for key, value in spec.kafka_properties
+        )
         return f"""
         CREATE TABLE log_events ({_EVENT_COLUMNS}
             log_wm AS COALESCE(prior_ms, 0)
         ) WITH (
             'connector' = 'kafka',
-            'topic' = '{spec.kafka_topic}',
-            'properties.bootstrap.servers' = '{spec.kafka_bootstrap}',
-            'properties.group.id' = 'saiki-speed',
+            'topic' = '{_sql_text(spec.kafka_topic)}',
+            'properties.bootstrap.servers' = '{_sql_text(spec.kafka_bootstrap)}',
+            'properties.group.id' = 'saiki-speed',{client}
             'scan.startup.mode' = 'earliest-offset',
             'format' = 'json',
             'json.ignore-parse-errors' = 'true'

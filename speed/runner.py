@@ -70,8 +70,10 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
     # from the current cutoff; the tiles already written stay and are max-merged.
     resumable = lineage is not None and lineage.shape == JOB_SHAPE
     if not fresh and resumable and lineage is not None and checkpoint is not None:
-        # The listing interval is no part of the job's state: the configured one applies.
-        return replace(lineage, monitor_ms=config.speed.monitor_ms), checkpoint
+        # The listing interval and the Kafka client's settings (a rotated password) are no
+        # part of the job's state: the configured ones apply.
+        settings = replace(lineage, monitor_ms=config.speed.monitor_ms)
+        return replace(settings, kafka_properties=_kafka_properties(config)), checkpoint
     shutil.rmtree(checkpoints, ignore_errors=True)
     current = ViewCatalog.open(config).current()
     spec = SpeedJobSpec(
@@ -85,9 +87,14 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
         state_ttl_s=max(config.speed.state_ttl_s, 2 * config.speed.allowed_lateness_s + 120),
         kafka_bootstrap=config.log.kafka_bootstrap if config.log.backend == "kafka" else "",
         kafka_topic=config.log.kafka_topic,
+        kafka_properties=_kafka_properties(config),
         checkpoint_dir=config.speed.checkpoint_dir,
     )
     return spec, None
+
+
+def _kafka_properties(config: SaikiConfig) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(config.log.kafka_properties.items()))
 
 
 @functools.lru_cache(maxsize=8)

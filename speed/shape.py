@@ -35,6 +35,9 @@ class SpeedJobSpec:
     # Cluster mode: read a Kafka topic instead of the segment files (``[log] backend``).
     kafka_bootstrap: str = ""
     kafka_topic: str = ""
+    # ``[log.kafka_properties]`` as (key, value) pairs: the Kafka client's own settings
+    # (a managed Kafka's SASL/TLS), passed to the source as ``properties.<key>``.
+    kafka_properties: tuple[tuple[str, str], ...] = ()
     shape: int = JOB_SHAPE
     # The first log offset in the folder when the job started fresh (older segments had
     # been archived): the job's count of records read starts there.

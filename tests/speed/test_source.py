@@ -56,6 +56,24 @@ def test_the_kafka_backend_is_chosen_by_configuration(tmp_path: Path) -> None:
     assert (clustered.kafka_bootstrap, clustered.kafka_topic) == ("broker:9092", "saiki.events")
 
 
+def test_the_kafka_clients_settings_reach_the_source(tmp_path: Path) -> None:
+    """[log.kafka_properties] (a managed Kafka's SASL settings) become the source's
+    ``properties.<key>`` options, quoted as Flink SQL strings."""
+    (tmp_path / "saiki.toml").write_text(
+        '[log]\nbackend = "kafka"\nkafka_bootstrap = "broker:9092"\n'
+        '[log.kafka_properties]\n"security.protocol" = "SASL_SSL"\n'
+        "\"sasl.jaas.config\" = \"PlainLoginModule required username='u' password='p';\"\n"
+    )
+    spec, _ = resolve_spec(load_config(tmp_path, environ={}), fresh=True)
+    ddl = source_ddl(spec)
+    assert "'properties.security.protocol' = 'SASL_SSL'," in ddl
+    assert (
+        "'properties.sasl.jaas.config' = "
+        "'PlainLoginModule required username=''u'' password=''p'';'," in ddl
+    )
+    assert ddl.count("'properties.bootstrap.servers' = 'broker:9092'") == 1
+
+
 def test_a_sink_line_splits_back_into_its_fields_whatever_the_id_holds() -> None:
     # As Flink's CONCAT_WS renders a row: every field as text, in SINK_LINE_FIELDS order.
     for entity_id in ("u1", "a|b|c", "ü|€ 漢字", ""):

@@ -17,6 +17,8 @@ counts from its start) and RSS (at the window's end) of ``saiki up``, the server
 speed driver, its JVM and the scheduled jobs; ``Ingest`` calls acknowledged per second
 and their acknowledgement time (what the linger adds);
 segments in the folder Flink's source lists; the online store's bytes (the speed rows);
+the size of the speed job's newest checkpoint (a full copy of its state) and the speed
+rows the sink has removed in all (entities with no tile left since the oldest cutoff);
 freshness p50/p95; ``Predict`` p99; failed calls; and whether a recompute (handoff) ran.
 
     python -m benchmarks.bench_soak                      # 60 min, 5-min windows
@@ -34,6 +36,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,8 +48,10 @@ from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.layout import online_store_path
+from saiki.feature_repo.online import read_status
 from saiki.ops.status import read_job
 from saiki.serving.client import SaikiClient
+from saiki.speed.job import latest_checkpoint
 from saiki.v1 import events_pb2
 
 PORT = 50_961
@@ -227,6 +232,18 @@ def _drain(
             failures.append((at, value))
 
 
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files under a folder (0 for what vanished meanwhile: Flink deletes
+    checkpoints it no longer retains)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            continue
+    return total
+
+
 def main() -> None:
     data = fresh_dir("soak") / "data"
     print(
@@ -290,8 +307,8 @@ def main() -> None:
     roles = ("up", "server", "speed", "jvm", "jobs")
     head = "window  handoff  " + "  ".join(f"{r:>14}" for r in roles)
     print(
-        head + "  calls/s  ack p50/p99 ms  segments  online MB  fresh p50/p95 ms  Predict p99"
-        "  failed"
+        head + "  calls/s  ack p50/p99 ms  segments  online MB  ckpt MB  removed"
+        "  fresh p50/p95 ms  Predict p99  failed"
     )
     fresh: list[tuple[float, float]] = []
     acked: list[tuple[float, float]] = []
@@ -319,12 +336,17 @@ def main() -> None:
             failed = sum(1 for t, _ in failures if begin <= t < end)
             segments = sum(1 for p in events_dir.iterdir() if not p.name.startswith("_"))
             online_mb = online.stat().st_size / 2**20 if online.exists() else 0.0
+            checkpoint = latest_checkpoint(data / "speed" / "checkpoints")
+            ckpt_mb = _folder_bytes(checkpoint) / 2**20 if checkpoint else 0.0
+            status = read_status(data / "speed")
+            removed = status.rows_removed if status else 0
             acks = [v for t, v in acked if begin <= t < end]
             rate = len(acks) / (end - begin)
             a50, a99 = np.percentile(acks, [50, 99]) if acks else (np.nan, np.nan)
             print(
                 f"{window + 1:>6}  {'yes' if handoff else 'no':>7}  {'  '.join(cells)}  "
                 f"{rate:7.1f}  {a50:6.0f} / {a99:5.0f}  {segments:>8}  {online_mb:>9.1f}  "
+                f"{ckpt_mb:>7.1f}  {removed:>7}  "
                 f"{p50:7.0f} / {p95:6.0f}  "
                 f"{p99:8.1f} ms  {failed:>6}",
                 flush=True,

@@ -108,7 +108,8 @@ def run_status(args: argparse.Namespace) -> int:
     print(
         f"  events tiled {status.events_tiled}, late (left to batch) {status.late_events}, "
         f"tile updates {status.tiles_updated}, rows written {status.rows_written} in "
-        f"{status.flushes} flushes (last {status.last_flush_seconds * 1000:.0f} ms)"
+        f"{status.flushes} flushes (last {status.last_flush_seconds * 1000:.0f} ms), "
+        f"rows removed {status.rows_removed}"
     )
     print(
         f"  newest event {format_iso(status.max_event_ms) if status.max_event_ms else '-'}, "

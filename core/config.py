@@ -81,7 +81,9 @@ class SpeedConfig:
     """The PyFlink speed layer."""
 
     allowed_lateness_s: int = 300
-    state_ttl_s: int = 3600
+    # How long a tile's Flink state outlives its last change: the state (and each
+    # checkpoint) holds about this much time's tiles; at least 2 x lateness + 2 min.
+    state_ttl_s: int = 900
     checkpoint_interval_ms: int = 2_000
     jobmanager: str = ""  # host:port of a Flink cluster; empty: local mini-cluster
     # Where checkpoints go: a path every TaskManager and the client reach (a shared

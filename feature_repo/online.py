@@ -77,6 +77,7 @@ class SpeedStatus:
     watermark_ms: int = 0
     tiles_updated: int = 0
     rows_written: int = 0
+    rows_removed: int = 0  # rows of entities left with no tile since the oldest cutoff
     flushes: int = 0
     last_flush_ms: int = 0
     last_flush_seconds: float = 0.0
@@ -100,6 +101,10 @@ class SpeedWriter(Protocol):
 
     def read_all(self, entity: str) -> list[SpeedRow]:
         """Every row of one entity kind (the sink rebuilds its state from them)."""
+
+    def remove(self, entity: str, ids: Sequence[str]) -> None:
+        """Delete these ids' speed rows (not their batch rows), then record the change:
+        an entity with no tile since the oldest cutoff in use has nothing to serve."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,15 @@ class MemorySpeedStore:
             for _, entity, ids in newer:
                 entities.setdefault(entity, set()).update(ids)
             return Changes(self.writes, {e: frozenset(ids) for e, ids in entities.items()})
+
+    def remove(self, entity: str, ids: Sequence[str]) -> None:
+        """Delete rows, then record the change (as :meth:`write` does)."""
+        with self._lock:
+            for entity_id in ids:
+                self._rows.pop((entity, entity_id), None)
+            self.writes += 1
+            self._changes.append((self.writes, entity, frozenset(ids)))
+            del self._changes[: -self._keep]
 
     def read_all(self, entity: str) -> list[SpeedRow]:
         """Every row of one entity kind."""

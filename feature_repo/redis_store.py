@@ -242,6 +242,19 @@ class RedisChangeLog:
         self.append(entity, ids)
         return deleted
 
+    def remove_speed(self, entity: str, ids: Sequence[str]) -> int:
+        """Remove entities' speed values (their batch values stay; Redis drops a hash
+        left empty), then record the change; returns how many hashes held any."""
+        if not ids:
+            return 0
+        fields = [*self._layout.fields[entity], f"_ts:{entity}_speed".encode()]
+        with self._client.pipeline(transaction=False) as pipe:
+            for entity_id in ids:
+                pipe.hdel(self._layout.key(entity, entity_id), *fields)
+            removed = sum(1 for count in pipe.execute() if count)
+        self.append(entity, ids)
+        return removed
+
     def close(self) -> None:
         """Close the connection."""
         self._client.close()

@@ -54,33 +54,57 @@ class FeastSpeedWriter:
         """Every speed row of an entity kind (the sink's state after a restart)."""
         return list(online_reader(self._config).read_speed(entity, None).values())
 
+    def remove(self, entity: str, ids: Sequence[str]) -> None:
+        """Delete these entities' speed rows (their batch rows stay), then record the
+        change: the sink's way to forget entities with no tile left to serve."""
+        delete_online_rows(self._config, entity, ids, speed_only=True)
 
-def delete_online_rows(config: SaikiConfig, entity: str, ids: Sequence[str]) -> int:
-    """Remove entities' online rows, the batch view's and the speed layer's, then record
-    the change (``feature_repo/changes.py``) so that servers drop them from their caches.
-    Returns how many stored values went."""
+
+def delete_online_rows(
+    config: SaikiConfig, entity: str, ids: Sequence[str], *, speed_only: bool = False
+) -> int:
+    """Remove entities' online rows, the batch view's and the speed layer's (or only the
+    speed layer's), then record the change (``feature_repo/changes.py``) so that servers
+    drop them from their caches. Returns how many stored values (Redis: hashes) went."""
     if config.feast.online_store == "redis":
         redis_log = RedisChangeLog(config)
         try:
-            return redis_log.delete(entity, ids)  # the hash holds both views' values
+            # The hash holds both views' values.
+            if speed_only:
+                return redis_log.remove_speed(entity, ids)
+            return redis_log.delete(entity, ids)
         finally:
             redis_log.close()
     path = online_store_path(config.data_dir)
     if not path.exists() or not ids:
         return 0
+    views = (f"{entity}_speed",) if speed_only else (f"{entity}_batch", f"{entity}_speed")
+    deleted = _delete_sqlite_rows(config, entity, ids, views)
+    changes = ChangeLogWriter(path)
+    try:
+        changes.append(entity, ids)  # after the deletion's commit, as after a write
+    finally:
+        changes.close()
+    return deleted
+
+
+def _delete_sqlite_rows(
+    config: SaikiConfig, entity: str, ids: Sequence[str], views: Sequence[str]
+) -> int:
+    """Delete entities' rows of these feature views from the SQLite online store, in one
+    transaction; returns how many stored values went."""
     reader = SqliteOnlineReader(config)
     keys = [(reader.entity_key(entity, entity_id),) for entity_id in ids]
-    project = config.feast.project
     deleted = 0
-    connection = sqlite3.connect(path, timeout=30)
+    connection = sqlite3.connect(online_store_path(config.data_dir), timeout=30)
     try:
         with connection:
             present = {
                 row[0]
                 for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
-            for view in (f"{entity}_batch", f"{entity}_speed"):
-                table = f"{project}_{view}"
+            for view in views:
+                table = f"{config.feast.project}_{view}"
                 if table in present:
                     cursor = connection.executemany(
                         f'DELETE FROM "{table}" WHERE entity_key = ?', keys
@@ -88,9 +112,4 @@ def delete_online_rows(config: SaikiConfig, entity: str, ids: Sequence[str]) -> 
                     deleted += cursor.rowcount
     finally:
         connection.close()
-    changes = ChangeLogWriter(path)
-    try:
-        changes.append(entity, ids)  # after the deletion's commit, as after a write
-    finally:
-        changes.close()
     return deleted

@@ -160,6 +160,7 @@ _SPEED_FIGURES = (
     "events_tiled",
     "late_events",
     "rows_written",
+    "rows_removed",
     "flushes",
     "pending_rows",
 )

@@ -30,7 +30,7 @@ class SpeedJobSpec:
     allowed_lateness_s: int
     checkpoint_interval_ms: int
     sink_flush_ms: int
-    state_ttl_s: int = 3600
+    state_ttl_s: int = 900
     monitor_ms: int = 200
     # Cluster mode: read a Kafka topic instead of the segment files (``[log] backend``).
     kafka_bootstrap: str = ""

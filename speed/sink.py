@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,8 @@ class WriteBatch:
 
     by_entity: dict[str, list[SpeedRow]]
     started_ms: int
+    # Entities whose every tile is older than the oldest cutoff in use: their rows go.
+    removed: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -247,13 +249,20 @@ class TileSink:
             started = self._clock()
             keep_minute = self.status.keep_from_ms // MS_PER_MINUTE
             by_entity: dict[str, list[SpeedRow]] = {}
+            removed: dict[str, list[str]] = {}
             for key in self._dirty:
-                tiles = self._tiles[key].packed(keep_minute)
+                held = self._tiles[key]
+                tiles = held.packed(keep_minute)
+                if not len(held):
+                    # Nothing since the oldest cutoff in use: forgotten, and its row goes.
+                    del self._tiles[key]
+                    removed.setdefault(key[0], []).append(key[1])
+                    continue
                 by_entity.setdefault(key[0], []).append(
                     SpeedRow(key[1], tiles, self.status.keep_from_ms, started)
                 )
             self._dirty.clear()
-            batch = WriteBatch(by_entity, started)
+            batch = WriteBatch(by_entity, started, removed)
             self._in_flight += batch.rows
             return batch
 
@@ -263,12 +272,15 @@ class TileSink:
         try:
             for entity, rows in batch.by_entity.items():
                 self._writer.write(entity, rows)
+            for entity, ids in batch.removed.items():
+                self._writer.remove(entity, ids)
         finally:
             with self._lock:
                 self._in_flight -= batch.rows
         with self._lock:
             finished = self._clock()
             self.status.rows_written += batch.rows
+            self.status.rows_removed += sum(len(ids) for ids in batch.removed.values())
             self.status.flushes += 1
             self.status.last_flush_ms = finished
             self.status.last_flush_seconds = (finished - batch.started_ms) / 1000

@@ -76,6 +76,45 @@ def test_the_sqlite_reader_sees_the_changes_another_process_records(
     assert reader.changes_since(start.seq + 1) == Changes(start.seq + 2, {"user": {"u-x", "u-y"}})
 
 
+def test_removing_speed_rows_keeps_batch_rows_and_is_a_recorded_change(
+    lambda_env: SaikiConfig, tmp_path: Path
+) -> None:
+    """The sink removes the speed rows of entities with no tile left (bounded state):
+    on SQLite that deletes the speed view's rows only, and the change log names them so
+    that servers drop what they cached."""
+    from saiki.feature_repo.speed_rows import delete_online_rows
+
+    config = make_config(tmp_path / "data")
+    copy = online_store_path(config.data_dir)
+    copy.parent.mkdir(parents=True)
+    with sqlite3.connect(online_store_path(lambda_env.data_dir)) as source:
+        with sqlite3.connect(copy) as target:
+            source.backup(target)
+        target.close()
+    source.close()
+    reader = SqliteOnlineReader(config)
+    gone, kept = sorted(reader.read_speed("item", None))[:2]
+    key = reader.entity_key("item", gone)
+    batch_table = f'"{config.feast.project}_item_batch"'
+
+    def batch_values() -> int:
+        with sqlite3.connect(copy) as connection:
+            found = connection.execute(
+                f"SELECT COUNT(*) FROM {batch_table} WHERE entity_key = ?", (key,)
+            ).fetchone()[0]
+        connection.close()
+        return int(found)
+
+    before = batch_values()
+    assert before > 0, "the lambda environment's item has batch values"
+    start = reader.changes_since(None)
+    assert start is not None
+    assert delete_online_rows(config, "item", [gone], speed_only=True) > 0
+    assert set(reader.read("item", [gone, kept])) == {kept}
+    assert batch_values() == before
+    assert reader.changes_since(start.seq) == Changes(start.seq + 1, {"item": {gone}})
+
+
 @pytest.mark.cluster
 def test_on_redis_the_fast_reader_and_feasts_return_the_rows_the_writer_wrote(
     lambda_env: SaikiConfig, redis_server: str, tmp_path: Path
@@ -115,6 +154,18 @@ def test_on_redis_the_fast_reader_and_feasts_return_the_rows_the_writer_wrote(
     assert delete_online_rows(config, "item", [gone]) == 1
     assert gone not in reader.read("item", ids)
     assert reader.changes_since(changed.seq) == Changes(changed.seq + 1, {"item": {gone}})
+    # Removing the speed rows only (the sink's forgetting) leaves the hash's other
+    # values: the batch view's, stood in for by a field of another view.
+    from saiki.feature_repo.redis_store import redis_client
+
+    client = redis_client(config.feast.redis_connection)
+    trimmed = ids[1]
+    client.hset(reader.entity_key("item", trimmed), b"_ts:item_batch", b"kept")
+    writer.remove("item", [trimmed])
+    assert trimmed not in reader.read("item", ids) and ids[2] in reader.read("item", ids)
+    assert client.hgetall(reader.entity_key("item", trimmed)) == {b"_ts:item_batch": b"kept"}
+    assert reader.changes_since(changed.seq + 1) == Changes(changed.seq + 2, {"item": {trimmed}})
+    client.close()
     # A log trimmed past a reader: the reader hears that anything may have changed.
     log = RedisChangeLog(config)
     keep = redis_store.KEEP
@@ -126,7 +177,7 @@ def test_on_redis_the_fast_reader_and_feasts_return_the_rows_the_writer_wrote(
         redis_store.KEEP = keep  # type: ignore[misc]
     behind = reader.changes_since(changed.seq)
     assert behind is not None and behind.entities is None
-    assert behind.seq == changed.seq + 4
+    assert behind.seq == changed.seq + 5
 
 
 @pytest.mark.cluster

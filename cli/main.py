@@ -23,7 +23,7 @@ from saiki.cli import (
     speed_commands,
 )
 from saiki.core.errors import SaikiError
-from saiki.core.process import die_with_parent
+from saiki.core.process import die_with_parent, nice_from_environment
 
 _MODULES = (
     data_commands,
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a failure prints a one-line reason and returns non-zero."""
     die_with_parent()
+    nice_from_environment()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "beam_passthrough", False):

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from saiki.core.config import load_config
+from saiki.core.process import lower_priority
 from saiki.core.timeutil import format_iso
 
 MANY_SEGMENTS = 10_000  # where `saiki speed status` says what the folder costs
@@ -54,6 +55,8 @@ def run_speed_command(args: argparse.Namespace) -> int:
     from saiki.speed.runner import run_speed
 
     config = load_config(args.data_dir, speed={"jobmanager": args.jobmanager or None})
+    if not config.speed.jobmanager:  # the local mini-cluster's JVM inherits it
+        lower_priority(config.speed.nice)
     last = [0.0]
 
     def report(look: Any) -> None:

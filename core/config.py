@@ -85,6 +85,9 @@ class SpeedConfig:
     # checkpoint) holds about this much time's tiles; at least 2 x lateness + 2 min.
     state_ttl_s: int = 900
     checkpoint_interval_ms: int = 2_000
+    # Niceness added to `saiki speed run` in local mode (its JVM inherits it), so that
+    # serving threads on the same cores wait less for one; 0 leaves the priority alone.
+    nice: int = 0
     jobmanager: str = ""  # host:port of a Flink cluster; empty: local mini-cluster
     # Where checkpoints go: a path every TaskManager and the client reach (a shared
     # filesystem in cluster mode); empty: <data>/speed/checkpoints.
@@ -172,6 +175,8 @@ class ScheduleConfig:
     retrain: str = "1d"  # saiki train --promote-if-better (also when monitor says so)
     # saiki master maintain: compact small files, expire old snapshots, remove their files
     maintain: str = "1h"
+    # Niceness added to each scheduled job: batch work yields the cores to serving.
+    nice: int = 10
     # saiki models compare --promote: release a staged version whose shadow period passed
     # (scheduled only with [models] require_shadow)
     shadow: str = "15m"
@@ -326,6 +331,7 @@ _MINIMA: dict[tuple[str, str], int] = {
     ("speed", "checkpoint_interval_ms"): 10,
     ("speed", "sink_flush_ms"): 1,
     ("speed", "monitor_ms"): 1,
+    ("speed", "nice"): 0,
     ("serving", "port"): 0,
     ("serving", "workers"): 1,
     ("serving", "threads"): 1,
@@ -337,6 +343,7 @@ _MINIMA: dict[tuple[str, str], int] = {
     ("serving", "metrics_port"): 0,
     ("serving", "reload_interval_ms"): 1,
     ("schedule", "keep_views"): 2,
+    ("schedule", "nice"): 0,
     ("models", "shadow_minutes"): 0,
     ("models", "shadow_min_labelled"): 1,
     ("models", "shadow_tolerance"): 0,
@@ -352,6 +359,9 @@ def _check_ranges(sections: dict[str, Any]) -> None:
         share = getattr(sections[section], key)
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{section}.{key}: must be within 0..1, got {share}")
+    for section, key in (("speed", "nice"), ("schedule", "nice")):
+        if getattr(sections[section], key) > 19:
+            raise ConfigError(f"{section}.{key}: must be at most 19 (Linux's lowest priority)")
     for key in ("port", "health_port", "metrics_port"):
         port = getattr(sections["serving"], key)
         if port > 65535:

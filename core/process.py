@@ -1,4 +1,4 @@
-"""Child processes that die with their parent.
+"""Child processes that die with their parent, at the priority it asks for.
 
 ``saiki up`` starts every child with ``SAIKI_PARENT_PID`` set; the child asks Linux for
 ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``) first thing in
@@ -15,6 +15,7 @@ import signal
 import sys
 
 PARENT_ENV = "SAIKI_PARENT_PID"
+NICE_ENV = "SAIKI_NICE"  # a supervisor's way to start a child at a lower priority
 _PR_SET_PDEATHSIG = 1
 
 
@@ -27,3 +28,18 @@ def die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != int(wanted):  # the parent died before the prctl took effect
         os._exit(1)
+
+
+def lower_priority(increment: int) -> None:
+    """Raise this process's niceness by ``increment`` (0: leave it); threads and children
+    started from now on inherit it. Background work (the speed layer's JVM, scheduled
+    jobs) so yields the cores to request threads, which then wait less for a core."""
+    if increment > 0:
+        os.nice(increment)
+
+
+def nice_from_environment() -> None:
+    """Apply the niceness a supervisor asked for in ``SAIKI_NICE``."""
+    wanted = os.environ.get(NICE_ENV, "")
+    if wanted.isdigit():
+        lower_priority(int(wanted))

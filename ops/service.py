@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import PreconditionError
+from saiki.core.process import NICE_ENV
 from saiki.ops.processes import group_members, kill_group, logs_dir, rotate, spawn
 from saiki.ops.schedule import JobSpec, job_specs, next_run, retry_delay, trigger_for
 from saiki.ops.status import (
@@ -325,7 +326,13 @@ class Service:
         with open(path, "ab") as log:
             log.write(f"\n== {spec.name} ({trigger}) at {_iso_now()}\n".encode())
             log.flush()
-            process = spawn(self.config, spec.argv, log, SAIKI_JOB_TRIGGER=trigger)
+            process = spawn(
+                self.config,
+                spec.argv,
+                log,
+                SAIKI_JOB_TRIGGER=trigger,
+                **{NICE_ENV: str(self.config.schedule.nice)},
+            )
             with self._lock:
                 self._job_process = process
             code = process.wait()

@@ -161,6 +161,10 @@ class PredictionLog:
     ROTATE_MS = ROTATE_MS
     QUEUE_MAX = 10_000
     PAUSE_S = 0.05  # the writer drains at most this often (a queue of 10,000 holds 20 s)
+    # Between two records the writer sleeps this long, so that request threads waiting
+    # for the GIL take it at once instead of after the interpreter's 5 ms switch interval
+    # (rendering is C code that holds it); skipped while the queue is long, to catch up.
+    YIELD_S, YIELD_BELOW = 0.0002, 1_000
 
     def __init__(
         self,
@@ -253,10 +257,13 @@ class PredictionLog:
                 log.exception("prediction log: a record was not written")
             finally:
                 self._queue.task_done()
-            if self._queue.empty():
+            waiting = self._queue.qsize()
+            if not waiting:
                 # Drained: rest before the next batch. Waking on every answer cost the
                 # request threads a thread switch and a GIL hand-off each.
                 time.sleep(self.PAUSE_S)
+            elif waiting < self.YIELD_BELOW:
+                time.sleep(self.YIELD_S)
 
     def _note_dropped(self, at_ms: int) -> None:
         dropped = self.dropped
@@ -287,19 +294,19 @@ def _render(served: _Served) -> bytes:
     rows: list[int] = []
     if served.item_features is not None or served.shadow is not None:
         position = {item: n for n, item in enumerate(served.candidates)}
-        rows = [position[i] for i in ids]
+        rows = [position[i] for i in ids]  # the ranked order
     if served.shadow is not None:
         name, score = served.shadow
         began = time.perf_counter()
         shadow_scores = score()
         record["shadow_ms"] = round((time.perf_counter() - began) * 1000, 4)
         record["shadow_version"] = name
-        record["shadow_scores"] = shadow_scores[rows].tolist()  # aligned with ``items``
+        record["shadow_scores"] = shadow_scores.take(rows).tolist()  # aligned with ``items``
     if served.user_features is not None and served.item_features is not None:
         record["feature_spec"] = SPEC_VERSION
         record["feature_width"] = served.user_features.shape[1]
         record["user_features"] = encode_values(served.user_features[0])
-        record["item_features"] = encode_values(served.item_features[rows])
+        record["item_features"] = encode_values(served.item_features.take(rows, axis=0))
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 

@@ -177,6 +177,9 @@ def test_a_killed_batch_job_is_reported_and_run_again_while_the_others_go_on(
     )
     running = read_job(config.data_dir, "recompute")
     assert running is not None
+    # A scheduled job runs below serving's priority ([schedule] nice, 10 by default).
+    wanted = min(19, os.nice(0) + config.schedule.nice)
+    _wait("the job's priority", lambda: os.getpriority(os.PRIO_PROCESS, running.pid) == wanted, 20)
     os.killpg(running.pid, signal.SIGKILL)
     _wait(
         "the kill to be recorded",

@@ -75,11 +75,19 @@ _RECORD_ENCODER = msgspec.json.Encoder()
 
 @dataclass(frozen=True, slots=True)
 class RawEvent:
-    """One decoded input event with its raw payload (kept if it is quarantined)."""
+    """One decoded input event with its raw payload (kept if it is quarantined).
 
-    payload: str
+    ``raw`` is the payload, or a call that renders it: rendering an RPC's event as JSON
+    cost more than validating it, and only a rejected event's payload is ever read."""
+
+    raw: str | Callable[[], str]
     decoded: Mapping[str, Any] | Rejection
     source: str
+
+    @property
+    def payload(self) -> str:
+        """The raw payload (rendered now if it was given as a call)."""
+        return self.raw if isinstance(self.raw, str) else self.raw()
 
 
 @dataclass

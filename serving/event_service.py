@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -92,12 +93,9 @@ class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
             )
         # Past its deadline the caller has given up: append nothing it will not hear of.
         abort_if_expired(context, "before the append")
+        source = f"grpc:{context.peer()}"
         inputs = [
-            RawEvent(
-                raw_payload(event),
-                event_to_mapping(event),
-                f"grpc:{context.peer()}",
-            )
+            RawEvent(functools.partial(raw_payload, event), event_to_mapping(event), source)
             for event in request.events
         ]
         if not inputs:

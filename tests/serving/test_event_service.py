@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from saiki.core.config import SaikiConfig, load_config
 from saiki.core.eventlog import EventLog
-from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
+from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import now_ms
 from saiki.serving.server import RunningServer, start_server
 from saiki.v1 import events_pb2, events_pb2_grpc
@@ -91,6 +92,14 @@ def test_ingest_accepts_counts_duplicates_and_names_bad_fields(
     assert rows.column("event_id").to_pylist() == ["ok-1", "ok-2"]
     assert rows.column("variant").to_pylist() == ["A", "A"]
     assert rows.column("dwell_ms").to_pylist() == [1200, None]
+    # Each rejected event is quarantined with its reason and its own payload, as JSON.
+    held = pa.concat_tables(t for _, t in log.quarantine.read_range(0, QUARANTINE_RECORD_SCHEMA))
+    raw = dict(
+        zip(held.column("event_id").to_pylist(), held.column("raw").to_pylist(), strict=True)
+    )
+    assert set(raw) == {"bad-1", "bad-2", "bad-3", "bad-4", "bad-5", "bad-6", ""}
+    assert all(json.loads(text).get("eventId", "") == key for key, text in raw.items())
+    assert int(json.loads(raw["bad-6"])["dwellMs"]) == -3  # proto JSON: int64 as text
 
 
 def test_an_empty_request_is_fine(channel: grpc.Channel) -> None:

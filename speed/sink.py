@@ -164,6 +164,16 @@ class TileSink:
                         # The event count is not stored online; a restored tile counts 0
                         # until Flink replays it.
                         held.merge(minute, np.append(value, 0))
+                    keep_from = self.status.keep_from_ms
+                    if (
+                        row.tiles_from_ms < keep_from
+                        or not len(minutes)
+                        or int(minutes.min()) < keep_from // MS_PER_MINUTE
+                    ):
+                        # Written before the cutoff this job starts from (``saiki up``
+                        # restarts it fresh after each handoff): repack it, or remove it
+                        # if nothing is left, at the first flush.
+                        self._dirty.add((entity.name, row.entity_id))
                 count += 1
         return count
 

@@ -110,6 +110,29 @@ def test_an_entity_with_no_tile_left_is_forgotten_and_its_row_removed(tmp_path: 
     assert sink.status.rows_removed == 3
 
 
+def test_a_job_started_after_a_handoff_trims_and_removes_the_rows_it_restores(
+    tmp_path: Path,
+) -> None:
+    """``saiki up`` restarts the speed job fresh from each new cutoff: rows the previous
+    job wrote are restored, and those holding minutes before the new cutoff are repacked
+    at the first flush (or removed when nothing is left), not kept as they were."""
+    store = MemorySpeedStore()
+    before = make(tmp_path, store, [T])
+    before.on_tile("user", "old", T, (1, 0, 0), 1)
+    before.on_tile("user", "both", T, (1, 0, 0), 1)
+    before.on_tile("user", "both", T + 3 * M, (2, 1, 40), 2)
+    before.on_tile("user", "new", T + 4 * M, (1, 0, 0), 1)
+    before.flush()
+    fresh = make(tmp_path, store, [T + 2 * M])  # the next job, from the new cutoff
+    assert fresh.restore() == 3
+    assert fresh.flush() == 2  # "both" repacked, "new" restamped, "old" removed
+    assert set(store.read("user", ["old", "both", "new"])) == {"both", "new"}
+    assert tiles_of(store, "user", "both") == {T + 3 * M: [2, 1, 40]}
+    assert store.read("user", ["both"])["both"].tiles_from_ms == T + 2 * M
+    assert fresh.status.rows_removed == 1
+    assert fresh.flush() == 0  # nothing left to trim
+
+
 def test_status_is_published_for_other_processes(tmp_path: Path) -> None:
     sink = make(tmp_path, MemorySpeedStore(), [T])
     sink.on_progress(10, T + 90_000, T + 91_000)

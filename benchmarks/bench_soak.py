@@ -69,9 +69,11 @@ LINGER_MS = int(os.environ.get("SOAK_LINGER_MS", "200"))
 THREADS, MAX_IN_FLIGHT = 8, 32
 
 
-def _drive(target: str, stop: Any, out: Any) -> None:
+def _drive(target: str, stop: Any, out: Any, parent: int) -> None:
     """Ingest at the fixed rate; a probe thread measures freshness once a second on its
-    own users (one event each), so a slow probe never holds the offered rate back."""
+    own users (one event each), so a slow probe never holds the offered rate back. Stops
+    when the soak's process is gone (killed, it would otherwise go on sending to the
+    port, and a next soak's server would take twice the traffic)."""
     client = SaikiClient(target, timeout_s=10)
     rng = np.random.default_rng(3)
 
@@ -116,7 +118,7 @@ def _drive(target: str, stop: Any, out: Any) -> None:
     senders = ThreadPoolExecutor(SENDERS)
     sent, period = 0, 1 / CALLS_PER_S
     tick = time.perf_counter()
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:
         now = now_ms()
         events = impressions(
             rng.choice(USERS, EVENTS_PER_CALL),
@@ -129,6 +131,7 @@ def _drive(target: str, stop: Any, out: Any) -> None:
         sent += len(events)
         tick += period
         time.sleep(max(0.0, tick - time.perf_counter()))
+    stop.set()  # the probe thread too, if the loop ended because the parent died
     senders.shutdown(wait=True)
     prober.join(70)
     client.close()
@@ -283,7 +286,7 @@ def main() -> None:
     time.sleep(30)  # the speed layer catches up with the history
     context = multiprocessing.get_context("spawn")
     stop, out = context.Event(), context.Queue()
-    driver = context.Process(target=_drive, args=(target, stop, out))
+    driver = context.Process(target=_drive, args=(target, stop, out, os.getpid()))
     driver.start()
     predicts: list[tuple[float, float]] = []
     failures: list[tuple[float, str]] = []

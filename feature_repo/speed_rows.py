@@ -5,7 +5,7 @@ On SQLite the rows are upserted straight into Feast's tables, in Feast's own row
 its entity-key serialisation, its value protos, its ``value_text`` and timestamp
 helpers, its upsert statement. Feast's ``write_to_online_store`` took a DataFrame through
 Arrow to protos and ran one statement per value: in a profile of the speed layer under
-1,000 events/s it was most of the JVM's Python time. ``tests/feature_repo/
+1,000 events/s it was the largest part of the JVM's Python time. ``tests/feature_repo/
 test_online_readers.py`` reads the directly written rows back through Feast's own
 reader. A table of another shape (a Feast option that adds columns) is written through
 Feast. Other stores (Redis) go through Feast's write path.

@@ -254,8 +254,8 @@ def serving_rows(target: str, label: str, rows: list[str]) -> None:
             hit_rate = (hits2 - hits) / served if served else float("nan")
             p50, p99 = _percentiles(samples)
             rows.append(
-                f"{label:<7}{name + ', 1 in flight':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
-                f"{hit_rate:>9.1%}"
+                f"{label:<8}{name + ', 1 in flight':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
+                f"{hit_rate:>10.1%}"
             )
         per_client = [_calls(c, np.random.default_rng(20 + n)) for n, c in enumerate(clients)]
         predicts = [calls["Predict, 100 candidates"] for calls in per_client]
@@ -273,7 +273,7 @@ def serving_rows(target: str, label: str, rows: list[str]) -> None:
         p50, p99 = _percentiles(samples)
         rate = sum(part[1] for part in pool)
         name = "Predict, 100 candidates, 8 in flight"
-        rows.append(f"{label:<7}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
+        rows.append(f"{label:<8}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
     finally:
         for client in clients:
             client.close()
@@ -315,7 +315,7 @@ def feast_rows(data: Path, label: str, rows: list[str]) -> None:
     ):
         samples, rate = _measure(call, PHASE_S / 2)
         p50, p99 = _percentiles(samples)
-        rows.append(f"{label:<7}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
+        rows.append(f"{label:<8}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
 
 
 def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
@@ -329,7 +329,7 @@ def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
             samples, rate = _measure(call, PHASE_S / 2)
         p50, p99 = _percentiles(samples)
         rows.append(
-            f"{label:<7}{'GetFeatures, 100 items, cache off':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
+            f"{label:<8}{'GetFeatures, 100 items, cache off':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
         )
     finally:
         server.terminate()
@@ -404,7 +404,7 @@ def main() -> None:
         f"each); one client process; {PHASE_S:.0f} s per row; online store: {STORE}; "
         f"live-nN: the speed layer (driver and JVM) at niceness N"
     )
-    print(f"{'phase':<7}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'cache hit':>9}")
+    print(f"{'phase':<8}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'cache hit':>10}")
     for row in rows:
         print(row)
     for (phase, began), (_, ended) in itertools.pairwise(phases):

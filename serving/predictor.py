@@ -161,10 +161,6 @@ class PredictionLog:
     ROTATE_MS = ROTATE_MS
     QUEUE_MAX = 10_000
     PAUSE_S = 0.05  # the writer drains at most this often (a queue of 10,000 holds 20 s)
-    # Between two records the writer sleeps this long, so that request threads waiting
-    # for the GIL take it at once instead of after the interpreter's 5 ms switch interval
-    # (rendering is C code that holds it); skipped while the queue is long, to catch up.
-    YIELD_S, YIELD_BELOW = 0.0002, 1_000
 
     def __init__(
         self,
@@ -257,13 +253,12 @@ class PredictionLog:
                 log.exception("prediction log: a record was not written")
             finally:
                 self._queue.task_done()
-            waiting = self._queue.qsize()
-            if not waiting:
+            if self._queue.empty():
                 # Drained: rest before the next batch. Waking on every answer cost the
-                # request threads a thread switch and a GIL hand-off each.
+                # request threads a thread switch and a GIL hand-off each (and sleeping
+                # between records, to hand the GIL over sooner, cost more than it gave:
+                # +20.6% at 8 in flight against +11.2%, docs/benchmarks.md).
                 time.sleep(self.PAUSE_S)
-            elif waiting < self.YIELD_BELOW:
-                time.sleep(self.YIELD_S)
 
     def _note_dropped(self, at_ms: int) -> None:
         dropped = self.dropped

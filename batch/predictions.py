@@ -36,7 +36,7 @@ from pyiceberg.types import (
 
 from saiki.core.files import atomic_write
 from saiki.core.forgotten import Forgotten
-from saiki.core.prediction_files import PATTERN, closed_before, decode_values
+from saiki.core.prediction_files import PATTERN, closed_before, read_records
 
 PREDICTIONS_TABLE: Final = "predictions"
 LOADED_FILES: Final = "saiki.predictions.files"
@@ -147,34 +147,30 @@ def read_files(paths: list[Path]) -> tuple[pa.Table, int, int]:
     rows: dict[str, list[object]] = {f.name: [] for f in _ARROW_SCHEMA}
     torn = dropped = 0
     for path in paths:
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.endswith(b"\n"):
-                    torn += 1
-                    continue
-                record = orjson.loads(line)
-                if "dropped" in record:
-                    dropped += int(record["dropped"])
-                    continue
-                rows["time"].append(int(record["time_ms"]) * 1000)
-                rows["request_id"].append(str(record["request_id"]))
-                rows["user_id"].append(str(record["user_id"]))
-                rows["variant"].append(record.get("variant"))
-                rows["model_version"].append(str(record["model_version"]))
-                rows["items"].append([str(i) for i in record.get("items", [])])
-                rows["scores"].append([float(s) for s in record.get("scores", [])])
-                rows["candidates"].append(int(record.get("candidates", 0)))
-                rows["source"].append(f"{path.name}:{number}")
-                rows["device_id"].append(record.get("device_id") or None)
-                rows["feature_spec"].append(record.get("feature_spec"))
-                width = int(record.get("feature_width", 0))
-                user, items = record.get("user_features"), record.get("item_features")
-                rows["user_features"].append(decode_values(user, width)[0] if user else None)
-                rows["item_features"].append(decode_values(items, width) if items else None)
-                rows["model_ms"].append(record.get("model_ms"))
-                rows["shadow_version"].append(record.get("shadow_version"))
-                rows["shadow_scores"].append(record.get("shadow_scores"))
-                rows["shadow_ms"].append(record.get("shadow_ms"))
+        for number, record in read_records(path):
+            if record is None:
+                torn += 1
+                continue
+            if "dropped" in record:
+                dropped += int(record["dropped"])
+                continue
+            rows["time"].append(int(record["time_ms"]) * 1000)
+            rows["request_id"].append(str(record["request_id"]))
+            rows["user_id"].append(str(record["user_id"]))
+            rows["variant"].append(record.get("variant"))
+            rows["model_version"].append(str(record["model_version"]))
+            rows["items"].append([str(i) for i in record.get("items", [])])
+            rows["scores"].append([float(s) for s in record.get("scores", [])])
+            rows["candidates"].append(int(record.get("candidates", 0)))
+            rows["source"].append(f"{path.name}:{number}")
+            rows["device_id"].append(record.get("device_id") or None)
+            rows["feature_spec"].append(record.get("feature_spec"))
+            rows["user_features"].append(record.get("user_features"))
+            rows["item_features"].append(record.get("item_features"))
+            rows["model_ms"].append(record.get("model_ms"))
+            rows["shadow_version"].append(record.get("shadow_version"))
+            rows["shadow_scores"].append(record.get("shadow_scores"))
+            rows["shadow_ms"].append(record.get("shadow_ms"))
     table = pa.table(
         [pa.array(rows[f.name], type=f.type) for f in _ARROW_SCHEMA], schema=_ARROW_SCHEMA
     )

@@ -23,10 +23,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from benchmarks.bench_features import prepare
 from benchmarks.bench_predict import PORT, SECONDS, cli, load
 from benchmarks.common import DATA, conditions, fresh_dir, start_server
+from saiki.core.prediction_files import PATTERN
 from saiki.serving.monitor import read_predictions
 from saiki.serving.registry import ModelRegistry
 
@@ -41,7 +43,13 @@ SETTINGS = {
 
 
 async def measure(settings: dict[str, str], data: Path) -> dict[int, tuple[list[float], int]]:
-    server = start_server(data, PORT, workers=2, SERVING_PRECISION="int8", **settings)
+    # The kernel spreads the 8 connections over the 2 workers as it hashes them: all 8 on
+    # one worker now and then, whose bound of 8 calls in flight then refused a call sent
+    # before the server had counted the last one out (RESOURCE_EXHAUSTED stopped a run).
+    # A bound above the load keeps every call admitted; it changes nothing below it.
+    server = start_server(
+        data, PORT, workers=2, SERVING_PRECISION="int8", SERVING_MAX_IN_FLIGHT="16", **settings
+    )
     try:
         return {n: await load(f"127.0.0.1:{PORT}", n) for n in (1, 8)}
     finally:
@@ -52,11 +60,27 @@ async def measure(settings: dict[str, str], data: Path) -> dict[int, tuple[list[
 Rows = dict[str, dict[int, tuple[list[float], int]]]
 
 
+def log_size(folder: Path) -> tuple[int, int, int, int]:
+    """The log's bytes, its answers with features, the item vectors they name and the
+    vectors written (each once per file, and again when it changed)."""
+    answers = named = written = 0
+    for path in folder.glob(PATTERN):
+        for line in path.open("rb"):
+            record = orjson.loads(line)
+            if "vectors" in record:
+                written += len(record["vector_slots"])
+            elif "item_slots" in record:
+                answers += 1
+                named += len(record["item_slots"])
+    return sum(p.stat().st_size for p in folder.glob(PATTERN)), answers, named, written
+
+
 def run_rounds(
     data: Path, shadow: int
 ) -> tuple[Rows, dict[str, dict[int, list[float]]], list[dict[str, object]]]:
     """Every setting in every round; pooled samples, per-round p50s, shadowed answers."""
     shadowed_rounds: list[dict[str, object]] = []
+    sizes = [0, 0, 0, 0]
     # Rounds in alternating order (forward, then backward, ...): a drift of the machine
     # over the run then weighs on every setting alike, and each row's per-round p50s
     # show the spread that a difference must beat.
@@ -81,6 +105,8 @@ def run_rounds(
                 per_round.setdefault(name, {}).setdefault(flight, []).append(
                     float(np.percentile(np.array(samples) * 1000, 50))
                 )
+            if name == FULL:
+                sizes = [a + b for a, b in zip(sizes, log_size(data / "serving"), strict=True)]
             if name == SHADOW:
                 shadowed_rounds = [
                     r for r in read_predictions(data / "serving", 0) if "shadow_ms" in r
@@ -89,6 +115,12 @@ def run_rounds(
         name: {f: (samples, total // ROUNDS) for f, (samples, total) in rows.items()}
         for name, rows in results.items()
     }
+    size, answers, named, written = sizes
+    print(
+        f"log with features: {size / max(answers, 1) / 1000:.1f} KB per answer; "
+        f"{written:,} of the {named:,} item vectors its answers name were written "
+        f"({written / max(named, 1):.1%}: once per file and item, again when changed)"
+    )
     return pooled, per_round, shadowed_rounds
 
 

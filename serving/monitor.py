@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from saiki.core.eventlog import EventLog
 from saiki.core.files import atomic_write
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
+from saiki.core.prediction_files import PATTERN, read_records
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.model import DENSE_COLUMNS
@@ -209,19 +210,15 @@ def read_predictions(
     """Prediction-log records since a time (all server processes); answers the servers
     could not log (a full queue) are added to ``dropped[0]`` when given."""
     records = []
-    for path in sorted(folder.glob("predictions-*.jsonl")):
-        with open(path) as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    break  # a record still being written
-                record = json.loads(line)
-                if int(record["time_ms"]) < since_ms:
-                    continue
-                if "dropped" in record:
-                    if dropped is not None:
-                        dropped[0] += int(record["dropped"])
-                    continue
-                records.append(record)
+    for path in sorted(folder.glob(PATTERN)):
+        for _, record in read_records(path):
+            if record is None or int(record["time_ms"]) < since_ms:
+                continue  # a record still being written, or too old
+            if "dropped" in record:
+                if dropped is not None:
+                    dropped[0] += int(record["dropped"])
+                continue
+            records.append(record)
     return records
 
 

@@ -39,7 +39,7 @@ import orjson
 import torch
 
 from saiki.core.errors import InvalidInputError, PreconditionError, SaikiError
-from saiki.core.prediction_files import ROTATE_MS, encode_values, file_name
+from saiki.core.prediction_files import ROTATE_MS, VectorBook, encode_values, file_name
 from saiki.core.schema import MAX_ID_CHARS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
@@ -120,6 +120,8 @@ class _Served:
     )  # (1, F), or None when this request is not sampled
     item_features: npt.NDArray[np.float64] | None  # (candidates, F), in the candidates' order
     model_ms: float = 0.0  # the serving model's forward pass
+    # Each ranked item's row in ``item_features``, when the caller knows them.
+    ranked_rows: npt.NDArray[np.intp] | None = None
     # The shadow version's name and a call that scores every candidate with it.
     shadow: tuple[str, Callable[[], npt.NDArray[np.float64]]] | None = None
 
@@ -182,6 +184,7 @@ class PredictionLog:
         self._writer.start()
 
     def _open(self, started_ms: int | None = None) -> None:
+        self._book = VectorBook()  # the slots are the file's own
         self._started_ms = self._clock() if started_ms is None else started_ms
         self.path = self.folder / file_name(os.getpid(), self._started_ms)
         self._handle = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 (kept open)
@@ -203,10 +206,12 @@ class PredictionLog:
         model_ms: float = 0.0,
         shadow: tuple[str, Callable[[], npt.NDArray[np.float64]]] | None = None,
         at_ms: int | None = None,
+        ranked_rows: npt.NDArray[np.intp] | None = None,
     ) -> None:
         """Queue one answer; never blocks (a full queue counts it in ``dropped``).
         ``shadow`` is called on the writer thread, never on the caller's; ``at_ms`` is the
-        answer's time (default: now), taken before its features were read."""
+        answer's time (default: now), taken before its features were read; ``ranked_rows``
+        each ranked item's position among the candidates (default: looked up by id)."""
         served = _Served(
             self._clock() if at_ms is None else at_ms,
             user_id,
@@ -216,6 +221,7 @@ class PredictionLog:
             user_features,
             item_features,
             model_ms,
+            ranked_rows,
             shadow,
         )
         try:
@@ -241,11 +247,17 @@ class PredictionLog:
                     self._note_dropped(self._clock())
                     self._handle.flush()
                     return
-                if served.at_ms - self._started_ms >= self.ROTATE_MS:
+                if served.at_ms - self._started_ms >= self.ROTATE_MS or self._book.full:
                     self._handle.close()
                     self._open(served.at_ms)
                 self._note_dropped(served.at_ms)
-                self._handle.write(_render(served))
+                try:
+                    self._handle.write(_render(served, self._book))
+                except Exception:
+                    # The book may name vectors that were never written: start it afresh
+                    # (it writes every vector again before naming it).
+                    self._book.forget(self._book.width)
+                    raise
                 if self._queue.empty() or time.monotonic() - self._flushed > 0.5:
                     self._handle.flush()
                     self._flushed = time.monotonic()
@@ -268,10 +280,11 @@ class PredictionLog:
             self._noted = dropped
 
 
-def _render(served: _Served) -> bytes:
+def _render(served: _Served, book: VectorBook) -> bytes:
     """One answer as a JSON line: every ranked item with its score and, if sampled, the
-    user's and each ranked item's feature values (``core/prediction_files.encode_values``;
-    names: ``feature_spec``'s, ``feature_width`` of them)."""
+    user's feature values (``core/prediction_files.encode_values``; names:
+    ``feature_spec``'s, ``feature_width`` of them) and the slot of each ranked item's
+    vector, preceded by a line of the vectors the file does not hold yet (``book``)."""
     prediction = served.prediction
     ids, scores = zip(*prediction.items, strict=True) if prediction.items else ((), ())
     record: dict[str, Any] = {
@@ -286,8 +299,10 @@ def _render(served: _Served) -> bytes:
         "candidates": len(served.candidates) or len(prediction.items),
         "model_ms": round(served.model_ms, 4),
     }
-    rows: list[int] = []
-    if served.item_features is not None or served.shadow is not None:
+    rows: Sequence[int] | npt.NDArray[np.intp] = []
+    if served.ranked_rows is not None:
+        rows = served.ranked_rows
+    elif served.item_features is not None or served.shadow is not None:
         position = {item: n for n, item in enumerate(served.candidates)}
         rows = [position[i] for i in ids]  # the ranked order
     if served.shadow is not None:
@@ -297,12 +312,15 @@ def _render(served: _Served) -> bytes:
         record["shadow_ms"] = round((time.perf_counter() - began) * 1000, 4)
         record["shadow_version"] = name
         record["shadow_scores"] = shadow_scores.take(rows).tolist()  # aligned with ``items``
+    vectors = b""
     if served.user_features is not None and served.item_features is not None:
+        width = served.user_features.shape[1]
         record["feature_spec"] = SPEC_VERSION
-        record["feature_width"] = served.user_features.shape[1]
+        record["feature_width"] = width
         record["user_features"] = encode_values(served.user_features[0])
-        record["item_features"] = encode_values(served.item_features.take(rows, axis=0))
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        slots, vectors = book.refer(ids, served.item_features.take(rows, axis=0), served.at_ms)
+        record["item_slots"] = slots
+    return vectors + orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 class Predictor:
@@ -474,5 +492,6 @@ class Predictor:
                 model_ms=model_ms,
                 shadow=shadowed,
                 at_ms=now,  # before the features were read: what they are consistent with
+                ranked_rows=order,
             )
         return result

@@ -13,6 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
+from saiki.serving.monitor import read_predictions
 from tests.conftest import ROOT, make_config
 
 pytestmark = pytest.mark.slow
@@ -67,10 +68,8 @@ def test_the_ab_log_attributes_every_click_to_the_variant_that_served_it(
     assert set(summary["ab"]) == {"control", "treatment"}
     assert all(arm["impressions"] > 300 for arm in summary["ab"].values())
     served: dict[str, tuple[str, str]] = {}
-    for path in (data_dir / "serving").glob("predictions-*.jsonl"):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            served[record["request_id"]] = (record["variant"], record["model_version"])
+    for record in read_predictions(data_dir / "serving", 0):
+        served[str(record["request_id"])] = (str(record["variant"]), str(record["model_version"]))
     master = MasterDataset(make_config(data_dir))
     events = master.read(master.resolve_snapshot(), ("event_type", "request_id", "variant"))
     clicks = events.filter(events.column("variant").is_valid()).to_pylist()

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from saiki.core.config import SaikiConfig
-from saiki.core.prediction_files import decode_values
 from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
 from saiki.serving.experiment import Experiment, Variant, write_experiment
 from saiki.serving.model import ModelConfig, RankingModel, model_inputs, quantise
@@ -101,11 +100,10 @@ def test_the_log_holds_every_ranked_item_and_the_features_getfeatures_serves(
     assert (record["device_id"], record["candidates"]) == ("ios", 40)
     assert record["feature_spec"] == SPEC_VERSION
     user_values = dict(users.entities[0].values)
-    width = len(FEATURE_NAMES)
-    (logged_user,) = decode_values(record["user_features"], width)
+    logged_user = record["user_features"]
     assert logged_user == [user_values[f] for f in FEATURE_NAMES]  # exact: float64 bytes
     by_item = {e.id: dict(e.values) for e in items.entities}
-    logged_items = decode_values(record["item_features"], width)
+    logged_items = record["item_features"]
     for item, logged in zip(record["items"], logged_items, strict=True):
         assert logged == [by_item[item][f] for f in FEATURE_NAMES], item
 
@@ -246,12 +244,11 @@ def test_a_shadow_model_never_changes_an_answer_and_its_scores_are_logged(
         assert time.monotonic() < deadline, f"{len(logged)} shadowed answers logged"
         time.sleep(0.05)
     model, model_config = ModelRegistry(config.data_dir).load(version, "int8")
-    width = len(FEATURE_NAMES)
     for record in logged:
         assert record["shadow_version"] == f"v{version}" and record["shadow_ms"] > 0
         # The shadow's scores are its own model's on the very features that were served.
-        (user,) = decode_values(record["user_features"], width)
-        items = np.array(decode_values(record["item_features"], width))
+        user = record["user_features"]
+        items = np.array(record["item_features"])
         count = len(record["items"])
         dense = np.hstack([np.repeat(np.array([user]), count, axis=0), items])
         inputs = model_inputs(

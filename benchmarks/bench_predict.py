@@ -48,10 +48,15 @@ def cli(data: Path, *argv: str) -> None:
     )
 
 
-async def load(address: str, in_flight: int) -> tuple[list[float], int]:
-    """``in_flight`` callers, each on its own connection (as separate clients are: the
-    kernel spreads connections, not calls, over the SO_REUSEPORT workers), sending
-    requests built beforehand so that the client's own CPU stays small."""
+async def load(
+    address: str, in_flight: int, connections: int | None = None
+) -> tuple[list[float], int]:
+    """``in_flight`` callers on ``connections`` connections (default: one each, as separate
+    clients are: the kernel spreads connections, not calls, over the SO_REUSEPORT
+    workers), sending requests built beforehand so that the client's own CPU stays small.
+    With more connections than callers, each caller takes them in turn: the workers' shares
+    of the calls then follow the many connections' split, near even, not the few
+    callers'."""
     rng = np.random.default_rng(1)
     requests = [
         prediction_pb2.PredictRequest(
@@ -62,11 +67,11 @@ async def load(address: str, in_flight: int) -> tuple[list[float], int]:
     ]
     channels = [
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(in_flight)
+        for _ in range(connections or in_flight)
     ]
     stubs = [prediction_pb2_grpc.PredictionServiceStub(c) for c in channels]
     for stub in stubs:  # warm-up, every connection
-        for request in requests[:20]:
+        for request in requests[: max(3, 20 * in_flight // len(stubs))]:
             await stub.Predict(request)
     latencies: list[float] = []
     deadline = time.perf_counter() + SECONDS
@@ -77,7 +82,7 @@ async def load(address: str, in_flight: int) -> tuple[list[float], int]:
             request = requests[k % len(requests)]
             k += in_flight
             started = time.perf_counter()
-            await stubs[n].Predict(request, timeout=5)
+            await stubs[k % len(stubs)].Predict(request, timeout=5)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()

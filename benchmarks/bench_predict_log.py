@@ -166,8 +166,8 @@ def main() -> None:
     for flight in (1, 8):
         off = ms(results["log off"][flight][0], 50)
         full = ms(results[FULL][flight][0], 50)
-        rounds = zip(per_round["log off"][flight], per_round[FULL][flight], strict=True)
-        paired = [b / a - 1 for a, b in rounds]
+        pairs = zip(per_round["log off"][flight], per_round[FULL][flight], strict=True)
+        paired = [b / a - 1 for a, b in pairs]
         print(
             f"{flight} in flight: logging with features costs {(full - off) / off:+.1%} of "
             f"the p50 ({off:.2f} -> {full:.2f} ms; target <= 10%); round by round "

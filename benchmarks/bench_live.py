@@ -10,7 +10,8 @@ sends 20 `Ingest` calls/s of 50 events (1,000 events/s; the speed layer flushes 
 ~100 ms), then with no ingest (the quiet reference):
 
 * `GetFeatures` for 100 items and for 1 user, `Predict` for 100 candidates: p50/p99 and
-  calls/s at 1 call in flight, and `Predict` at 8 in flight;
+  calls/s at 1 call in flight, and `Predict` at 8 in flight (one asyncio client over 64
+  connections, requests built beforehand);
 * the merged-row cache's hit rate over each row (the servers' own counters);
 * freshness, `Ingest` acked -> the new count served by `GetFeatures`, p50/p95;
 * baselines on the same keys: Feast's `get_online_features` and its store's own
@@ -37,6 +38,7 @@ keys from it.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import multiprocessing
 import os
@@ -52,13 +54,21 @@ import grpc
 import numpy as np
 
 from benchmarks.bench_speed import saiki
-from benchmarks.common import DATA, conditions, fresh_dir, impressions, start_server
+from benchmarks.common import (
+    DATA,
+    call_load,
+    conditions,
+    fresh_dir,
+    impressions,
+    start_server,
+)
 from benchmarks.predict_parts import breakdown
 from saiki.core.config import load_config
 from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.client import SaikiClient
+from saiki.v1 import features_pb2, features_pb2_grpc, prediction_pb2, prediction_pb2_grpc
 
 PORT, METRICS_PORT, CACHE_OFF_PORT = 50_951, 50_952, 50_953
 PHASE_S = 12.0
@@ -174,20 +184,56 @@ class Ingest:
         self._process.join(30)
 
 
-def _calls(client: SaikiClient, rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
-    items = [list(rng.choice(ITEMS, 100, replace=False)) for _ in range(64)]
-    users = list(rng.choice(USERS, 64))
-    turn = [0]
+Load = tuple[list[Any], Callable[[grpc.aio.Channel], Any], str]
 
-    def nxt() -> int:
-        turn[0] += 1
-        return turn[0] % 64
 
+def _loads(rng: np.random.Generator) -> dict[str, Load]:
+    """Each serving row's requests (built beforehand), stub and method."""
+    items = [[str(i) for i in rng.choice(ITEMS, 100, replace=False)] for _ in range(64)]
+    users = [str(u) for u in rng.choice(USERS, 64)]
+    features, predict = (
+        features_pb2_grpc.FeatureServiceStub,
+        prediction_pb2_grpc.PredictionServiceStub,
+    )
     return {
-        "GetFeatures, 100 items": lambda: client.get_features("item", items[nxt()]),
-        "GetFeatures, 1 user": lambda: client.get_features("user", [users[nxt()]]),
-        "Predict, 100 candidates": lambda: client.predict(users[nxt()], items[nxt()]),
+        "GetFeatures, 100 items": (
+            [features_pb2.GetFeaturesRequest(entity="item", ids=i) for i in items],
+            features,
+            "GetFeatures",
+        ),
+        "GetFeatures, 1 user": (
+            [features_pb2.GetFeaturesRequest(entity="user", ids=[u]) for u in users],
+            features,
+            "GetFeatures",
+        ),
+        "Predict, 100 candidates": (
+            [
+                prediction_pb2.PredictRequest(user_id=u, item_ids=items[(n + 1) % 64])
+                for n, u in enumerate(users)
+            ],
+            predict,
+            "Predict",
+        ),
     }
+
+
+def _load(
+    target: str, load: Load, seconds: float, in_flight: int = 1, connections: int | None = None
+) -> tuple[list[float], float]:
+    """One row's latencies and calls/s, from one asyncio client (``common.call_load``)."""
+    requests, stub, method = load
+    return asyncio.run(
+        call_load(
+            target,
+            requests,
+            in_flight,
+            seconds,
+            connections=connections,
+            failures=FAILURES,
+            stub=stub,
+            method=method,
+        )
+    )
 
 
 FAILURES: list[str] = []
@@ -242,41 +288,26 @@ def _cache_counts() -> tuple[float, float]:
 
 
 def serving_rows(target: str, label: str, rows: list[str]) -> None:
-    """Every call of `_calls` at 1 in flight (and Predict at 8), with the cache hit rate."""
-    rng = np.random.default_rng(11)
-    clients = [SaikiClient(target, timeout_s=10) for _ in range(8)]
-    try:
-        for name, call in _calls(clients[0], rng).items():
-            hits, misses = _cache_counts()
-            samples, rate = _measure(call, PHASE_S)
-            hits2, misses2 = _cache_counts()
-            served = (hits2 - hits) + (misses2 - misses)
-            hit_rate = (hits2 - hits) / served if served else float("nan")
-            p50, p99 = _percentiles(samples)
-            rows.append(
-                f"{label:<8}{name + ', 1 in flight':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
-                f"{hit_rate:>10.1%}"
-            )
-        per_client = [_calls(c, np.random.default_rng(20 + n)) for n, c in enumerate(clients)]
-        predicts = [calls["Predict, 100 candidates"] for calls in per_client]
-        pool: list[tuple[list[float], float]] = []
-
-        def one(n: int) -> None:
-            pool.append(_measure(predicts[n], PHASE_S))
-
-        threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        samples = [s for part in pool for s in part[0]]
+    """Every row of `_loads` at 1 in flight, and Predict at 8 over 64 connections (the load
+    of many clients, spread near evenly over the workers), with the cache hit rate. One
+    asyncio client sends requests built beforehand: a client of 8 Python threads had
+    held the rate at 8 in flight down with its own CPU and GIL."""
+    loads = _loads(np.random.default_rng(11))
+    for name, load in loads.items():
+        hits, misses = _cache_counts()
+        samples, rate = _load(target, load, PHASE_S)
+        hits2, misses2 = _cache_counts()
+        served = (hits2 - hits) + (misses2 - misses)
+        hit_rate = (hits2 - hits) / served if served else float("nan")
         p50, p99 = _percentiles(samples)
-        rate = sum(part[1] for part in pool)
-        name = "Predict, 100 candidates, 8 in flight"
-        rows.append(f"{label:<8}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
-    finally:
-        for client in clients:
-            client.close()
+        rows.append(
+            f"{label:<8}{name + ', 1 in flight':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
+            f"{hit_rate:>10.1%}"
+        )
+    samples, rate = _load(target, loads["Predict, 100 candidates"], PHASE_S, 8, 64)
+    p50, p99 = _percentiles(samples)
+    name = "Predict, 100 candidates, 8 in flight"
+    rows.append(f"{label:<8}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}")
 
 
 def feast_rows(data: Path, label: str, rows: list[str]) -> None:
@@ -324,9 +355,8 @@ def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
         data, CACHE_OFF_PORT, SERVING_FEATURE_CACHE="false", SERVING_MAX_IN_FLIGHT="8"
     )
     try:
-        with SaikiClient(f"127.0.0.1:{CACHE_OFF_PORT}", timeout_s=10) as client:
-            call = _calls(client, np.random.default_rng(13))["GetFeatures, 100 items"]
-            samples, rate = _measure(call, PHASE_S / 2)
+        load = _loads(np.random.default_rng(13))["GetFeatures, 100 items"]
+        samples, rate = _load(f"127.0.0.1:{CACHE_OFF_PORT}", load, PHASE_S / 2)
         p50, p99 = _percentiles(samples)
         rows.append(
             f"{label:<8}{'GetFeatures, 100 items, cache off':<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}"
@@ -401,7 +431,8 @@ def main() -> None:
         f"speed layer writing ({ingest.sent} events ingested at {CALLS_PER_S} calls/s x "
         f"{EVENTS_PER_CALL}; {status.flushes if status else '?'} flushes in all); rows hold "
         f"24 h of tiles since the cutoff; saiki serve --workers 2 (2 threads, 16 in flight "
-        f"each); one client process; {PHASE_S:.0f} s per row; online store: {STORE}; "
+        f"each); one client process (asyncio, requests built beforehand; 8 in flight over 64 "
+        f"connections); {PHASE_S:.0f} s per row; online store: {STORE}; "
         f"live-nN: the speed layer (driver and JVM) at niceness N"
     )
     print(f"{'phase':<8}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'cache hit':>10}")

@@ -26,10 +26,10 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.bench_features import prepare
-from benchmarks.common import DATA, PROJECT, conditions, fresh_dir, start_server
+from benchmarks.common import DATA, PROJECT, call_load, conditions, fresh_dir, start_server
 from saiki.core.config import load_config
 from saiki.feature_repo.spec import FEATURE_NAMES
-from saiki.v1 import prediction_pb2, prediction_pb2_grpc
+from saiki.v1 import prediction_pb2
 
 PORT = 50_933
 SECONDS = 12
@@ -51,12 +51,7 @@ def cli(data: Path, *argv: str) -> None:
 async def load(
     address: str, in_flight: int, connections: int | None = None
 ) -> tuple[list[float], int]:
-    """``in_flight`` callers on ``connections`` connections (default: one each, as separate
-    clients are: the kernel spreads connections, not calls, over the SO_REUSEPORT
-    workers), sending requests built beforehand so that the client's own CPU stays small.
-    With more connections than callers, each caller takes them in turn: the workers' shares
-    of the calls then follow the many connections' split, near even, not the few
-    callers'."""
+    """``Predict`` with 100 random candidates at ``in_flight`` (``common.call_load``)."""
     rng = np.random.default_rng(1)
     requests = [
         prediction_pb2.PredictRequest(
@@ -65,32 +60,7 @@ async def load(
         )
         for n in range(2_000)
     ]
-    channels = [
-        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(connections or in_flight)
-    ]
-    stubs = [prediction_pb2_grpc.PredictionServiceStub(c) for c in channels]
-    for stub in stubs:  # warm-up, every connection
-        for request in requests[: max(3, 20 * in_flight // len(stubs))]:
-            await stub.Predict(request)
-    latencies: list[float] = []
-    deadline = time.perf_counter() + SECONDS
-
-    async def caller(n: int) -> None:
-        k = n
-        while time.perf_counter() < deadline:
-            request = requests[k % len(requests)]
-            k += in_flight
-            started = time.perf_counter()
-            await stubs[k % len(stubs)].Predict(request, timeout=5)
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller(n) for n in range(in_flight)))
-    rate = int(len(latencies) / (time.perf_counter() - started))
-    for channel in channels:
-        await channel.close()
-    return latencies, rate
+    return await call_load(address, requests, in_flight, SECONDS, connections=connections)
 
 
 async def floor(address: str) -> list[float]:

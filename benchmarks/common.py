@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import grpc
+
+from saiki.v1 import prediction_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent
 PROJECT = ROOT.parent
@@ -122,3 +128,56 @@ def impressions(users: Any, items: Any, prefix: str, first: int, at_ms: int) -> 
         event.event_time.FromMilliseconds(at_ms)
         events.append(event)
     return events
+
+
+async def call_load(
+    address: str,
+    requests: Sequence[Any],
+    in_flight: int,
+    seconds: float,
+    *,
+    connections: int | None = None,
+    failures: list[str] | None = None,
+    stub: Callable[[grpc.aio.Channel], Any] = prediction_pb2_grpc.PredictionServiceStub,
+    method: str = "Predict",
+) -> tuple[list[float], int]:
+    """``Predict`` (or ``stub``'s ``method``) latencies (s) and calls/s: ``in_flight``
+    callers on ``connections`` connections (default: one each, as separate clients are:
+    the kernel spreads connections, not calls, over the SO_REUSEPORT workers), sending
+    requests built beforehand so that the client's own CPU stays small (grpc.aio, one
+    thread). With more connections than callers each caller takes them in turn, so the
+    workers' shares of the calls follow the many connections' split, near even, not the
+    few callers'. A failed call is added to ``failures`` by its status when given, else
+    raised."""
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections or in_flight)
+    ]
+    calls = [getattr(stub(c), method) for c in channels]
+    for call in calls:  # warm-up, every connection
+        for request in requests[: max(3, 20 * in_flight // len(calls))]:
+            await call(request, timeout=10)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def caller(n: int) -> None:
+        k = n
+        while time.perf_counter() < deadline:
+            request = requests[k % len(requests)]
+            k += in_flight
+            started = time.perf_counter()
+            try:
+                await calls[k % len(calls)](request, timeout=5)
+            except grpc.aio.AioRpcError as exc:
+                if failures is None:
+                    raise
+                failures.append(exc.code().name)
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(n) for n in range(in_flight)))
+    rate = int(len(latencies) / (time.perf_counter() - started))
+    for channel in channels:
+        await channel.close()
+    return latencies, rate

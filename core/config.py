@@ -194,6 +194,10 @@ class ModelsConfig:
 
     # The share of requests a staged version scores by default (``stage --share``).
     shadow_share: float = 1.0
+    # The share of one core each server process may spend scoring with a staged version:
+    # past it, requests are left unshadowed (counted) until the budget refills
+    # (serving/shadow_budget.py), so a shadow never costs production more than this.
+    shadow_cpu: float = 0.1
     # Require a shadow period with no regression before a version is promoted (by hand or
     # by the retrain policy, which then stages a winner instead of promoting it).
     require_shadow: bool = False
@@ -359,6 +363,8 @@ def _check_ranges(sections: dict[str, Any]) -> None:
         share = getattr(sections[section], key)
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{section}.{key}: must be within 0..1, got {share}")
+    if not 0.0 < (cpu := sections["models"].shadow_cpu) <= 1.0:
+        raise ConfigError(f"models.shadow_cpu: must be within (0, 1] (of one core), got {cpu}")
     for section, key in (("speed", "nice"), ("schedule", "nice")):
         if getattr(sections[section], key) > 19:
             raise ConfigError(f"{section}.{key}: must be at most 19 (Linux's lowest priority)")

@@ -49,6 +49,9 @@ RPC_SECONDS: Final = Histogram(
 )
 RPC_RECEIVED: Final = Counter("saiki_rpc_received", "RPCs that reached the server", ("method",))
 RPC_IN_FLIGHT: Final = Gauge("saiki_rpc_in_flight", "RPCs running now", multiprocess_mode="livesum")
+SHADOW_SKIPPED: Final = Counter(
+    "saiki_shadow_skipped", "Requests a staged shadow left unscored: over its CPU budget"
+)
 FEATURE_CACHE: Final = Counter(
     "saiki_feature_cache", "Merged feature rows, from memory (hit) or merged (miss)", ("result",)
 )

@@ -48,6 +48,7 @@ from saiki.serving.experiment import PRODUCTION_ONLY, Experiment, load_experimen
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.model import ModelConfig, model_inputs
 from saiki.serving.registry import ModelRegistry, Shadow
+from saiki.serving.shadow_budget import ShadowBudget
 
 log = logging.getLogger(__name__)
 BASELINE = "baseline"
@@ -335,12 +336,14 @@ class Predictor:
         prediction_log: PredictionLog | None = None,
         reload_interval_ms: int = 500,
         clock: Callable[[], int] = now_ms,
+        shadow_budget: ShadowBudget | None = None,
     ) -> None:
         torch.set_num_threads(1)  # one core per process: scale out with processes
         self._registry = registry
         self._merger = merger
         self._precision = precision
         self._log = prediction_log
+        self._shadow_budget = shadow_budget
         self._reload_ms = reload_interval_ms
         self._clock = clock
         self._checked = clock()
@@ -423,6 +426,17 @@ class Predictor:
             if release:
                 self._loading.release()
 
+    def _score_shadow(
+        self, charge: float, loaded: tuple[Any, ModelConfig], *args: Any, **kwargs: Any
+    ) -> npt.NDArray[np.float64]:
+        """The shadow's scores (on the log's writer thread), its time charged to the budget."""
+        began = time.perf_counter()
+        try:
+            return _score(loaded, *args, **kwargs)
+        finally:
+            if self._shadow_budget is not None:
+                self._shadow_budget.settle(charge, time.perf_counter() - began)
+
     def predict(
         self,
         user_id: str,
@@ -470,18 +484,21 @@ class Predictor:
             shadow = models.shadow
             shadowed = None
             if shadow is not None and (shadow.share >= 1.0 or random.random() < shadow.share):
-                shadowed = (
-                    shadow.name,
-                    functools.partial(
-                        _score,
-                        models.models[shadow.version],
-                        user.values,
-                        items.values,
-                        user_id=user_id,
-                        item_ids=item_ids,
-                        device_id=device_id,
-                    ),
-                )
+                charge = 0.0 if self._shadow_budget is None else self._shadow_budget.admit()
+                if charge is not None:
+                    shadowed = (
+                        shadow.name,
+                        functools.partial(
+                            self._score_shadow,
+                            charge,
+                            models.models[shadow.version],
+                            user.values,
+                            items.values,
+                            user_id=user_id,
+                            item_ids=item_ids,
+                            device_id=device_id,
+                        ),
+                    )
             self._log.write(
                 user_id,
                 result,

@@ -31,11 +31,12 @@ from saiki.serving.event_service import Appender, EventService
 from saiki.serving.feature_service import FeatureService
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.names import SERVICE_NAMES
-from saiki.serving.observability import ObservingInterceptor
+from saiki.serving.observability import SHADOW_SKIPPED, ObservingInterceptor
 from saiki.serving.prediction_service import PredictionService
 from saiki.serving.predictor import PredictionLog, Predictor
 from saiki.serving.registry import ModelRegistry
 from saiki.serving.security import AuthInterceptor, TokenBook, check_exposure, server_credentials
+from saiki.serving.shadow_budget import ShadowBudget
 from saiki.serving.speed_status import SpeedWatermark
 from saiki.v1 import (
     events_pb2_grpc,
@@ -238,6 +239,7 @@ def start_server(
         precision=serving.precision,
         prediction_log=prediction_log,
         reload_interval_ms=serving.reload_interval_ms,
+        shadow_budget=ShadowBudget(config.models.shadow_cpu, on_skip=SHADOW_SKIPPED.inc),
     )
     prediction_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(predictor, serving.max_candidates), server

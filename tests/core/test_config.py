@@ -46,8 +46,8 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("", {"SAIKI_SERVING_LOG_FEATURES_SHARE": "half"}, "serving.log_features_share"),
         ("[schedule]\nnice = 20\n", {}, "schedule.nice: must be at most 19"),
         ("[speed]\nnice = -1\n", {}, "speed.nice: must be at least 0"),
-        ("[models]\nshadow_cpu = 0.0\n", {}, "models.shadow_cpu: must be within (0, 1]"),
-        ("[models]\nshadow_cpu = 1.5\n", {}, "models.shadow_cpu: must be within (0, 1]"),
+        ("[models]\nshadow_cpu = 0.0\n", {}, "models.shadow_cpu: must be within"),
+        ("[models]\nshadow_cpu = 1.5\n", {}, "models.shadow_cpu: must be within"),
     ],
 )
 def test_bad_configuration_names_the_key(

@@ -6,10 +6,14 @@ it): the same server (``--workers 2``, int8, feature cache on) started three tim
 (every answer: request, user, device, every ranked item and score); and with the default
 ``log_features_share = 1`` (also the user's and each candidate's merged feature values);
 and the same with a second version staged in shadow (``saiki models stage``: it scores
-every request on the log's writer thread, after the answer is sent). 100 candidates per
+requests on the log's writer thread, after the answer is sent, within ``[models]
+shadow_cpu`` of a core per server process). 100 candidates per
 call, at 1 call in flight and at 8 (over 64 connections), in ``PREDICT_LOG_ROUNDS`` (4)
 rounds of alternating order, samples pooled per row, each round's p50 printed beside it
-and the log's cost given pooled and round by round. Targets (issue 20):
+and the log's cost given pooled and round by round, and as the servers' CPU time per
+call (user + system of the server's processes over each row, the rounds' median): under
+steal time and the other processes' noise, latency at saturation moves run to run by more
+than the log costs; CPU per call moves less. Targets (issue 20):
 logging costs at most 10% of the ``Predict`` p50; the shadow's cost is reported against
 the log with features.
 
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import psutil
 
 from benchmarks.bench_features import prepare
 from benchmarks.bench_predict import PORT, SECONDS, cli, load
@@ -44,7 +49,9 @@ SETTINGS = {
 }
 
 
-async def measure(settings: dict[str, str], data: Path) -> dict[int, tuple[list[float], int]]:
+async def measure(
+    settings: dict[str, str], data: Path
+) -> dict[int, tuple[list[float], int, float]]:
     # The kernel spreads the 8 connections over the 2 workers as it hashes them: all 8 on
     # one worker now and then, whose bound of 8 calls in flight then refused a call sent
     # before the server had counted the last one out (RESOURCE_EXHAUSTED stopped a run).
@@ -53,16 +60,34 @@ async def measure(settings: dict[str, str], data: Path) -> dict[int, tuple[list[
         data, PORT, workers=2, SERVING_PRECISION="int8", SERVING_MAX_IN_FLIGHT="16", **settings
     )
     try:
-        # 8 in flight over 64 connections: over 8, the kernel's split of the connections
-        # between the two workers (as uneven as 7 to 1 a time in sixteen) moved a row's p50
-        # by more than the log costs
-        return {n: await load(f"127.0.0.1:{PORT}", n, CONNECTIONS[n]) for n in (1, 8)}
+        measured = {}
+        for n in (1, 8):
+            # 8 in flight over 64 connections: over 8, the kernel's split of the connections
+            # between the two workers (as uneven as 7 to 1 a time in sixteen) moved a row's
+            # p50 by more than the log costs
+            before = server_cpu_s(server.pid)
+            samples, rate = await load(f"127.0.0.1:{PORT}", n, CONNECTIONS[n])
+            cpu_ms = (server_cpu_s(server.pid) - before) * 1000 / max(len(samples), 1)
+            measured[n] = (samples, rate, cpu_ms)
+        return measured
     finally:
         server.terminate()
         server.wait(60)
 
 
-Rows = dict[str, dict[int, tuple[list[float], int]]]
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the server and its worker processes so far: what a
+    setting costs per call, which steal time and the other processes move less than
+    latency."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+Rows = dict[str, dict[int, tuple[list[float], int, float]]]
 
 
 def log_size(folder: Path) -> tuple[int, int, int, int]:
@@ -89,7 +114,7 @@ def run_rounds(
     # Rounds in alternating order (forward, then backward, ...): a drift of the machine
     # over the run then weighs on every setting alike, and each row's per-round p50s
     # show the spread that a difference must beat.
-    results: dict[str, dict[int, tuple[list[float], int]]] = {}
+    results: dict[str, dict[int, tuple[list[float], int, list[float]]]] = {}
     per_round: dict[str, dict[int, list[float]]] = {}
     for round_number in range(ROUNDS):
         order = list(SETTINGS.items())
@@ -104,9 +129,9 @@ def run_rounds(
             finally:
                 if name == SHADOW:
                     cli(data, "models", "stage", "--end")
-            for flight, (samples, rate) in measured.items():
-                kept, total = results.setdefault(name, {}).get(flight, ([], 0))
-                results[name][flight] = (kept + samples, total + rate)
+            for flight, (samples, rate, cpu_ms) in measured.items():
+                kept, total, cpu = results.setdefault(name, {}).get(flight, ([], 0, []))
+                results[name][flight] = (kept + samples, total + rate, [*cpu, cpu_ms])
                 per_round.setdefault(name, {}).setdefault(flight, []).append(
                     float(np.percentile(np.array(samples) * 1000, 50))
                 )
@@ -117,7 +142,10 @@ def run_rounds(
                     r for r in read_predictions(data / "serving", 0) if "shadow_ms" in r
                 ]
     pooled = {
-        name: {f: (samples, total // ROUNDS) for f, (samples, total) in rows.items()}
+        name: {
+            f: (samples, total // ROUNDS, float(np.median(cpu)))
+            for f, (samples, total, cpu) in rows.items()
+        }
         for name, rows in results.items()
     }
     size, answers, named, written = sizes
@@ -154,14 +182,15 @@ def main() -> None:
         f"flight over {CONNECTIONS[8]} connections"
     )
     print(
-        f"{'setting':<36}{'in flight':>10}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}  p50 per round"
+        f"{'setting':<36}{'in flight':>10}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}"
+        f"{'CPU ms/call':>12}  p50 per round"
     )
     for name, by_flight in results.items():
-        for flight, (samples, rate) in by_flight.items():
+        for flight, (samples, rate, cpu_ms) in by_flight.items():
             rounds = " ".join(f"{v:.2f}" for v in per_round[name][flight])
             print(
                 f"{name:<36}{flight:>10}{ms(samples, 50):>8.2f}{ms(samples, 99):>8.2f}"
-                f"{rate:>9}  {rounds}"
+                f"{rate:>9}{cpu_ms:>12.3f}  {rounds}"
             )
     for flight in (1, 8):
         off = ms(results["log off"][flight][0], 50)
@@ -172,6 +201,12 @@ def main() -> None:
             f"{flight} in flight: logging with features costs {(full - off) / off:+.1%} of "
             f"the p50 ({off:.2f} -> {full:.2f} ms; target <= 10%); round by round "
             f"{' '.join(f'{p:+.0%}' for p in paired)}, median {float(np.median(paired)):+.1%}"
+        )
+        cpu_off, cpu_full = results["log off"][flight][2], results[FULL][flight][2]
+        print(
+            f"{flight} in flight: logging with features costs the servers "
+            f"{(cpu_full - cpu_off) / cpu_off:+.1%} CPU per call ({cpu_off:.3f} -> "
+            f"{cpu_full:.3f} ms, medians of the rounds)"
         )
         with_shadow = results[SHADOW][flight][0]
         print(

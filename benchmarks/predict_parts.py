@@ -27,7 +27,7 @@ def breakdown(data: Path) -> list[str]:
     from saiki.feature_repo.online_readers import online_reader
     from saiki.feature_repo.views import ViewCatalog
     from saiki.serving.merge import FeatureMerger
-    from saiki.serving.model import model_inputs
+    from saiki.serving.model import request_inputs
     from saiki.serving.registry import ModelRegistry
     from saiki.v1 import prediction_pb2
 
@@ -60,9 +60,7 @@ def breakdown(data: Path) -> list[str]:
                 dense = np.hstack(
                     [np.repeat(features_user.values, count, axis=0), features_items.values]
                 )
-                inputs = model_inputs(
-                    model_config, dense, [user] * count, candidates, [None] * count
-                )
+                inputs = request_inputs(model_config, dense, user, candidates, None)
                 with torch.no_grad():
                     scores = model(*inputs).numpy()
                 t2 = time.perf_counter()

@@ -119,6 +119,26 @@ def model_inputs(
     )
 
 
+def request_inputs(
+    config: ModelConfig,
+    dense: npt.NDArray[np.float64],
+    user_id: str,
+    items: Sequence[str],
+    device_id: str | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``model_inputs`` for one request's candidates, equal to it: the one user and device
+    bucketed once, not once per candidate (0.4 ms of a 1,000-candidate call)."""
+    count = len(items)
+    user = bucket([user_id], config.user_buckets)[0]
+    device = bucket([device_id], config.device_buckets)[0]
+    return (
+        torch.from_numpy(dense_inputs(dense)),
+        torch.from_numpy(np.full(count, user, dtype=np.int64)),
+        torch.from_numpy(bucket(items, config.item_buckets)),
+        torch.from_numpy(np.full(count, device, dtype=np.int64)),
+    )
+
+
 def quantise(model: RankingModel) -> Any:
     """int8 dynamic quantisation of the Linear layers and embedding tables, scripted.
 

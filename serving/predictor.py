@@ -46,7 +46,7 @@ from saiki.feature_repo.spec import FEATURE_NAMES, SPEC_VERSION
 from saiki.serving.experiment import FILE as EXPERIMENT_FILE
 from saiki.serving.experiment import PRODUCTION_ONLY, Experiment, load_experiment
 from saiki.serving.merge import FeatureMerger
-from saiki.serving.model import ModelConfig, model_inputs
+from saiki.serving.model import ModelConfig, request_inputs
 from saiki.serving.registry import ModelRegistry, Shadow
 from saiki.serving.shadow_budget import ShadowBudget
 
@@ -140,9 +140,7 @@ def _score(
     model, config = loaded
     count = len(item_ids)
     dense = np.hstack([np.repeat(user_values, count, axis=0), item_values])
-    inputs = model_inputs(
-        config, dense, [user_id] * count, list(item_ids), [device_id or None] * count
-    )
+    inputs = request_inputs(config, dense, user_id, item_ids, device_id or None)
     with torch.no_grad():  # thread-local: the log's writer thread needs its own
         scores: npt.NDArray[np.float64] = model(*inputs).numpy().astype(np.float64)
     return scores

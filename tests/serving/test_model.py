@@ -11,6 +11,7 @@ import pytest
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ArtifactError
 from saiki.serving.experiment import Experiment, Variant
+from saiki.serving.model import DENSE_COLUMNS
 from saiki.serving.registry import ARCHIVED, PRODUCTION, ModelRegistry
 
 pytestmark = pytest.mark.slow
@@ -109,3 +110,19 @@ def test_bad_experiments_are_refused() -> None:
         Experiment("x", (Variant("a", 1, 0.5), Variant("b", 2, 0.4)))
     with pytest.raises(ConfigError, match="differ"):
         Experiment("x", (Variant("a", 1, 0.5), Variant("a", 2, 0.5)))
+
+
+@pytest.mark.parametrize("device", ["ios", None])
+def test_one_requests_inputs_equal_the_per_row_inputs(device: str | None) -> None:
+    import numpy as np
+
+    from saiki.serving.model import ModelConfig, model_inputs, request_inputs
+
+    config = ModelConfig()
+    rng = np.random.default_rng(3)
+    items = [f"i{n}" for n in range(40)]
+    dense = rng.random((40, len(DENSE_COLUMNS))) * 50
+    once = request_inputs(config, dense, "u7", items, device)
+    per_row = model_inputs(config, dense, ["u7"] * 40, items, [device] * 40)
+    for a, b in zip(once, per_row, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and bool((a == b).all())

@@ -32,8 +32,9 @@ from saiki.serving.feature_service import FeatureService
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.names import SERVICE_NAMES
 from saiki.serving.observability import SHADOW_SKIPPED, ObservingInterceptor
+from saiki.serving.prediction_log import PredictionLog
 from saiki.serving.prediction_service import PredictionService
-from saiki.serving.predictor import PredictionLog, Predictor
+from saiki.serving.predictor import Predictor
 from saiki.serving.registry import ModelRegistry
 from saiki.serving.security import AuthInterceptor, TokenBook, check_exposure, server_credentials
 from saiki.serving.shadow_budget import ShadowBudget

@@ -25,7 +25,7 @@ from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.monitor import read_predictions
-from saiki.serving.predictor import Prediction, PredictionLog
+from saiki.serving.prediction_log import Prediction, PredictionLog
 from tests import oracle
 from tests.batch.test_master import stock_env
 from tests.conftest import END_MS, make_config

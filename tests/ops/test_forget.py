@@ -24,7 +24,7 @@ from saiki.feature_repo.layout import online_store_path
 from saiki.feature_repo.online_readers import SqliteOnlineReader
 from saiki.feature_repo.tiles import ENTITY_ID
 from saiki.feature_repo.views import ViewCatalog
-from saiki.serving.predictor import Prediction, PredictionLog
+from saiki.serving.prediction_log import Prediction, PredictionLog
 from tests.conftest import make_config, run_saiki
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from saiki.core.ingest import Ingestor
 from saiki.ops.models import promote
 from saiki.ops.shadow import TOP_K, compare, stage, verdict
 from saiki.serving.model import ModelConfig, RankingModel, quantise
-from saiki.serving.predictor import Prediction, PredictionLog
+from saiki.serving.prediction_log import Prediction, PredictionLog
 from saiki.serving.registry import ModelRegistry
 from tests.conftest import END_MS, make_config
 from tests.core.test_ingest import event_line

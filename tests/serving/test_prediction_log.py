@@ -12,9 +12,9 @@ import pytest
 
 from saiki.batch.predictions import forget_in_files
 from saiki.core.prediction_files import VectorBook
-from saiki.serving import predictor
+from saiki.serving import prediction_log
 from saiki.serving.monitor import read_predictions
-from saiki.serving.predictor import Prediction, PredictionLog
+from saiki.serving.prediction_log import Prediction, PredictionLog
 
 HOUR = 3_600_000
 
@@ -41,13 +41,13 @@ def test_a_full_queue_never_blocks_predict_and_the_drops_are_counted_in_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    real_render = predictor._render
+    real_render = prediction_log._render
 
     def slow_render(served: object, book: object) -> bytes:
         release.wait(10)  # the disk is stuck: the writer thread waits here
         return real_render(served, book)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(predictor, "_render", slow_render)
+    monkeypatch.setattr(prediction_log, "_render", slow_render)
     log = PredictionLog(tmp_path, queue_max=2)
     answer = Prediction("r", "v1", "production", [("i1", 0.9)])
     started = time.perf_counter()

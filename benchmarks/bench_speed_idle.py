@@ -1,0 +1,71 @@
+"""What the speed job costs while no event arrives: the JVM's CPU against ``[speed]
+monitor_ms``, how often Flink's source lists the log's folder.
+
+On ``bench_live``'s data (run it first, or this prepares it: three simulated days and the
+segments its ingest left): ``saiki speed run`` is started for each value of
+``IDLE_MONITOR_MS`` (``200,500,2000``), left ``WARM_S`` to catch up, then the JVM's CPU
+(user + system) is measured over ``MEASURE_S`` with nothing ingested. The segment files in
+the listed folder are counted: each listing costs per file, which is what the archiving of
+``saiki up`` bounds (docs/speed.md).
+
+    python -m benchmarks.bench_speed_idle
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from benchmarks.bench_live import prepare
+from benchmarks.common import DATA, PROJECT, conditions, fresh_dir
+
+VALUES = [int(v) for v in os.environ.get("IDLE_MONITOR_MS", "200,500,2000").split(",")]
+WARM_S, MEASURE_S = 35.0, 20.0
+
+
+def jvm_cores(root: psutil.Process, seconds: float) -> float:
+    """CPU cores the Java processes under ``root`` used over ``seconds``."""
+    javas = [p for p in root.children(recursive=True) if p.name() == "java"]
+    before = sum(sum(p.cpu_times()[:2]) for p in javas)
+    time.sleep(seconds)
+    return (sum(sum(p.cpu_times()[:2]) for p in javas) - before) / seconds
+
+
+def main() -> None:
+    data = DATA / "live" / "data"
+    if not (data / "views" / "CURRENT").exists():
+        fresh_dir("live")
+        data.mkdir(parents=True)
+        prepare(data)
+    segments = sum(1 for p in (data / "log").rglob("*") if p.is_file())
+    print(f"# idle speed job — {conditions()}")
+    print(
+        f"{segments} files under the log folder; warm-up {WARM_S:.0f} s, measured {MEASURE_S:.0f} s"
+    )
+    for monitor_ms in VALUES:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+        env["SAIKI_SPEED_MONITOR_MS"] = str(monitor_ms)
+        job = subprocess.Popen(
+            [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), "speed", "run"],
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            time.sleep(WARM_S)
+            cores = jvm_cores(psutil.Process(job.pid), MEASURE_S)
+        finally:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(60)
+        print(f"monitor_ms {monitor_ms:>5}: JVM {cores:.3f} cores with no event arriving")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -33,6 +33,54 @@ def conditions() -> str:
         f"{platform.machine()}, {cpus} cores, {memory:.0f} GiB, Python "
         f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}"
     )
+
+
+T = TypeVar("T")
+STEAL_MAX = float(os.environ.get("SAIKI_BENCH_STEAL_MAX", "0.02"))
+STEAL_ATTEMPTS = int(os.environ.get("SAIKI_BENCH_STEAL_ATTEMPTS", "3"))
+
+
+def cpu_counters() -> tuple[int, int]:
+    """The machine's steal and total CPU time so far, in clock ticks (``/proc/stat``; 0s
+    where there is none). Steal is time a virtual machine's CPUs were ready to run but the
+    hypervisor ran something else: on a shared host it comes and goes with the neighbours,
+    and while it lasts every process here is slower, whatever the code does."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(f) for f in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[7], sum(fields)
+
+
+def steal_since(before: tuple[int, int]) -> float:
+    """The share of the machine's CPU time the hypervisor took since ``before``."""
+    steal, total = cpu_counters()
+    return (steal - before[0]) / (total - before[1]) if total > before[1] else 0.0
+
+
+def with_least_steal(
+    measure: Callable[[], T], attempts: int = STEAL_ATTEMPTS, steal_max: float = STEAL_MAX
+) -> tuple[T, float, int]:
+    """``measure()`` again while the host took more than ``steal_max`` of the CPU during it,
+    at most ``attempts`` times in all: the result with the least steal, its steal share and
+    the number of attempts. A latency row measured while a neighbour took a quarter of the
+    cores says more about the neighbour than about saiki (seen here: 24% steal for ten
+    seconds moved a p99 from 1.6 to 10.7 ms); every attempt is still counted and the steal
+    is printed with the row, so nothing is hidden."""
+    best: tuple[T, float] | None = None
+    tries = 0
+    while tries < max(1, attempts):
+        tries += 1
+        before = cpu_counters()
+        result = measure()
+        steal = steal_since(before)
+        if best is None or steal < best[1]:
+            best = (result, steal)
+        if steal <= steal_max:
+            break
+    assert best is not None
+    return best[0], best[1], tries
 
 
 def traffic_file(events_hint: str = "10M") -> Path:

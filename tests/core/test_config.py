@@ -44,6 +44,7 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("", {"SAIKI_SERVING_PORT": "70000"}, "serving.port: must be at most 65535"),
         ("[serving]\nlog_features_share = 1.5\n", {}, "serving.log_features_share: must be"),
         ("", {"SAIKI_SERVING_LOG_FEATURES_SHARE": "half"}, "serving.log_features_share"),
+        ("", {"SAIKI_SERVING_ACCESS_LOG_SHARE": "-0.1"}, "serving.access_log_share: must be"),
         ("[schedule]\nnice = 20\n", {}, "schedule.nice: must be at most 19"),
         ("[speed]\nnice = -1\n", {}, "speed.nice: must be at least 0"),
         ("[models]\nshadow_cpu = 0.0\n", {}, "models.shadow_cpu: must be within"),

@@ -12,7 +12,8 @@ Side by side in one run, each server in a process of its own, one asyncio client
 * ``saiki serve`` itself (one worker, 16 in flight) on ``bench_live``'s data, when it is
   there: its health check, and ``GetFeatures`` for 1 user (the merged row from the
   cache); with an access line for every call (``[serving] access_log_share = 1``, the
-  default) and for none but the failed (0).
+  default) and for none but the failed (0), in alternating order, ``FLOOR_ROUNDS`` (2)
+  times.
 
 Printed per row: p50/p99 (ms), calls/s, the server process's CPU time per call (user +
 system, the figure that does not depend on how the two cores were shared) and the host's
@@ -41,6 +42,7 @@ from benchmarks.common import DATA, call_load, conditions, start_server, with_le
 
 PORT, SAIKI_PORT = 50_977, 50_978
 SECONDS = float(os.environ.get("FLOOR_SECONDS", "8"))
+ROUNDS = int(os.environ.get("FLOOR_ROUNDS", "2"))
 SERVERS = (
     "sync",
     "sync+max-concurrent",
@@ -151,7 +153,7 @@ def main() -> None:
     from benchmarks.bench_live import _loads
 
     user = _loads(np.random.default_rng(11))["GetFeatures, 1 user"]
-    for share in ("1", "0"):
+    for share in ("1", "0") * ROUNDS:  # alternating: the machine drifts between rows
         server = start_server(
             data, SAIKI_PORT, SERVING_MAX_IN_FLIGHT="16", SERVING_ACCESS_LOG_SHARE=share
         )

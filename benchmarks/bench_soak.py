@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import psutil
 
-from benchmarks.bench_live import ITEMS, USERS, prepare
 from benchmarks.common import (
     PROJECT,
     conditions,
@@ -53,6 +52,7 @@ from benchmarks.common import (
     impressions,
     steal_since,
 )
+from benchmarks.live_traffic import ITEMS, USERS, prepare
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import now_ms

@@ -21,8 +21,8 @@ import time
 
 import psutil
 
-from benchmarks.bench_live import prepare
 from benchmarks.common import DATA, PROJECT, conditions, fresh_dir
+from benchmarks.live_traffic import prepare
 
 VALUES = [int(v) for v in os.environ.get("IDLE_MONITOR_MS", "200,500,2000").split(",")]
 WARM_S, MEASURE_S = 35.0, 20.0

@@ -83,6 +83,18 @@ def with_least_steal(
     return best[0], best[1], tries
 
 
+def timed_calls(call: Callable[[], Any], seconds: float) -> tuple[list[float], float]:
+    """Each duration (s) of ``call()`` made over and over in this thread for ``seconds``,
+    and calls/s: for a library's own API measured in process (Feast's baselines)."""
+    samples: list[float] = []
+    began = time.perf_counter()
+    deadline = began + seconds
+    while (started := time.perf_counter()) < deadline:
+        call()
+        samples.append(time.perf_counter() - started)
+    return samples, len(samples) / (time.perf_counter() - began)
+
+
 def traffic_file(events_hint: str = "10M") -> Path:
     """The simulated traffic file, written on first use."""
     path = DATA / f"traffic-{events_hint}.jsonl"

@@ -37,8 +37,8 @@ import numpy as np
 import psutil
 import pyarrow.compute as pc
 
-from benchmarks.bench_live import ITEMS, USERS, prepare
 from benchmarks.common import PROJECT, conditions, fresh_dir, impressions
+from benchmarks.live_traffic import ITEMS, USERS, prepare
 from saiki.core.timeutil import now_ms
 from saiki.ops.status import read_job, read_part, read_service
 from saiki.serving.client import SaikiClient

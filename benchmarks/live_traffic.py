@@ -1,6 +1,6 @@
 """The moving parts of the live benchmarks (`bench_live`, `bench_soak`, `fault_drill`,
-`bench_speed_idle`): their data, the ingest driver, and the speed layer's priority and
-CPUs."""
+`bench_speed_idle`): their data, the ingest driver, and the speed layer's priority
+(its CPUs are `[speed] cpus`)."""
 
 from __future__ import annotations
 
@@ -99,26 +99,6 @@ class Ingest:
         self._stop.set()
         self.sent, self.freshness_ms = self._results.get(timeout=60)
         self._process.join(30)
-
-
-def cpu_set(text: str) -> set[int]:
-    """``"1"``, ``"0-1"`` or ``"0,1"`` as a set of CPU numbers."""
-    cpus: set[int] = set()
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
-    return cpus
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Hold every thread of a process and its descendants to ``cpus`` (Linux keeps the
-    affinity per thread, and a new thread inherits its creator's)."""
-    import psutil
-
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        for thread in process.threads():
-            os.sched_setaffinity(thread.id, cpus)
 
 
 def renice(pid: int, niceness: int) -> None:

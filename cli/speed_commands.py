@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 from saiki.core.config import load_config
-from saiki.core.process import lower_priority
+from saiki.core.errors import ConfigError
+from saiki.core.process import hold_to_cpus, lower_priority
 from saiki.core.timeutil import format_iso
 
 MANY_SEGMENTS = 10_000  # where `saiki speed status` says what the folder costs
@@ -55,8 +56,13 @@ def run_speed_command(args: argparse.Namespace) -> int:
     from saiki.speed.runner import run_speed
 
     config = load_config(args.data_dir, speed={"jobmanager": args.jobmanager or None})
-    if not config.speed.jobmanager:  # the local mini-cluster's JVM inherits it
+    if not config.speed.jobmanager:  # the local mini-cluster's JVM inherits both
         lower_priority(config.speed.nice)
+        try:
+            if held := hold_to_cpus(config.speed.cpus):
+                print(f"held to CPU(s) {sorted(held)} ([speed] cpus)", file=sys.stderr)
+        except ValueError as exc:
+            raise ConfigError(f"speed.cpus: {exc}") from exc
     last = [0.0]
 
     def report(look: Any) -> None:
@@ -130,7 +136,6 @@ def run_status(args: argparse.Namespace) -> int:
 def run_stop(args: argparse.Namespace) -> int:
     """``saiki speed stop``: cancel the cluster's job; its checkpoints stay, and the next
     ``saiki speed run`` resumes from the newest."""
-    from saiki.core.errors import ConfigError
     from saiki.speed.cluster import FlinkRest
 
     config = load_config(args.data_dir, speed={"jobmanager": args.jobmanager or None})

@@ -47,6 +47,8 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("", {"SAIKI_SERVING_ACCESS_LOG_SHARE": "-0.1"}, "serving.access_log_share: must be"),
         ("[schedule]\nnice = 20\n", {}, "schedule.nice: must be at most 19"),
         ("[speed]\nnice = -1\n", {}, "speed.nice: must be at least 0"),
+        ('[speed]\ncpus = "one"\n', {}, "speed.cpus: 'one' is not a CPU number"),
+        ("", {"SAIKI_SPEED_CPUS": "1-0"}, "speed.cpus: '1-0': CPU numbers"),
         ("[models]\nshadow_cpu = 0.0\n", {}, "models.shadow_cpu: must be within"),
         ("[models]\nshadow_cpu = 1.5\n", {}, "models.shadow_cpu: must be within"),
     ],

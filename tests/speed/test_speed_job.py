@@ -124,6 +124,20 @@ def feed_until_unchecked(
     pytest.fail("every part was checkpointed before the kill could land")
 
 
+def _affinities(pid: int) -> set[int]:
+    """The CPUs any thread of a process or its descendants (the JVM among them) may use."""
+    import psutil
+
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    assert any("java" in p.name() for p in processes), [p.name() for p in processes]
+    cpus: set[int] = set()
+    for process in processes:
+        for thread in process.threads():
+            cpus |= os.sched_getaffinity(thread.id)
+    return cpus
+
+
 def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     lambda_env: SaikiConfig, tmp_path: Path
 ) -> None:
@@ -146,6 +160,9 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     half_c.write_text("".join(lines[len(lines) // 2 :]))
     log = EventLog(config.log_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    # Held to one CPU by [speed] cpus, as a user would set it: its JVM and Python workers too.
+    one_cpu = max(os.sched_getaffinity(0))
+    env["SAIKI_SPEED_CPUS"] = str(one_cpu)
     job = subprocess.Popen(
         [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "speed", "run"],
         cwd=ROOT,
@@ -162,6 +179,7 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
             return status is not None and status.events_seen == log.events.head()
 
         _wait(caught_up, 180, "the first catch-up")
+        assert _affinities(job.pid) == {one_cpu}
         fed = feed_until_unchecked(log, parts, speed_dir / "checkpoints", caught_up)
         os.killpg(job.pid, signal.SIGKILL)
     finally:

@@ -157,6 +157,7 @@ def _load(
 
 
 FAILURES: list[str] = []
+FLUSHES_BEFORE = [0]  # the speed layer's flushes before its last restart
 
 
 def _cache_counts() -> tuple[float, float]:
@@ -308,6 +309,8 @@ def _restart_speed(data: Path, speed: subprocess.Popen[str], cpus: str) -> subpr
     """Stop the speed layer and start it again from its checkpoint with ``[speed] cpus``
     (empty: every CPU) at the first niceness; return once it has read what the log held
     when it started."""
+    status = read_status(data / "speed")
+    FLUSHES_BEFORE[0] += status.flushes if status else 0  # the count restarts with the job
     speed.terminate()
     speed.wait(120)
     head = EventLog(load_config(data, environ={}).log_dir).events.head()
@@ -383,7 +386,7 @@ def main() -> None:
     print(f"# live serving benchmark — {conditions()}")
     print(
         f"speed layer writing ({ingest.sent} events ingested at {CALLS_PER_S} calls/s x "
-        f"{EVENTS_PER_CALL}; {status.flushes if status else '?'} flushes in all); rows hold "
+        f"{EVENTS_PER_CALL}; {FLUSHES_BEFORE[0] + status.flushes if status else '?'} flushes in all); rows hold "
         f"24 h of tiles since the cutoff; saiki serve --workers 2 (2 threads, 16 in flight "
         f"each); one client process (asyncio, requests built beforehand; 8 in flight over 64 "
         f"connections); {PHASE_S:.0f} s per row; online store: {STORE}; "

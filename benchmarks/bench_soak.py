@@ -25,6 +25,7 @@ gave to others: on a shared host it comes and goes, and slows every process here
 
     python -m benchmarks.bench_soak                      # 60 min, 5-min windows
     SOAK_MINUTES=15 SOAK_WINDOW_S=150 SOAK_RECOMPUTE=5m python -m benchmarks.bench_soak
+    SOAK_SPEED_CPUS=1 python -m benchmarks.bench_soak    # the speed layer held to CPU 1
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ SENDERS = 8  # Ingest calls the driver may have in flight
 # The server's group commit linger ([log] group_commit_ms): at most one segment per
 # linger, so at 20 calls/s the folder Flink lists grows by 4 segments/s instead of 20.
 LINGER_MS = int(os.environ.get("SOAK_LINGER_MS", "200"))
+# [speed] cpus for the soak ("1": the speed layer's JVM and workers on CPU 1; empty: all).
+SPEED_CPUS = os.environ.get("SOAK_SPEED_CPUS", "")
 # Each Ingest call holds a gRPC thread until its group is durable, so a process
 # acknowledges at most threads / linger calls a second: 8 threads / 0.2 s = 40 calls/s.
 THREADS, MAX_IN_FLIGHT = 8, 32
@@ -260,7 +263,8 @@ def main() -> None:
     data = fresh_dir("soak") / "data"
     print(
         f"# soak: {MINUTES:g} min, windows of {WINDOW_S:g}s, recompute every {RECOMPUTE}, "
-        f"group commit linger {LINGER_MS} ms, {THREADS} server threads"
+        f"group commit linger {LINGER_MS} ms, {THREADS} server threads, "
+        f"[speed] cpus = {SPEED_CPUS!r}"
     )
     print(f"# {conditions()}")
     prepare(data)
@@ -268,6 +272,7 @@ def main() -> None:
         f'[schedule]\nload = "5m"\nrecompute = "{RECOMPUTE}"\nmonitor = "15m"\nretrain = "1d"\n'
         f"[serving]\nport = {PORT}\nthreads = {THREADS}\nmax_in_flight = {MAX_IN_FLIGHT}\n"
         f"[log]\ngroup_commit_ms = {LINGER_MS}\n"
+        f'[speed]\ncpus = "{SPEED_CPUS}"\n'
     )
     config = load_config(data, environ={})
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}

@@ -383,13 +383,14 @@ def main() -> None:
         speed.terminate()
         speed.wait(120)
     status = read_status(data / "speed")
+    flushes = FLUSHES_BEFORE[0] + status.flushes if status else "?"
     print(f"# live serving benchmark — {conditions()}")
     print(
         f"speed layer writing ({ingest.sent} events ingested at {CALLS_PER_S} calls/s x "
-        f"{EVENTS_PER_CALL}; {FLUSHES_BEFORE[0] + status.flushes if status else '?'} flushes in all); rows hold "
-        f"24 h of tiles since the cutoff; saiki serve --workers 2 (2 threads, 16 in flight "
-        f"each); one client process (asyncio, requests built beforehand; 8 in flight over 64 "
-        f"connections); {PHASE_S:.0f} s per row; online store: {STORE}; "
+        f"{EVENTS_PER_CALL}; {flushes} flushes in all); rows hold 24 h of tiles since the "
+        f"cutoff; saiki serve --workers 2 (2 threads, 16 in flight each); one client process "
+        f"(asyncio, requests built beforehand; 8 in flight over 64 connections); "
+        f"{PHASE_S:.0f} s per row; online store: {STORE}; "
         f"live-nN: the speed layer (driver and JVM) at niceness N; live-cS: the speed layer "
         f"started with [speed] cpus = S; steal: the share of the "
         f"machine's CPU time the hypervisor took during the row, n: attempts (a row is "

@@ -13,64 +13,51 @@ in one process under the log's writer lock.
 
 from __future__ import annotations
 
-import gc
-import hashlib
-import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-import msgspec
-import numpy as np
-import orjson
 import pyarrow as pa
 
 from saiki.core.errors import ComponentError, StorageError
-from saiki.core.eventlog import INGEST_FIELD, OFFSET_FIELD, EventLog, Segment, StagedSegment
-from saiki.core.log_tail import LogTail
-from saiki.core.schema import (
-    EVENT_ARROW_SCHEMA,
-    FIELDS,
-    MAX_ID_CHARS,
-    Event,
-    Rejection,
-    check_json_lines,
-    validate_event,
+from saiki.core.eventlog import EventLog, Segment, StagedSegment
+from saiki.core.log_records import (  # the records' formats, importable from here too
+    LOG_ARROW_SCHEMA,
+    QUARANTINE_ARROW_SCHEMA,
+    QUARANTINE_RECORD_SCHEMA,
+    RAW_PREFIX_BYTES,
+    RECORD_KEYS,
+    SEGMENT_ARROW_SCHEMA,
+    bounded_payload,
+    encode_records,
+    gc_paused,
+    lines_and_columns,
+    quarantine_records,
 )
+from saiki.core.log_tail import LogTail
+from saiki.core.schema import FIELDS, Event, Rejection, check_json_lines, validate_event
 from saiki.core.timeutil import now_ms
 
-# A log record of the events topic: the event and its ingest time. Its offset is implicit
-# (segment first offset + line number) and added when a segment is read.
-SEGMENT_ARROW_SCHEMA = pa.schema([INGEST_FIELD, *EVENT_ARROW_SCHEMA])
-LOG_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *SEGMENT_ARROW_SCHEMA])
-QUARANTINE_RECORD_SCHEMA = pa.schema(
-    [
-        INGEST_FIELD,
-        pa.field("source", pa.string()),
-        pa.field("event_id", pa.string()),
-        pa.field("field", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("raw", pa.string()),
-        pa.field("raw_bytes", pa.int64()),
-        pa.field("raw_sha256", pa.string()),
-    ]
-)
-# The most of a rejected payload the quarantine keeps: a longer one is kept as its prefix
-# with its size and hash, so one oversized input cannot make a record no reader can take.
-RAW_PREFIX_BYTES = 4096
-QUARANTINE_ARROW_SCHEMA = pa.schema([OFFSET_FIELD, *QUARANTINE_RECORD_SCHEMA])
-_RECORD_KEYS = ("ingest_ms", "prior_ms", *FIELDS)
-
-
-# A record of the events topic as rendered: the envelope, then the event's own fields.
-_LogRecord = msgspec.defstruct(
-    "_LogRecord",
-    [("ingest_ms", int), ("prior_ms", int), *typing.get_type_hints(Event).items()],
-    gc=False,
-)
-_RECORD_ENCODER = msgspec.json.Encoder()
+__all__ = [
+    "LOG_ARROW_SCHEMA",
+    "QUARANTINE_ARROW_SCHEMA",
+    "QUARANTINE_RECORD_SCHEMA",
+    "RAW_PREFIX_BYTES",
+    "RECORD_KEYS",
+    "SEGMENT_ARROW_SCHEMA",
+    "IngestResult",
+    "Ingestor",
+    "RawEvent",
+    "StagedBatch",
+    "bounded_payload",
+    "check_inputs",
+    "check_lines",
+    "encode_records",
+    "quarantine_records",
+    "split_checked",
+    "stage_batch",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +131,7 @@ def stage_batch(
     staged_events = None
     newest = 0
     if events:
-        payload, table, newest = _lines_and_columns(events, ingest_ms)
+        payload, table, newest = lines_and_columns(events, ingest_ms)
         staged_events = log.events.stage_payload(payload, len(events), table)
     staged_quarantine = None
     if rejected:
@@ -181,86 +168,9 @@ def split_checked(
     return events, ids, rejected, duplicates
 
 
-def quarantine_records(
-    rejected: Sequence[tuple[int, Rejection]],
-    ingest_ms: int,
-    describe: Callable[[int], tuple[str, str]],
-) -> list[bytes]:
-    """The quarantine topic's records (JSON) of rejected inputs, with their reasons."""
-    records = []
-    for index, why in rejected:
-        raw, source = describe(index)
-        kept, size, digest = bounded_payload(raw)
-        record = {
-            "ingest_ms": ingest_ms,
-            "source": source,
-            "event_id": why.event_id[:MAX_ID_CHARS],
-            "field": why.field[:MAX_ID_CHARS],
-            "reason": why.reason[:RAW_PREFIX_BYTES],
-            "raw": kept,
-            "raw_bytes": size,
-            "raw_sha256": digest,
-        }
-        records.append(orjson.dumps(record))
-    return records
-
-
-def encode_records(
-    events: Sequence[Event], ingest_ms: int, watermark_ms: int
-) -> tuple[list[bytes], int]:
-    """Each event as its log record (JSON, ``prior_ms`` = the newest capped event time
-    before it, starting from ``watermark_ms``); also the newest capped event time."""
-    capped = np.minimum(np.fromiter((e[1] for e in events), np.int64, len(events)), ingest_ms)
-    prior = np.empty(len(events), dtype=np.int64)
-    prior[0] = watermark_ms
-    np.maximum.accumulate(np.maximum(capped[:-1], watermark_ms), out=prior[1:])
-    records = [
-        _RECORD_ENCODER.encode(_LogRecord(ingest_ms, before, *event))
-        for before, event in zip(prior.tolist(), events, strict=True)
-    ]
-    return records, max(int(capped.max()), watermark_ms)
-
-
-def bounded_payload(raw: str) -> tuple[str, int, str]:
-    """A rejected payload as the quarantine keeps it: at most ``RAW_PREFIX_BYTES`` of it
-    (cut on a character boundary), its full size in bytes and its SHA-256."""
-    encoded = raw.encode("utf-8", errors="surrogatepass")
-    digest = hashlib.sha256(encoded).hexdigest()
-    if len(encoded) <= RAW_PREFIX_BYTES:
-        return raw, len(encoded), digest
-    prefix = encoded[:RAW_PREFIX_BYTES].decode("utf-8", errors="ignore")
-    return prefix, len(encoded), digest
-
-
-def _lines_and_columns(events: list[Event], ingest_ms: int) -> tuple[bytes, pa.Table, int]:
-    """Canonical JSON lines (with each record's ``prior_ms``), joined, and their Arrow
-    columns; also the newest capped event time."""
-    with _gc_paused():
-        # One pass per field with itemgetter: three times faster than zip(*events).
-        columns = [list(map(itemgetter(i), events)) for i in range(len(FIELDS))]
-        capped = np.minimum(np.fromiter(columns[1], np.int64, len(events)), ingest_ms)
-        prior = np.zeros(len(events), dtype=np.int64)
-        np.maximum.accumulate(capped[:-1], out=prior[1:])
-        # Structs encoded as JSON lines by msgspec in C: a third of the time of building
-        # dicts for orjson. Fields in _RECORD_KEYS order (a test reads them back).
-        payload = _RECORD_ENCODER.encode_lines(
-            [
-                _LogRecord(ingest_ms, before, e0, e1, e2, e3, e4, e5, e6, e7, e8)
-                for before, (e0, e1, e2, e3, e4, e5, e6, e7, e8) in zip(
-                    prior.tolist(), events, strict=True
-                )
-            ]
-        )
-    arrays = [pa.array([ingest_ms] * len(events), pa.int64())] + [
-        pa.array(column, type=f.type) for column, f in zip(columns, EVENT_ARROW_SCHEMA, strict=True)
-    ]
-    table = pa.Table.from_arrays(arrays, schema=SEGMENT_ARROW_SCHEMA)
-    return payload, table, int(capped.max())
-
-
 def check_lines(lines: Sequence[bytes], ingest_ms: int) -> list[Event | Rejection]:
     """Decode and validate raw JSON lines; a broken line is a Rejection, never an error."""
-    with _gc_paused():
+    with gc_paused():
         return check_json_lines(lines, ingest_ms)
 
 
@@ -392,28 +302,12 @@ class Ingestor:
         with pa.memory_map(str(staged.sidecar)) as source:
             rows = pa.ipc.open_file(source).read_all().take(keep)
         ingest_ms = int(rows.column("ingest_ms")[0].as_py())
-        with _gc_paused():  # column by column: a fifth of the time of to_pylist() rows
+        with gc_paused():  # column by column: a fifth of the time of to_pylist() rows
             columns = [rows.column(name).to_pylist() for name in FIELDS]
             events = list(map(Event._make, zip(*columns, strict=True)))
         # Re-rendered: each record's prior_ms must only count records that stay.
-        payload, table, newest = _lines_and_columns(events, ingest_ms)
+        payload, table, newest = lines_and_columns(events, ingest_ms)
         fresh = self.log.events.stage_payload(payload, len(events), table)
         staged.discard()
         event_ids[:] = [event_ids[i] for i in keep]
         return fresh, dropped, newest
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC around loops that allocate millions of acyclic objects.
-
-    Nothing allocated there forms a cycle; a full collection every few hundred
-    thousand allocations only rescans them and costs more than the work itself.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

@@ -11,8 +11,8 @@ import pytest
 
 from saiki.core.eventlog import EventLog, Topic
 from saiki.core.ingest import (
-    _RECORD_KEYS,
     QUARANTINE_RECORD_SCHEMA,
+    RECORD_KEYS,
     SEGMENT_ARROW_SCHEMA,
     Ingestor,
     RawEvent,
@@ -166,7 +166,7 @@ def test_log_records_are_the_events_in_canonical_order_with_their_columns(
     Ingestor(log, clock=lambda: NOW).ingest_lines(lines, "test")
     (segment,) = log.events.segments(0)
     records = [orjson.loads(line) for line in segment.path.read_bytes().splitlines()]
-    assert [list(r) for r in records] == [list(_RECORD_KEYS)] * 3
+    assert [list(r) for r in records] == [list(RECORD_KEYS)] * 3
     for record, line in zip(records, lines, strict=True):
         sent = orjson.loads(line)
         assert {k: record[k] for k in sent} == sent

@@ -5,12 +5,13 @@
   A child that exits is restarted after a backoff (1 s, doubling to 60 s; back to 1 s
   once it has stayed up a minute); its whole process group goes first, so a speed
   driver's JVM never outlives it. The speed layer resumes from its newest checkpoint.
-* **Jobs.** APScheduler fires ``load``, ``recompute``, ``monitor`` and ``retrain`` on the
-  cadences of ``[schedule]``; each runs the plain ``saiki`` command as a child process,
-  one job at a time (two cores serve first). A job that fails or is killed is retried
-  with backoff (30 s doubling to 15 min, never past its next scheduled run) and reported;
-  the others go on. ``monitor`` exiting "retrain due" starts ``retrain`` at once, unless
-  a retrain has run since the last recompute (nothing new to learn from: no loop).
+* **Jobs** (``saiki.ops.scheduled_jobs``). APScheduler fires ``load``, ``recompute``,
+  ``monitor`` and ``retrain`` on the cadences of ``[schedule]``; each runs the plain
+  ``saiki`` command as a child process, one job at a time (two cores serve first). A job
+  that fails or is killed is retried with backoff (30 s doubling to 15 min, never past
+  its next scheduled run) and reported; the others go on. ``monitor`` exiting "retrain
+  due" starts ``retrain`` at once, unless a retrain has run since the last recompute
+  (nothing new to learn from: no loop).
 * **Status.** Parts, jobs and the service itself keep records under ``<data>/status``
   (``saiki.ops.status``), which ``saiki status`` reads.
 * **Stopping.** SIGTERM or Ctrl-C: the scheduler stops taking jobs, a running job gets
@@ -36,16 +37,14 @@ from typing import IO, Any
 
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import PreconditionError
-from saiki.core.process import NICE_ENV
 from saiki.ops.processes import group_members, kill_group, logs_dir, rotate, spawn
-from saiki.ops.schedule import JobSpec, job_specs, next_run, retry_delay, trigger_for
+from saiki.ops.schedule import job_specs, trigger_for
+from saiki.ops.scheduled_jobs import ScheduledJobs, exit_text
 from saiki.ops.status import (
     PartRecord,
     ServiceRecord,
-    read_job,
     read_service,
     status_dir,
-    write_job,
     write_part,
     write_service,
 )
@@ -54,14 +53,6 @@ RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 60.0
 STABLE_AFTER_S = 60.0  # up this long: the next restart waits RESTART_FIRST_S again
 STOP_GRACE_S = 40.0
-
-
-def _iso_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _exit_text(code: int) -> str:
-    return f"signal {-code}" if code < 0 else f"exit {code}"
 
 
 @dataclass
@@ -95,7 +86,7 @@ class Part:
 
 
 @dataclass
-class Service:
+class Service(ScheduledJobs):
     """The supervisor and scheduler of ``saiki up``."""
 
     config: SaikiConfig
@@ -232,7 +223,7 @@ class Service:
                     part.backoff = RESTART_FIRST_S
                 continue
             kill_group(process.pid)  # whatever it started (the JVM) goes with it
-            part.last_exit = _exit_text(code)
+            part.last_exit = exit_text(code)
             part.restart_at = now + part.backoff
             self.say(
                 f"saiki up: the {part.name} ended ({part.last_exit}); restarting in "
@@ -288,126 +279,6 @@ class Service:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 job.wait(STOP_GRACE_S)
             kill_group(job.pid)
-
-    # ---- jobs -------------------------------------------------------------------------
-
-    def _start_scheduler(self) -> None:
-        from apscheduler.executors.pool import ThreadPoolExecutor
-        from apscheduler.schedulers.background import BackgroundScheduler
-
-        scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1)},  # one job at a time
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone="UTC",
-        )
-        now = time.time()
-        import datetime as dt
-
-        for spec in job_specs(self.config):
-            last = read_job(self.config.data_dir, spec.name)
-            first = next_run(spec.name, spec.cadence, last.started_at if last else None, now)
-            scheduler.add_job(
-                self.run_job,
-                trigger_for(spec.name, spec.cadence),
-                args=(spec, "scheduled"),
-                id=spec.name,
-                next_run_time=dt.datetime.fromtimestamp(first, dt.UTC) if first else None,
-            )
-        scheduler.start()
-        self._scheduler = scheduler
-
-    def run_job(self, spec: JobSpec, trigger: str) -> int | None:
-        """Run one job's command to its end; retry on failure, react to its answer."""
-        if self.stopping.is_set():
-            return None
-        path = logs_dir(self.config.data_dir) / f"{spec.name}.log"
-        rotate(path)
-        started = time.time()
-        with open(path, "ab") as log:
-            log.write(f"\n== {spec.name} ({trigger}) at {_iso_now()}\n".encode())
-            log.flush()
-            process = spawn(
-                self.config,
-                spec.argv,
-                log,
-                SAIKI_JOB_TRIGGER=trigger,
-                **{NICE_ENV: str(self.config.schedule.nice)},
-            )
-            with self._lock:
-                self._job_process = process
-            code = process.wait()
-            kill_group(process.pid)
-        with self._lock:
-            self._job_process = None
-        seconds = time.time() - started
-        if code < 0:
-            self._mark_killed(spec.name, process.pid, code)
-        if self.stopping.is_set():
-            return code
-        if code == 0 and spec.name == "recompute":
-            self._refresh_speed.set()
-        if code == 0 or (spec.name == "monitor" and code == 1):
-            self.say(
-                f"saiki up: {spec.name} "
-                f"{'ok' if code == 0 else 'says a retrain is due'} ({seconds:.1f}s)"
-            )
-            if spec.name == "monitor" and code == 1:
-                self._retrain_if_new_data()
-            return code
-        record = read_job(self.config.data_dir, spec.name)
-        failures = record.failures if record else 1
-        delay = retry_delay(failures)
-        self.say(
-            f"saiki up: {spec.name} failed ({_exit_text(code)}, {seconds:.1f}s); retry "
-            f"{failures} in {delay:.0f}s; log: {path}"
-        )
-        self._later(spec, "retry", delay)
-        return code
-
-    def _mark_killed(self, name: str, pid: int, code: int) -> None:
-        """A job killed by a signal could not write its own outcome."""
-        record = read_job(self.config.data_dir, name)
-        if record is not None and record.outcome == "running" and record.pid == pid:
-            record.outcome = "failed"
-            record.detail = f"killed by {_exit_text(code)}"
-            record.failures += 1
-            record.finished_at = time.time()
-            write_job(self.config.data_dir, record)
-
-    def _later(self, spec: JobSpec, trigger: str, delay: float) -> None:
-        import datetime as dt
-
-        scheduler = self._scheduler
-        if scheduler is None or self.stopping.is_set():
-            return
-        at = dt.datetime.fromtimestamp(time.time() + delay, dt.UTC)
-        scheduled = scheduler.get_job(spec.name)
-        if (
-            scheduled is not None
-            and scheduled.next_run_time is not None
-            and scheduled.next_run_time <= at
-        ):
-            return  # the scheduled run comes first and is the retry
-        scheduler.add_job(
-            self.run_job,
-            "date",
-            run_date=at,
-            args=(spec, trigger),
-            id=f"{spec.name}-{trigger}",
-            replace_existing=True,
-        )
-
-    def _retrain_if_new_data(self) -> None:
-        """Retrain now, unless a retrain already ran after the newest recompute."""
-        data_dir = self.config.data_dir
-        retrain, recompute = read_job(data_dir, "retrain"), read_job(data_dir, "recompute")
-        if retrain is not None and (
-            recompute is None or retrain.started_at >= recompute.started_at
-        ):
-            self.say("saiki up: retrain due, but nothing recomputed since the last retrain")
-            return
-        spec = next(s for s in job_specs(self.config) if s.name == "retrain")
-        self._later(spec, "policy", 0.0)
 
 
 def run_up(config: SaikiConfig, serve_argv: Sequence[str]) -> int:

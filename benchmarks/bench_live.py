@@ -82,10 +82,11 @@ from benchmarks.live_traffic import (
     Ingest,
     prepare,
     renice,
+    restart_speed,
+    wait_caught_up,
 )
 from benchmarks.predict_parts import breakdown
 from saiki.core.config import load_config
-from saiki.core.eventlog import EventLog
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.ops.local_servers import start_redis, stop
@@ -306,30 +307,13 @@ def _speed_phases(
 
 
 def _restart_speed(data: Path, speed: subprocess.Popen[str], cpus: str) -> subprocess.Popen[str]:
-    """Stop the speed layer and start it again from its checkpoint with ``[speed] cpus``
-    (empty: every CPU) at the first niceness; return once it has read what the log held
-    when it started."""
+    """``live_traffic.restart_speed`` with ``[speed] cpus`` (empty: every CPU), counting
+    the flushes of the job it stops; the new one runs at the first niceness."""
     status = read_status(data / "speed")
     FLUSHES_BEFORE[0] += status.flushes if status else 0  # the count restarts with the job
-    speed.terminate()
-    speed.wait(120)
-    head = EventLog(load_config(data, environ={}).log_dir).events.head()
-    speed = saiki(data, "speed", "run", settings={"SPEED_CPUS": cpus} if cpus else None)
-    _caught_up(data, head)
+    speed = restart_speed(data, speed, {"SPEED_CPUS": cpus} if cpus else None)
     renice(speed.pid, NICES[0])
     return speed
-
-
-def _caught_up(data: Path, head: int) -> None:
-    """Wait until the speed layer has read ``head`` events and written every changed row."""
-    deadline = time.monotonic() + 300
-    while True:
-        status = read_status(data / "speed")
-        if status is not None and status.pending_rows == 0 and status.events_seen >= head:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit("the speed layer did not catch up")
-        time.sleep(1)
 
 
 def main() -> None:
@@ -349,7 +333,7 @@ def main() -> None:
         data = fresh_dir(name) / "data"
         prepare(data)
     speed = saiki(data, "speed", "run")
-    _caught_up(data, 1)
+    wait_caught_up(data, 1)
     server = start_server(
         data,
         PORT,

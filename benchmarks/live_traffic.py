@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,10 @@ import numpy as np
 
 from benchmarks.bench_speed import saiki
 from benchmarks.common import impressions
+from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
+from saiki.feature_repo.online import read_status
 from saiki.serving.client import SaikiClient
 
 USERS = [f"u{n}" for n in range(2_000)]
@@ -110,3 +114,29 @@ def renice(pid: int, niceness: int) -> None:
     for process in [root, *root.children(recursive=True)]:
         for thread in process.threads():
             os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+
+
+def wait_caught_up(data: Path, head: int, timeout_s: float = 300) -> None:
+    """Wait until the speed layer on ``data`` has read ``head`` events and written every
+    row they changed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = read_status(data / "speed")
+        if status is not None and status.pending_rows == 0 and status.events_seen >= head:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("the speed layer did not catch up")
+        time.sleep(1)
+
+
+def restart_speed(
+    data: Path, speed: subprocess.Popen[str], settings: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Stop ``saiki speed run`` and start it again from its checkpoint with ``settings``
+    (``bench_speed.saiki``'s); return once it has read what the log held at the stop."""
+    speed.terminate()
+    speed.wait(120)
+    head = EventLog(load_config(data, environ={}).log_dir).events.head()
+    speed = saiki(data, "speed", "run", settings=settings)
+    wait_caught_up(data, head)
+    return speed

@@ -197,7 +197,18 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    """Releasing a model: shadow staging (``saiki models stage V`` / ``compare V``)."""
+    """Training a model (what a retrain reads) and releasing one: shadow staging
+    (``saiki models stage V`` / ``compare V``)."""
+
+    # A training set built by `saiki train` (and so each scheduled retrain) spans at most
+    # this many days up to the newest cutoff, so a retrain's cost does not grow with the
+    # service's uptime; --from overrides it.
+    training_days: int = 7
+    # Rows a retrain fits on and is judged on, at most: a uniform sample beyond (fixed
+    # seed, so production's backtest scores exactly the held-out rows the new version is
+    # judged on) keeps a retrain's time bounded whatever the traffic.
+    max_train_rows: int = 1_000_000
+    max_holdout_rows: int = 200_000
 
     # The share of requests a staged version scores by default (``stage --share``).
     shadow_share: float = 1.0

@@ -36,6 +36,9 @@ _MINIMA: dict[tuple[str, str], int] = {
     ("serving", "reload_interval_ms"): 1,
     ("schedule", "keep_views"): 2,
     ("schedule", "nice"): 0,
+    ("models", "training_days"): 2,  # a day held out, and one to train on
+    ("models", "max_train_rows"): 1_000,
+    ("models", "max_holdout_rows"): 1_000,
     ("models", "shadow_minutes"): 0,
     ("models", "shadow_min_labelled"): 1,
     ("models", "shadow_tolerance"): 0,

@@ -16,7 +16,7 @@ from saiki.core import audit
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import InvalidInputError, PreconditionError
 from saiki.core.eventlog import EventLog
-from saiki.core.timeutil import MS_PER_DAY, format_iso, now_ms
+from saiki.core.timeutil import format_iso, now_ms
 from saiki.ops.console import print_table
 from saiki.ops.shadow import compare, stage, verdict
 from saiki.serving.experiment import Experiment, Variant, write_experiment
@@ -24,11 +24,13 @@ from saiki.serving.model import ModelConfig
 from saiki.serving.registry import ModelRegistry, ModelVersion
 from saiki.serving.training import (
     auc,
+    cap_rows,
     load_rows,
     log_loss,
     predict,
     split_by_time,
     train_and_evaluate,
+    training_from,
 )
 
 
@@ -60,7 +62,8 @@ class TrainOutcome:
 def default_training_set(
     config: SaikiConfig, from_ms: int | None, to_ms: int | None
 ) -> tuple[Path, TrainingSetLineage]:
-    """Build a training set from the master dataset (all of it, after a day of warm-up)."""
+    """Build a training set from the master dataset: after a day of warm-up, at most
+    ``[models] training_days`` up to the newest cutoff."""
     master = MasterDataset(config)
     master.load(EventLog(config.log_dir))
     snapshot = master.resolve_snapshot()
@@ -70,7 +73,7 @@ def default_training_set(
     if from_ms is None:
         earliest = master.read(snapshot, ("event_time",)).column("event_time")
         first = int(pc.cast(pc.min(earliest), "int64").as_py()) // 1000
-        from_ms = min(first + MS_PER_DAY, to_ms - MS_PER_DAY)
+        from_ms = training_from(first, to_ms, config.models.training_days)
     out = config.data_dir / "training" / f"set-{now_ms()}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     lineage = build_training_set(config, from_ms, to_ms, out, snapshot_id=snapshot)
@@ -78,11 +81,17 @@ def default_training_set(
 
 
 def backtest(
-    registry: ModelRegistry, version: int, path: Path, holdout_from_ms: int | None = None
+    registry: ModelRegistry,
+    version: int,
+    path: Path,
+    holdout_from_ms: int | None = None,
+    max_holdout_rows: int | None = None,
 ) -> dict[str, float]:
-    """A registered model's AUC and log loss on the held-out days of a training set."""
+    """A registered model's AUC and log loss on the held-out days of a training set (the
+    same sample of them ``train_and_evaluate`` judged on, given the same cap)."""
     model, config = registry.load(version, "fp32")
     _, test, _ = split_by_time(load_rows(path), holdout_from_ms)
+    test = cap_rows(test, max_holdout_rows)
     scores = predict(model, config, test)
     return {
         "version": version,
@@ -100,7 +109,12 @@ def train_and_register(
     if path is None:
         path, _ = default_training_set(config, request.from_ms, request.to_ms)
     model, quantised, report = train_and_evaluate(
-        path, epochs=request.epochs, seed=request.seed, holdout_from_ms=request.holdout_from_ms
+        path,
+        epochs=request.epochs,
+        seed=request.seed,
+        holdout_from_ms=request.holdout_from_ms,
+        max_train_rows=config.models.max_train_rows,
+        max_holdout_rows=config.models.max_holdout_rows,
     )
     registry = ModelRegistry.open(config)
     production = registry.production()
@@ -108,7 +122,7 @@ def train_and_register(
     if production is not None:
         # The model in production, scored on exactly the rows the new one is judged on.
         metrics["production_backtest"] = backtest(
-            registry, production, path, request.holdout_from_ms
+            registry, production, path, request.holdout_from_ms, config.models.max_holdout_rows
         )
     lineage = {"training_set": str(path), **read_lineage(path).__dict__}
     entry = registry.register(model, quantised, ModelConfig(), lineage, metrics)
@@ -188,12 +202,19 @@ def rollback(config: SaikiConfig) -> int:
     return restored
 
 
+def _of(metrics: dict[str, Any], key: str) -> str:
+    """`` (a sample of N)`` when a cap sampled that side, else nothing."""
+    available = metrics.get(f"{key}_available", 0)
+    return f" (a sample of {available})" if available > metrics[key] else ""
+
+
 def print_training_report(outcome: TrainOutcome) -> None:
     """The training report: every scorer on the same held-out rows, int8 against fp32."""
     name, metrics, artifacts = outcome.entry.name, outcome.metrics, outcome.entry.artifacts
     print(
-        f"model {name}: trained on {metrics['rows_train']} impressions, held out "
-        f"{metrics['rows_holdout']} from {format_iso(metrics['holdout_from_ms'])} "
+        f"model {name}: trained on {metrics['rows_train']}{_of(metrics, 'rows_train')} "
+        f"impressions, held out {metrics['rows_holdout']}{_of(metrics, 'rows_holdout')} "
+        f"from {format_iso(metrics['holdout_from_ms'])} "
         f"({metrics['positives_holdout']} clicks) in {metrics['seconds']}s"
     )
     scorers = [

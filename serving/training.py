@@ -83,6 +83,9 @@ class TrainingReport:
     threshold: dict[str, float] = field(default_factory=dict)
     epochs: int = 0
     seconds: float = 0.0
+    # Rows on each side of the boundary before the caps (rows_* are what was used).
+    rows_train_available: int = 0
+    rows_holdout_available: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -151,6 +154,24 @@ def split_by_time(rows: Rows, boundary: int | None = None) -> tuple[Rows, Rows, 
     train = order[rows.times[order] < boundary]
     test = order[rows.times[order] >= boundary]
     return rows.take(train), rows.take(test), boundary
+
+
+SAMPLE_SEED = 20_251_203  # one seed for every sample: the same rows for every scorer
+
+
+def training_from(first_ms: int, to_ms: int, days: int) -> int:
+    """Where a default training set starts: a day after the first event (the features'
+    warm-up), but at most ``days`` before ``to_ms``, and at least a day before it."""
+    return max(min(first_ms + MS_PER_DAY, to_ms - MS_PER_DAY), to_ms - days * MS_PER_DAY)
+
+
+def cap_rows(rows: Rows, most: int | None) -> Rows:
+    """At most ``most`` rows: a uniform sample with :data:`SAMPLE_SEED`, in the rows'
+    order; the same rows give the same sample (the backtest relies on it)."""
+    if most is None or len(rows) <= most:
+        return rows
+    chosen = np.random.default_rng(SAMPLE_SEED).choice(len(rows), most, replace=False)
+    return rows.take(np.sort(chosen))
 
 
 def _batches(count: int, size: int, rng: np.random.Generator) -> list[npt.NDArray[np.int64]]:
@@ -293,12 +314,20 @@ def train_and_evaluate(
     epochs: int = 6,
     seed: int = 0,
     holdout_from_ms: int | None = None,
+    *,
+    max_train_rows: int | None = None,
+    max_holdout_rows: int | None = None,
 ) -> tuple[RankingModel, Any, TrainingReport]:
-    """Train on a training set; returns the fp32 model, its int8 form and the report."""
+    """Train on a training set; returns the fp32 model, its int8 form and the report.
+
+    Beyond ``max_train_rows`` / ``max_holdout_rows`` each side is a uniform sample
+    (:func:`cap_rows`); the report gives both counts.
+    """
     started = time.perf_counter()
     config = config or ModelConfig()
     rows = load_rows(path)
-    train, test, boundary = split_by_time(rows, holdout_from_ms)
+    train_all, test_all, boundary = split_by_time(rows, holdout_from_ms)
+    train, test = cap_rows(train_all, max_train_rows), cap_rows(test_all, max_holdout_rows)
     if len(test) == 0 or test.labels.min() == test.labels.max():
         raise InvalidInputError("--training-set", "the held-out days need clicks and non-clicks")
     model = fit(train, config, epochs, seed)
@@ -312,6 +341,8 @@ def train_and_evaluate(
     report = TrainingReport(
         rows_train=len(train),
         rows_holdout=len(test),
+        rows_train_available=len(train_all),
+        rows_holdout_available=len(test_all),
         holdout_from_ms=boundary,
         positives_holdout=int(test.labels.sum()),
         fp32=scores(predict(model, config, test)),

@@ -1,15 +1,20 @@
 """``saiki master maintain``: keep the master dataset's metadata bounded.
 
-Gathers what pins a snapshot (published views, training sets on disk, every registered
-model's lineage), then, for each master table under the loader's lock: compacts
-partitions of many small files and expires unpinned snapshots older than
-``[schedule] snapshot_retention``, removing the files only they reached
-(``batch/maintenance.py``).
+First removes training sets (``<data>/training/``, one per retrain) older than
+``[schedule] snapshot_retention`` that no version in production, in shadow or next in
+line for a rollback names: derived data, which each registered version's lineage can
+rebuild exactly, since that lineage keeps pinning its snapshot. Then gathers what pins a
+snapshot (published views, training sets on disk, every registered model's lineage)
+and, for each master table under the loader's lock: compacts partitions of many small
+files and expires unpinned snapshots older than the retention, removing the files only
+they reached (``batch/maintenance.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from saiki.batch.maintenance import CompactResult, ExpireResult, compact, expire_snapshots
 from saiki.batch.master import MasterDataset, data_files_by_day, loader_summary
@@ -30,6 +35,46 @@ class MaintainResult:
     pinned: set[int] = field(default_factory=set)
     compacted: list[CompactResult] = field(default_factory=list)
     expired: list[ExpireResult] = field(default_factory=list)
+    training_sets_removed: list[str] = field(default_factory=list)
+
+
+def stale_training_sets(
+    sets: Iterable[tuple[Path, float]], in_use: set[str], older_than_ms: int
+) -> list[Path]:
+    """Of ``(path, modified ms)``, those modified before ``older_than_ms`` whose file name
+    is not in ``in_use`` (names, so a data directory that moved keeps its sets)."""
+    return [path for path, modified in sets if modified < older_than_ms and path.name not in in_use]
+
+
+def _training_sets_in_use(config: SaikiConfig) -> set[str]:
+    """The file names of the training sets of the versions in production, in shadow and
+    next for rollback."""
+    registry = ModelRegistry.open(config)
+    shadow = registry.shadow()
+    live = {registry.production(), registry.previous(), shadow.version if shadow else None}
+    named = set()
+    for version in live - {None}:
+        assert version is not None
+        path = registry.get(version).lineage.get("training_set")
+        if isinstance(path, str):
+            named.add(Path(path).name)
+    return named
+
+
+def remove_training_sets(config: SaikiConfig, older_than_ms: int) -> list[str]:
+    """Remove the stale training sets (:func:`stale_training_sets`); their names."""
+    folder = config.data_dir / "training"
+    sets = []
+    for path in sorted(folder.glob("set-*.parquet")):
+        try:
+            sets.append((path, path.stat().st_mtime * 1000))
+        except FileNotFoundError:
+            continue
+    removed = []
+    for path in stale_training_sets(sets, _training_sets_in_use(config), older_than_ms):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def pinned_snapshots(config: SaikiConfig) -> set[int]:
@@ -61,7 +106,8 @@ def maintain(config: SaikiConfig, now_ms: int) -> MaintainResult:
     """Compact, then expire, every master table."""
     retention = parse_duration(config.schedule.snapshot_retention, "schedule.snapshot_retention")
     master = MasterDataset(config)
-    result = MaintainResult(pinned=pinned_snapshots(config))
+    removed = remove_training_sets(config, now_ms - retention)
+    result = MaintainResult(pinned=pinned_snapshots(config), training_sets_removed=removed)
     with master.loader_lock():
         for name in (EVENTS_TABLE, QUARANTINE_TABLE, PREDICTIONS_TABLE):
             table = master.table(name)
@@ -80,7 +126,10 @@ def maintain(config: SaikiConfig, now_ms: int) -> MaintainResult:
 
 def describe(result: MaintainResult) -> list[str]:
     """One line per table and operation."""
-    lines = [f"{len(result.pinned)} snapshot(s) pinned by views, training sets and models"]
+    lines = [
+        f"removed {len(result.training_sets_removed)} training set(s) no live model uses",
+        f"{len(result.pinned)} snapshot(s) pinned by views, training sets and models",
+    ]
     for c in result.compacted:
         lines.append(
             f"saiki.{c.table}: compacted {c.partitions} partition(s), "

@@ -4,6 +4,8 @@ compaction keeps every row and the loader's exactly-once offset."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +19,7 @@ from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
 from saiki.core.timeutil import now_ms
-from saiki.ops.maintenance import maintain, pinned_snapshots
+from saiki.ops.maintenance import maintain, pinned_snapshots, stale_training_sets
 from saiki.simulator import TrafficSummary, World
 from tests.batch.test_master import log_ids, stock_read
 from tests.conftest import make_config
@@ -127,6 +129,9 @@ def test_maintain_pins_what_training_sets_name_and_runs_on_both_tables(
     )
     (loaded.data_dir / "training" / "notes.parquet").write_bytes(b"not parquet")
     assert pinned_snapshots(loaded) == {snapshots[1]}
+    # Younger than the retention below (none): kept, so it pins its snapshot.
+    later = time.time() + 3_600
+    os.utime(loaded.data_dir / "training" / "set-1.parquet", (later, later))
     config = dataclasses.replace(
         loaded, schedule=dataclasses.replace(loaded.schedule, snapshot_retention="0s")
     )
@@ -135,3 +140,30 @@ def test_maintain_pins_what_training_sets_name_and_runs_on_both_tables(
     kept = [s.snapshot_id for s in master.snapshots()]
     assert snapshots[1] in kept and snapshots[0] not in kept
     assert ids_at(master, snapshots[1]) and ids_at(master, kept[-1]) == sorted(log_ids(loaded))
+
+
+def test_old_training_sets_no_live_model_names_are_removed_and_unpin_their_snapshot(
+    loaded: SaikiConfig,
+) -> None:
+    master = MasterDataset(loaded)
+    snapshots = [s.snapshot_id for s in master.snapshots()]
+    folder = loaded.data_dir / "training"
+    for name, snapshot in (("set-1.parquet", snapshots[1]), ("set-2.parquet", snapshots[2])):
+        lineage = TrainingSetLineage(snapshot, 0, 1, "spec", "code", 0, 0, 0)
+        write_training_set(pa.table({"x": [1]}), lineage, folder / name)
+    day_ago = time.time() - 86_400
+    os.utime(folder / "set-1.parquet", (day_ago, day_ago))  # old, and no model names it
+    config = dataclasses.replace(
+        loaded, schedule=dataclasses.replace(loaded.schedule, snapshot_retention="1h")
+    )
+    result = maintain(config, now_ms())
+    assert result.training_sets_removed == ["set-1.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == ["set-2.parquet"]
+    assert result.pinned == {snapshots[2]}  # set-1's snapshot is no longer pinned
+
+
+def test_a_live_models_training_set_stays_whatever_its_age() -> None:
+    sets = [(Path("/d/training/set-1.parquet"), 1_000.0), (Path("/d/training/set-2.parquet"), 5.0)]
+    assert stale_training_sets(sets, {"set-2.parquet"}, older_than_ms=2_000) == [sets[0][0]]
+    assert stale_training_sets(sets, set(), older_than_ms=500) == [sets[1][0]]
+    assert stale_training_sets(sets, {"set-1.parquet", "set-2.parquet"}, 10**12) == []

@@ -80,15 +80,14 @@ from benchmarks.live_traffic import (
     ITEMS,
     USERS,
     Ingest,
+    feast_item_reads,
     prepare,
     renice,
     restart_speed,
     wait_caught_up,
 )
 from benchmarks.predict_parts import breakdown
-from saiki.core.config import load_config
 from saiki.feature_repo.online import read_status
-from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.ops.local_servers import start_redis, stop
 from saiki.v1 import features_pb2, features_pb2_grpc, prediction_pb2, prediction_pb2_grpc
 
@@ -222,40 +221,12 @@ def _row(
 
 
 def feast_rows(data: Path, label: str, rows: list[str]) -> None:
-    """Feast on the same store and keys: get_online_features and the store's online_read."""
-    from feast.infra.key_encoding_utils import serialize_entity_key  # noqa: F401
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    from saiki.feature_repo.feast_repo import open_store
-
-    store = open_store(load_config(data, environ={}))
-    rng = np.random.default_rng(12)
-    keys = [list(rng.choice(ITEMS, 100, replace=False)) for _ in range(64)]
-    features = [f"item_batch:{n}" for n in FEATURE_NAMES] + ["item_speed:tiles"]
-    view = store.get_feature_view("item_speed")
-    provider = store._get_provider()  # Feast's own online store read, as Feast calls it
-    turn = [0]
-
-    def generic() -> None:
-        turn[0] += 1
-        store.get_online_features(
-            features=features, entity_rows=[{"item_id": i} for i in keys[turn[0] % 64]]
-        ).to_dict()
-
-    def raw() -> None:
-        turn[0] += 1
-        entity_keys = [
-            EntityKey(join_keys=["item_id"], entity_values=[Value(string_val=i)])
-            for i in keys[turn[0] % 64]
-        ]
-        provider.online_read(store.config, view, entity_keys)
-
-    for name, call in (
-        ("Feast get_online_features, 100 items", generic),
-        (f"Feast online_read ({STORE}), 100 items", raw),
-    ):
+    """Feast on the same store and keys: get_online_features and the store's online_read
+    (``live_traffic.feast_item_reads``)."""
+    for read, call in feast_item_reads(data):
+        store = f" ({STORE})" if "online_read" in read else ""
         (samples, rate), steal, tries = with_least_steal(partial(timed_calls, call, PHASE_S / 2))
+        name = f"{read}{store}, 100 items"
         rows.append(_row(label, name, samples, rate=rate, steal=steal, tries=tries))
 
 

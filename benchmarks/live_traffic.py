@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
 from saiki.feature_repo.online import read_status
+from saiki.feature_repo.spec import FEATURE_NAMES
 from saiki.serving.client import SaikiClient
 
 USERS = [f"u{n}" for n in range(2_000)]
@@ -140,3 +142,38 @@ def restart_speed(
     speed = saiki(data, "speed", "run", settings=settings)
     wait_caught_up(data, head)
     return speed
+
+
+def feast_item_reads(data: Path) -> list[tuple[str, Callable[[], None]]]:
+    """Feast's two reads of 100 items' features on ``data``'s store, each call on the next
+    of 64 fixed key sets: ``get_online_features`` (its generic path, batch and speed
+    views) and the online store's own ``online_read`` through Feast's provider (the speed
+    view), the baselines of the live benchmarks."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from saiki.feature_repo.feast_repo import open_store
+
+    store = open_store(load_config(data, environ={}))
+    rng = np.random.default_rng(12)
+    keys = [list(rng.choice(ITEMS, 100, replace=False)) for _ in range(64)]
+    features = [f"item_batch:{n}" for n in FEATURE_NAMES] + ["item_speed:tiles"]
+    view = store.get_feature_view("item_speed")
+    provider = store._get_provider()  # Feast's own online store read, as Feast calls it
+    turn = [0]
+
+    def generic() -> None:
+        turn[0] += 1
+        store.get_online_features(
+            features=features, entity_rows=[{"item_id": i} for i in keys[turn[0] % 64]]
+        ).to_dict()
+
+    def raw() -> None:
+        turn[0] += 1
+        entity_keys = [
+            EntityKey(join_keys=["item_id"], entity_values=[Value(string_val=i)])
+            for i in keys[turn[0] % 64]
+        ]
+        provider.online_read(store.config, view, entity_keys)
+
+    return [("Feast get_online_features", generic), ("Feast online_read", raw)]

@@ -51,10 +51,9 @@ def _training_sets_in_use(config: SaikiConfig) -> set[str]:
     next for rollback."""
     registry = ModelRegistry.open(config)
     shadow = registry.shadow()
-    live = {registry.production(), registry.previous(), shadow.version if shadow else None}
+    live = (registry.production(), registry.previous(), shadow.version if shadow else None)
     named = set()
-    for version in live - {None}:
-        assert version is not None
+    for version in {v for v in live if v is not None}:
         path = registry.get(version).lineage.get("training_set")
         if isinstance(path, str):
             named.add(Path(path).name)

@@ -87,6 +87,8 @@ from benchmarks.live_traffic import (
     wait_caught_up,
 )
 from benchmarks.predict_parts import breakdown
+from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
 from saiki.feature_repo.online import read_status
 from saiki.ops.local_servers import start_redis, stop
 from saiki.v1 import features_pb2, features_pb2_grpc, prediction_pb2, prediction_pb2_grpc
@@ -327,6 +329,8 @@ def main() -> None:
         cache_off_row(data, phases[-1][0], rows)
         speed = _speed_phases(data, speed, target, rows, phases)
         phases.append(("", time.time(), cpu_counters()))
+        events = EventLog(load_config(data, environ={}).log_dir).events
+        listed = (len(events.live_segments()), len(events.archived()))
         ingest.stop()
         time.sleep(3)  # the speed layer's last flush
         serving_rows(target, "quiet", rows)
@@ -345,7 +349,8 @@ def main() -> None:
         f"{EVENTS_PER_CALL}; {flushes} flushes in all); rows hold 24 h of tiles since the "
         f"cutoff; saiki serve --workers 2 (2 threads, 16 in flight each); one client process "
         f"(asyncio, requests built beforehand; 8 in flight over 64 connections); "
-        f"{PHASE_S:.0f} s per row; online store: {STORE}; "
+        f"{PHASE_S:.0f} s per row; online store: {STORE}; after the live rows the folder "
+        f"Flink's source lists held {listed[0]} segments ({listed[1]} archived); "
         f"live-nN: the speed layer (driver and JVM) at niceness N; live-cS: the speed layer "
         f"started with [speed] cpus = S; steal: the share of the "
         f"machine's CPU time the hypervisor took during the row, n: attempts (a row is "

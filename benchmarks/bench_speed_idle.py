@@ -5,8 +5,8 @@ On ``bench_live``'s data (run it first, or this prepares it: three simulated day
 segments its ingest left): ``saiki speed run`` is started for each value of
 ``IDLE_MONITOR_MS`` (``200,500,2000``), left ``WARM_S`` to catch up, then the JVM's CPU
 (user + system) is measured over ``MEASURE_S`` with nothing ingested. The segment files in
-the listed folder are counted: each listing costs per file, which is what the archiving of
-``saiki up`` bounds (docs/speed.md).
+the listed folder are counted at the start and after each measurement: each listing costs
+per file, which is what archiving the segments the job has read bounds (docs/speed.md).
 
     python -m benchmarks.bench_speed_idle
 """
@@ -23,6 +23,8 @@ import psutil
 
 from benchmarks.common import DATA, PROJECT, conditions, fresh_dir
 from benchmarks.live_traffic import prepare
+from saiki.core.config import load_config
+from saiki.core.eventlog import EventLog
 
 VALUES = [int(v) for v in os.environ.get("IDLE_MONITOR_MS", "200,500,2000").split(",")]
 WARM_S, MEASURE_S = 35.0, 20.0
@@ -42,10 +44,11 @@ def main() -> None:
         fresh_dir("live")
         data.mkdir(parents=True)
         prepare(data)
-    segments = sum(1 for p in (data / "log").rglob("*") if p.is_file())
+    events = EventLog(load_config(data, environ={}).log_dir).events
     print(f"# idle speed job — {conditions()}")
     print(
-        f"{segments} files under the log folder; warm-up {WARM_S:.0f} s, measured {MEASURE_S:.0f} s"
+        f"{len(events.segments())} segments in the log, {len(events.live_segments())} in the "
+        f"folder the source lists; warm-up {WARM_S:.0f} s, measured {MEASURE_S:.0f} s"
     )
     for monitor_ms in VALUES:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
@@ -64,7 +67,10 @@ def main() -> None:
         finally:
             os.killpg(job.pid, signal.SIGTERM)
             job.wait(60)
-        print(f"monitor_ms {monitor_ms:>5}: JVM {cores:.3f} cores with no event arriving")
+        print(
+            f"monitor_ms {monitor_ms:>5}: JVM {cores:.3f} cores with no event arriving; "
+            f"{len(events.live_segments())} segments listed at the end"
+        )
 
 
 if __name__ == "__main__":

@@ -10,17 +10,19 @@ the writer lock, and the folder fsync'd. Readers therefore never see a partial s
 and Flink's filesystem source (which skips names starting with ``.`` or ``_``) picks each
 segment up exactly once.
 
-**Nothing leaves the topic's folder while a reader may list it.** Flink's source lists
-the folder by reading its names, then stat'ing each; a name that vanished in between (a
-staged file renamed away) fails the whole listing, and the source retries only at its
-next monitor interval. Files staged in the folder itself made that race likelier the
-longer the folder grew, until the speed layer saw no new segment for seconds at a time
-(docs/speed.md). Staged files therefore live in ``_staging/``, whose renames only ever
-*add* a name to the folder. Old segments leave it for ``_archive/`` only through
-:meth:`Topic.archive`, which the speed layer calls before it starts a job (no listing
-then), always a prefix of the log and never the newest segment; a reader asking for
-offsets before the first segment left in the folder gets the archived ones too, so every
-offset stays readable and the head never moves back.
+**Names leave the topic's folder rarely and in bursts.** Flink's source lists the folder
+by reading its names, then stat'ing each; a name that vanished in between fails the whole
+listing, and the source retries only at its next monitor interval. Files staged in the
+folder itself made that race likelier the longer the folder grew, until the speed layer
+saw no new segment for seconds at a time (docs/speed.md). Staged files therefore live in
+``_staging/``, whose renames only ever *add* a name to the folder. Old segments leave it
+for ``_archive/`` only through :meth:`Topic.archive`, always a prefix of the log and never
+the newest segment: before a job starts, and while it runs, every few seconds, the
+segments it has read whole and checkpointed (``speed/archive.py``), so the folder it
+re-lists stays small and a listing that races a burst costs one interval. Before a job
+starts, :meth:`Topic.unarchive` brings back the segments it may need to read. A reader
+asking for offsets before the first segment in the folder gets the archived ones too, so
+every offset stays readable and the head never moves back.
 
 The events topic also keeps an Arrow IPC copy of each segment (``_arrow/seg-….arrow``):
 the same rows, columnar, so that the master loader does not parse JSON again. It is a
@@ -67,6 +69,7 @@ STAGING_DIR = "_staging"  # where segments are written before they are published
 ARCHIVE_DIR = "_archive"  # old segments, out of the folder Flink's source lists
 _SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})-(\d{13})\.jsonl$")
 _STAGED_MAX_AGE_S: Final = 3600
+_LISTING_TRIES: Final = 5
 
 OFFSET_FIELD: Final = pa.field("offset", pa.int64(), nullable=False)
 INGEST_FIELD: Final = pa.field("ingest_ms", pa.int64(), nullable=False)
@@ -120,19 +123,27 @@ class Topic:
         self.directory = directory
         self._parsed: dict[str, Segment] = {}
         self._archived: tuple[int, list[Segment]] = (-1, [])  # (folder mtime, segments)
+        self._parsed_archived: dict[str, Segment] = {}
 
     def segments(self, from_offset: int = 0) -> list[Segment]:
         """The committed segments holding any offset at or after ``from_offset``, in order
         (archived ones included when ``from_offset`` lies before the folder's first)."""
         if not self.directory.exists():
             return []
-        found = self._scan(self.directory, from_offset, self._parsed)
-        if not found or found[0].first > from_offset:
-            # Listed after the folder: a segment archived meanwhile is in one or both.
-            known = {s.first for s in found}
-            older = [s for s in self.archived() if s.end > from_offset and s.first not in known]
-            found = older + found
-        return found
+        for _ in range(_LISTING_TRIES):
+            found = self._scan(self.directory, from_offset, self._parsed)
+            if not found or found[0].first > from_offset:
+                # Listed after the folder: a segment archived meanwhile is in one or both.
+                known = {s.first for s in found}
+                older = [s for s in self.archived() if s.end > from_offset and s.first not in known]
+                found = older + found
+            # A segment brought back from the archive between the two listings is in
+            # neither: the offsets then have a gap (a topic starts at offset 0 and keeps
+            # every segment), and the folders are listed again.
+            starts = not found or found[0].first <= from_offset or found[0].first == 0
+            if starts and all(a.end == b.first for a, b in itertools.pairwise(found)):
+                return found
+        raise ComponentError(f"{self.directory}: segments moved during {_LISTING_TRIES} listings")
 
     def live_segments(self) -> list[Segment]:
         """The segments in the folder Flink's source lists (not archived)."""
@@ -146,7 +157,7 @@ class Topic:
         except FileNotFoundError:
             return []
         if stamp != self._archived[0]:
-            self._archived = (stamp, self._scan(folder, 0, {}))
+            self._archived = (stamp, self._scan(folder, 0, self._parsed_archived))
         return self._archived[1]
 
     @staticmethod
@@ -166,10 +177,9 @@ class Topic:
         return found
 
     def archive(self, segments: Sequence[Segment]) -> int:
-        """Move a prefix of the folder's segments (and their Arrow copies) to ``_archive/``;
-        the caller guarantees that no reader lists the folder meanwhile (the speed layer
-        calls this before it starts a job). The newest segment always stays, so the head is
-        found in the folder. Returns how many moved."""
+        """Move a prefix of the folder's segments (and their Arrow copies) to ``_archive/``:
+        those of ``segments`` from the folder's first on. The newest segment always stays,
+        so the head is found in the folder. Returns how many moved."""
         live = self.live_segments()
         wanted = {s.first for s in segments}
         prefix = list(itertools.takewhile(lambda s: s.first in wanted, live[:-1]))
@@ -182,9 +192,32 @@ class Topic:
                 os.rename(segment.sidecar, folder / SIDECAR_DIR / segment.sidecar.name)
             os.rename(segment.path, folder / segment.path.name)
             self._parsed.pop(segment.path.name, None)
-        for path in (folder / SIDECAR_DIR, folder, self.directory / SIDECAR_DIR, self.directory):
-            fsync_path(path)
+        self._sync_folders()
         return len(prefix)
+
+    def unarchive(self, from_offset: int) -> int:
+        """Bring back to the folder every archived segment holding an offset at or after
+        ``from_offset`` (the archive's newest ones: a suffix of it, followed by the
+        folder's first), with their Arrow copies; before a job that may read them starts.
+        Returns how many moved."""
+        back = [s for s in self.archived() if s.end > from_offset]
+        if back:
+            (self.directory / SIDECAR_DIR).mkdir(exist_ok=True)
+        for segment in reversed(back):  # newest first: the folder's segments stay contiguous
+            if segment.sidecar.exists():
+                os.rename(segment.sidecar, self.directory / SIDECAR_DIR / segment.sidecar.name)
+            os.rename(segment.path, self.directory / segment.path.name)
+            self._parsed_archived.pop(segment.path.name, None)
+        if back:
+            self._sync_folders()
+        return len(back)
+
+    def _sync_folders(self) -> None:
+        """Make renames between the folder and the archive durable (both, with copies)."""
+        folder = self.directory / ARCHIVE_DIR
+        for path in (folder / SIDECAR_DIR, folder, self.directory / SIDECAR_DIR, self.directory):
+            if path.exists():  # a topic without Arrow copies has no copies' folders
+                fsync_path(path)
 
     def head(self) -> int:
         """The next offset to be written (the number of records ever appended)."""
@@ -279,10 +312,10 @@ class Topic:
 
         ``schema`` names the record fields wanted (without ``offset``).
         """
-        if not segment.path.exists():  # archived since it was listed
-            moved = self.directory / ARCHIVE_DIR / segment.path.name
-            if segment.path.parent == self.directory and moved.exists():
-                segment = Segment(segment.first, segment.count, moved, segment.watermark_ms)
+        if not segment.path.exists():  # archived, or brought back, since it was listed
+            moved = self.find(segment.path.name)
+            if moved is not None:
+                segment = moved
         table = None
         sidecar = segment.sidecar if segment.sidecar.exists() else None
         if sidecar is not None:

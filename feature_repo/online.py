@@ -70,6 +70,9 @@ class SpeedStatus:
     keep_from_ms: int = 0
     allowed_lateness_ms: int = 0
     events_seen: int = 0
+    # The log offset below which every segment was read whole (segment files only): the
+    # driver archives those segments once checkpoints cover them (speed/archive.py).
+    read_through: int = 0
     events_tiled: int = 0
     late_events: int = 0
     max_event_ms: int = 0

@@ -74,8 +74,9 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             start_cutoff_ms=self._spec.epoch_cutoff_ms,
             allowed_lateness_ms=self._spec.allowed_lateness_s * 1000,
             # A position in the log: records before the folder's first segment at a fresh
-            # start were archived, not read (speed.runner.archive_before_cutoff).
+            # start were archived, not read (speed.archive.arrange_for_start).
             events_seen=self._spec.first_offset,
+            read_through=self._spec.first_offset,
             state="running",
         )
         self._sink = TileSink(
@@ -137,6 +138,8 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
         counters = self._counters.value() or {}
         self._sink.status.events_seen = counters.get("seen", self._spec.first_offset)
         self._sink.status.late_events = counters.get("late", 0)
+        self._sink.status.read_through = counters.get("read", self._spec.first_offset)
+        self._sink.read_ahead = dict(counters.get("ahead", {}))
         self._recovered = True
 
     def process_element(self, value: str, ctx: Any) -> list[int]:
@@ -159,6 +162,10 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             self._sink.on_progress(line.events, line.max_event_ms, line.max_ingest_ms)
             self._save_counters()
             self._status_changed = True
+        elif line.kind == "segment":
+            self._sink.on_segment(line.minute_ms, line.max_event_ms, line.events)
+            self._save_counters()
+            self._status_changed = True
         if not self._armed:
             self._arm(ctx.timer_service())
         return []
@@ -171,7 +178,14 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
 
     def _save_counters(self) -> None:
         status = self._sink.status
-        self._counters.update({"seen": status.events_seen, "late": status.late_events})
+        self._counters.update(
+            {
+                "seen": status.events_seen,
+                "late": status.late_events,
+                "read": status.read_through,
+                "ahead": dict(self._sink.read_ahead),
+            }
+        )
 
     def _finish_write(self, wait: bool) -> bool:
         """Whether no write is running any more; clears the list a finished one carried

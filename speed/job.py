@@ -57,6 +57,14 @@ _EVENT_COLUMNS = (
 _ROW_COLUMNS = (
     "ingest_ms, event_id, event_time, user_id, item_id, event_type, dwell_ms, prior_ms, log_wm"
 )
+# On segment files, each record also carries its segment's first offset and length (from
+# the file's name), so the sink learns which segments the job has read whole.
+_SEGMENT_COLUMNS = ", seg_first, seg_count"
+
+
+def row_columns(spec: SpeedJobSpec) -> str:
+    """The columns the query reads from the log."""
+    return _ROW_COLUMNS if spec.kafka_bootstrap else _ROW_COLUMNS + _SEGMENT_COLUMNS
 
 
 def _sql_text(value: str) -> str:
@@ -98,7 +106,9 @@ def source_ddl(spec: SpeedJobSpec) -> str:
             log_wm AS GREATEST(
                 CAST(REGEXP_EXTRACT(src_path, '-([0-9]{{13}})[.]jsonl$', 1) AS BIGINT),
                 COALESCE(prior_ms, 0)
-            )
+            ),
+            seg_first AS CAST(REGEXP_EXTRACT(src_path, 'seg-([0-9]{{16}})-', 1) AS BIGINT),
+            seg_count AS CAST(REGEXP_EXTRACT(src_path, '-([0-9]{{8}})-[0-9]{{13}}', 1) AS BIGINT)
         ) WITH (
             'connector' = 'filesystem',
             'path' = 'file://{spec.log_dir}',
@@ -135,6 +145,19 @@ def union_query(spec: SpeedJobSpec) -> str:
     # The totals' state is kept for good (the tiles' state expires after state_ttl_s):
     # a total that expired would start again from zero.
     keep = "/*+ STATE_TTL('log_rows' = '0 s') */"
+    # Records read per segment file, beside its length: the sink advances the offset
+    # below which every segment was read whole, and the driver archives those segments
+    # once checkpoints cover them (speed/archive.py). The count's state expires with the
+    # tiles' (a segment is read within seconds of being listed).
+    segments = (
+        ""
+        if spec.kafka_bootstrap
+        else f"""
+        UNION ALL
+        SELECT 'segment', '', '', seg_first, {zeros}, COUNT(*), MAX(seg_count), MAX(ingest_ms)
+        FROM log_rows
+        GROUP BY seg_first"""
+    )
     return f"""
         SELECT 'tile' AS kind, entity, entity_id, minute_ms, {sums},
                COUNT(*) AS events, MAX(event_time) AS max_event_ms,
@@ -149,7 +172,7 @@ def union_query(spec: SpeedJobSpec) -> str:
         UNION ALL
         SELECT {keep} 'progress', '', '', CAST(0 AS BIGINT), {zeros}, COUNT(*),
                MAX(GREATEST(log_wm, LEAST(event_time, ingest_ms))), MAX(ingest_ms)
-        FROM log_rows
+        FROM log_rows{segments}
     """
 
 
@@ -280,7 +303,7 @@ def build_job(env: Any, t_env: Any, spec: SpeedJobSpec, config: SaikiConfig) -> 
     # table, each branch got its own source (the planner pushes a different filter into
     # each), and four sources each re-listing a folder of thousands of segments five
     # times a second kept a core busy while the job was idle.
-    rows = t_env.to_data_stream(t_env.sql_query(f"SELECT {_ROW_COLUMNS} FROM log_events"))
+    rows = t_env.to_data_stream(t_env.sql_query(f"SELECT {row_columns(spec)} FROM log_events"))
     t_env.create_temporary_view("log_rows", t_env.from_data_stream(rows))
     changes = t_env.to_changelog_stream(
         t_env.sql_query(f"SELECT 0 AS k, {sink_line_sql()} AS v FROM ({union_query(spec)})")

@@ -9,8 +9,6 @@ it has read the whole log, written every tile, and completed one more checkpoint
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import multiprocessing
 import os
 import shutil
@@ -28,12 +26,12 @@ import pyarrow as pa
 
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError, ConfigError
-from saiki.core.eventlog import EventLog, Topic
+from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
-from saiki.core.schema import MAX_FUTURE_MS
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
+from saiki.speed.archive import RunningArchive, arrange_for_start, log_topic
 from saiki.speed.cluster import TERMINAL, FlinkRest, job_name, package_distribution
 from saiki.speed.job import (
     build_job,
@@ -97,19 +95,13 @@ def _kafka_properties(config: SaikiConfig) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(config.log.kafka_properties.items()))
 
 
-@functools.lru_cache(maxsize=8)
-def _events(log_dir: Path) -> Topic:
-    """One events topic per log folder for :func:`progress` (it remembers what it parsed)."""
-    return EventLog(log_dir).events
-
-
 def progress(config: SaikiConfig) -> SpeedProgress:
     """The job's status with its lag behind the log's head.
 
     Called twice a second while the job runs: one listing of the log's folder, and only
     the ``ingest_ms`` column of the oldest unread segment.
     """
-    events = _events(config.log_dir)
+    events = log_topic(config.log_dir)
     segments = events.live_segments()
     head = segments[-1].end if segments else events.head()
     status = read_status(config.data_dir / "speed")
@@ -124,38 +116,20 @@ def progress(config: SaikiConfig) -> SpeedProgress:
     return SpeedProgress(status, head, lag, lag_seconds, len(segments))
 
 
-def archive_before_cutoff(config: SaikiConfig, cutoff_ms: int) -> int:
-    """Before a fresh job starts (no job lists the folder), move out of the folder the
-    oldest segments it would read for nothing: those the master dataset holds (the
-    current view was computed past them) whose every event lies before ``cutoff_ms``, the
-    fresh job's epoch cutoff. The next segment's name holds the log watermark, the newest
-    event time capped at ingest time among all records before it; an event is at most
-    ``MAX_FUTURE_MS`` ahead of its ingest time, so that watermark plus the bound at or
-    before the cutoff proves it for every earlier segment. Returns how many moved."""
-    view = ViewCatalog.open(config).current()
-    if view is None:
-        return 0
-    events = _events(config.log_dir)
-    live = events.live_segments()
-    eligible = []
-    for segment, following in itertools.pairwise(live):
-        if segment.end > view.log_next_offset or following.watermark_ms + MAX_FUTURE_MS > cutoff_ms:
-            break
-        eligible.append(segment)
-    return events.archive(eligible)
-
-
 def _start_spec(
     config: SaikiConfig, fresh: bool, reached: Callable[[str], None]
 ) -> tuple[SpeedJobSpec, Path | None]:
-    """The job to start, saved as the lineage; a fresh start first archives what it would
-    read for nothing, and its count of records read starts after that."""
+    """The job to start, saved as the lineage. On segment files, the archived segments it
+    may read come back first; a fresh job's folder then loses what it would read for
+    nothing, and its count of records read starts after that (speed/archive.py)."""
     spec, checkpoint = resolve_spec(config, fresh)
-    if checkpoint is None and not spec.kafka_bootstrap:
-        archived = archive_before_cutoff(config, spec.epoch_cutoff_ms)
-        live = _events(config.log_dir).live_segments()
-        reached(f"{archived} segments archived, {len(live)} left to list")
-        spec = replace(spec, first_offset=live[0].first if live else 0)
+    if not spec.kafka_bootstrap:
+        back, archived = arrange_for_start(config, spec.epoch_cutoff_ms, checkpoint is None)
+        live = log_topic(config.log_dir).live_segments()
+        reached(f"{back} segments brought back, {archived} archived, {len(live)} to list")
+        if checkpoint is None:
+            first = live[0].first if live else 0
+            spec = replace(spec, first_offset=first)
     save_lineage(spec)
     return spec, checkpoint
 
@@ -241,10 +215,19 @@ def _watch(
     has read the whole log, written every row, stayed so that long and checkpointed)."""
     spec = load_lineage(config.data_dir / "speed")
     checkpoints = spec.checkpoints if spec else checkpoint_root(config.data_dir, "")
+    # Only a job this driver runs: a cluster's job outlives its client, and the folder it
+    # lists is archived at its next fresh start.
+    archive = (
+        RunningArchive(log_topic(config.log_dir), checkpoints)
+        if isinstance(job, _LocalJob) and spec is not None and not spec.kafka_bootstrap
+        else None
+    )
     caught_up_at: int | None = None
     while not stop.wait(0.5):
         job.raise_if_failed()
         look = progress(config)
+        if archive is not None:
+            archive.tick(look.status)
         if report is not None:
             report(look)
         if idle_seconds is None:

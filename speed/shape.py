@@ -17,7 +17,7 @@ TILE_COLUMNS = tuple(f"a{i}" for i in range(len(AGGREGATIONS)))
 # The job's shape: raised whenever a change makes old checkpoints unrestorable (the
 # query's operators, the sink's state, or the module names its pickled functions carry).
 # A checkpoint of another shape is not restored: the job starts fresh from the cutoff.
-JOB_SHAPE = 4
+JOB_SHAPE = 5
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ _SEPARATOR = "|"
 
 
 class SinkLine(NamedTuple):
-    """One change the sink receives: a tile's value so far, late events, or progress."""
+    """One change the sink receives: a tile's value so far, late events, progress, or
+    the records read so far of one segment (``minute_ms`` its first offset,
+    ``max_event_ms`` its length)."""
 
     kind: str
     entity: str

@@ -137,6 +137,7 @@ class TileSink:
         self._dirty: set[Key] = set()
         self._cutoffs: list[int] = []
         self._in_flight = 0  # rows taken for a write that has not finished
+        self.read_ahead: dict[int, int] = {}  # segments read whole past read_through
         self._lock = threading.Lock()
         self._observe_cutoff()
 
@@ -245,6 +246,18 @@ class TileSink:
             self.status.watermark_ms = max(
                 self.status.watermark_ms, self.status.max_event_ms - self.status.allowed_lateness_ms
             )
+
+    def on_segment(self, first: int, count: int, read: int) -> None:
+        """``read`` records of the segment at ``first`` (``count`` long) read so far. Once
+        it is read whole, ``status.read_through`` (every segment before it read whole)
+        moves over it and every whole one right after it; ``read_ahead`` holds those
+        read whole beyond a gap (files found in one listing are read in any order)."""
+        with self._lock:
+            if read < count or first < self.status.read_through:
+                return
+            self.read_ahead[first] = first + count
+            while self.status.read_through in self.read_ahead:
+                self.status.read_through = self.read_ahead.pop(self.status.read_through)
 
     def flush(self) -> int:
         """Write every changed entity row; returns the number of rows written."""

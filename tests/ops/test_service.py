@@ -138,7 +138,7 @@ def test_a_scheduled_recompute_hands_off_while_every_answer_stays_exact(
     speed_log = config.data_dir / "logs" / "speed.log"
     _wait(
         "the speed layer's fresh restart",
-        lambda: speed_log.read_text(errors="replace").count("segments archived") >= 2,
+        lambda: speed_log.read_text(errors="replace").count("segments brought back") >= 2,
         120,
     )
     job = read_job(config.data_dir, "recompute")

@@ -212,3 +212,19 @@ def test_a_forgotten_user_loses_held_and_replayed_tiles_up_to_the_deletion(
     assert tiles_of(store, "user", "u1") == {T + 2 * M: [1, 0, 0]}
     assert tiles_of(store, "user", "u2") == {T: [1, 0, 0], T + M: [2, 0, 0]}
     assert tiles_of(store, "item", "i1") == {T: [4, 1, 100]}
+
+
+def test_read_through_moves_over_segments_read_whole_in_any_order(tmp_path: Path) -> None:
+    sink = make(tmp_path, MemorySpeedStore(), [T])
+    sink.status.read_through = 100
+    sink.on_segment(110, 5, 5)  # read whole, but 100..109 is not: held ahead
+    sink.on_segment(100, 10, 9)  # one record short
+    assert sink.status.read_through == 100 and sink.read_ahead == {110: 115}
+    sink.on_segment(100, 10, 10)
+    assert sink.status.read_through == 115 and not sink.read_ahead
+    sink.on_segment(110, 5, 5)  # a replay after a restore changes nothing
+    sink.on_segment(90, 10, 10)  # before the job's first segment
+    assert sink.status.read_through == 115 and not sink.read_ahead
+    sink.flush()
+    status = read_status(tmp_path)
+    assert status is not None and status.read_through == 115

@@ -21,7 +21,8 @@ from saiki.feature_repo.online import read_status, unpack_tiles
 from saiki.feature_repo.online_readers import online_reader
 from saiki.feature_repo.views import ViewCatalog
 from saiki.simulator import TrafficOptions, World, write_jsonl
-from saiki.speed.job import latest_checkpoint
+from saiki.speed.archive import start_boundary
+from saiki.speed.job import latest_checkpoint, load_lineage
 from tests.conftest import END_MS, ROOT, make_config, run_saiki
 from tests.oracle import MINUTE, late_flags, log_records
 
@@ -92,7 +93,8 @@ def test_status_names_watermark_lag_and_counts(lambda_env: SaikiConfig) -> None:
     head = EventLog(lambda_env.log_dir).events.head()
     assert f"read {head}/{head} events, lag 0" in text
     assert "late (left to batch)" in text and "watermark 2026-11-20T" in text
-    # The fresh job archived the segments wholly before its cutoff: it lists the rest.
+    # The fresh job archived the segments wholly before its cutoff, and then those it
+    # read whole: it lists the rest.
     events = EventLog(lambda_env.log_dir).events
     segments = len(events.live_segments())
     assert f"log: {segments} segments, re-listed by the source every 200 ms" in text
@@ -138,6 +140,18 @@ def _affinities(pid: int) -> set[int]:
     return cpus
 
 
+def _start_job(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``saiki speed run`` in a process group of its own, until killed."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "speed", "run"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     lambda_env: SaikiConfig, tmp_path: Path
 ) -> None:
@@ -163,14 +177,7 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     # Held to one CPU by [speed] cpus, as a user would set it: its JVM and Python workers too.
     one_cpu = max(os.sched_getaffinity(0))
     env["SAIKI_SPEED_CPUS"] = str(one_cpu)
-    job = subprocess.Popen(
-        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "speed", "run"],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    job = _start_job(root, env)
     try:
         speed_dir = root / "speed"
 
@@ -180,13 +187,22 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
 
         _wait(caught_up, 180, "the first catch-up")
         assert _affinities(job.pid) == {one_cpu}
+        # While it runs, what it read whole and checkpointed leaves the folder it lists.
+        lineage = load_lineage(speed_dir)
+        assert lineage is not None
+
+        def archived_while_running() -> bool:
+            return log.events.live_segments()[0].first > lineage.first_offset
+
+        _wait(archived_while_running, 60, "the running job's first archive")
         fed = feed_until_unchecked(log, parts, speed_dir / "checkpoints", caught_up)
         os.killpg(job.pid, signal.SIGKILL)
     finally:
         job.wait(30)
     ingest_files(Ingestor(log), [*parts[fed:], half_c], chunk_bytes=20_000, workers=1)
-    # The job started fresh, archiving what lay wholly before its cutoff: the restore
-    # below runs on a log whose oldest segments left the folder it lists.
+    # The restore below runs on a log whose segments left the folder it lists, those
+    # before the job's cutoff at its fresh start and those it had read since: the latter
+    # come back before it starts, and it reads none of them again.
     assert log.events.archived() and log.events.live_segments()[0].first > 0
     run_saiki(config, "speed", "run", "--until-idle")
     want, late_count = expected(config)
@@ -199,6 +215,31 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     assert status is not None and status.late_events == late_count
     assert status.events_seen == log.events.head()
     assert isinstance(pd.Timestamp(status.watermark_ms, unit="ms"), pd.Timestamp)
+    # A fresh job re-reads everything since the cutoff: the segments a running job
+    # archived after it come back first, and the tiles still equal the recomputation.
+    cutoff = ViewCatalog(root).current().cutoff_ms  # type: ignore[union-attr]
+    boundary = start_boundary(config, cutoff)
+    job = _start_job(root, env)
+    try:
+        # A restored job learns what it had read at its first record (its keyed state).
+        later = tmp_path / "later.jsonl"
+        write_jsonl(
+            World(users=150, items=80, seed=24),
+            TrafficOptions(days=0.01, end_ms=END_MS + 4 * 3_600_000),
+            later,
+        )
+        ingest_files(Ingestor(log), [later], chunk_bytes=20_000, workers=1)
+        _wait(lambda: log.events.live_segments()[0].first > boundary, 90, "an archive")
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(60)
+    (root / "speed" / "status.json").unlink()
+    run_saiki(config, "speed", "run", "--until-idle", "--fresh")
+    want, late_count = expected(config)
+    status = read_status(root / "speed")
+    assert status is not None and status.start_offset == boundary
+    assert status.events_seen == log.events.head() and status.late_events == late_count
+    assert served_tiles(config) == want
 
 
 def test_a_fresh_start_after_a_handoff_archives_and_then_resumes_exactly(
@@ -221,7 +262,8 @@ def test_a_fresh_start_after_a_handoff_archives_and_then_resumes_exactly(
     assert served_tiles(config) == want
     status = read_status(root / "speed")
     assert status is not None and status.events_seen == log.events.head()
-    assert status.start_offset == listed[0].first
+    cutoff = ViewCatalog(root).current().cutoff_ms  # type: ignore[union-attr]
+    assert status.start_offset == start_boundary(config, cutoff) <= listed[0].first
     # New events after the cutoff, then a restart from the job's checkpoint: each new
     # event is read once, none of the archived ones again.
     extra = tmp_path / "after.jsonl"

@@ -1,0 +1,121 @@
+"""The folder Flink's source re-lists, kept small: segments leave it once no job needs them.
+
+Flink's filesystem source lists the whole segment folder every ``[speed] monitor_ms`` and
+pays per file (docs/speed.md), so a folder that grew with the time since the last handoff
+(72,000 segments an hour at 20 ``Ingest`` calls/s with a short linger) cost the job a core
+while it had nothing to read. Two moves keep it to the last seconds of traffic:
+
+* **While a local job runs** (:class:`RunningArchive`): the sink reports the offset below
+  which every segment was read whole (``SpeedStatus.read_through``); once two checkpoints
+  have completed after the driver saw it, no restore of this job can need those segments
+  (a restore starts from the newest checkpoint, which records them as read), and they move
+  to ``_archive/`` in one burst, a prefix of the log, never the newest segment.
+* **Before a job starts** (:func:`arrange_for_start`): every archived segment the job may
+  read comes back, so a restore never misses a file, however old its checkpoint, and a
+  fresh job re-reads everything since its cutoff; then a fresh job's folder loses the
+  segments it would read for nothing (:func:`start_boundary`).
+
+A restored job's source skips the segments brought back that its checkpoint has read (it
+keeps the paths it has seen), so each record is read once either way.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from saiki.core.config import SaikiConfig
+from saiki.core.eventlog import EventLog, Topic
+from saiki.core.schema import MAX_FUTURE_MS
+from saiki.feature_repo.online import SpeedStatus
+from saiki.feature_repo.views import ViewCatalog
+from saiki.speed.job import latest_checkpoint
+
+# Checkpoints that must complete after read_through was seen before the segments below it
+# move: the first may have begun before the sink saw them; the second began after.
+CHECKPOINTS_BEFORE_ARCHIVE = 2
+
+
+@functools.lru_cache(maxsize=8)
+def log_topic(log_dir: Path) -> Topic:
+    """One events topic per log folder (it remembers the segment names it parsed)."""
+    return EventLog(log_dir).events
+
+
+def start_boundary(config: SaikiConfig, cutoff_ms: int) -> int:
+    """The offset before which a job starting from ``cutoff_ms`` needs no segment: the end
+    of the longest prefix of the log that the master dataset holds (the current view was
+    computed past it) and whose every event lies before the cutoff. The next segment's
+    name holds the log watermark, the newest event time capped at ingest time among all
+    records before it; an event is at most ``MAX_FUTURE_MS`` ahead of its ingest time, so
+    that watermark plus the bound at or before the cutoff proves it for every earlier
+    segment."""
+    view = ViewCatalog.open(config).current()
+    if view is None:
+        return 0
+    events = log_topic(config.log_dir)
+    boundary = 0
+    for segment, following in itertools.pairwise(events.segments()):
+        if segment.end > view.log_next_offset or following.watermark_ms + MAX_FUTURE_MS > cutoff_ms:
+            break
+        boundary = segment.end
+    return boundary
+
+
+def arrange_for_start(config: SaikiConfig, cutoff_ms: int, fresh: bool) -> tuple[int, int]:
+    """Before a job starts (nothing lists the folder): bring back every archived segment
+    at or after :func:`start_boundary`; for a fresh job, archive those before it. Returns
+    (segments brought back, segments archived)."""
+    events = log_topic(config.log_dir)
+    boundary = start_boundary(config, cutoff_ms)
+    back = events.unarchive(boundary)
+    if not fresh:
+        return back, 0
+    return back, events.archive([s for s in events.live_segments() if s.end <= boundary])
+
+
+class RunningArchive:
+    """Archives what a running local job has read whole and checkpointed; the driver
+    calls :meth:`tick` with each status it reads (twice a second)."""
+
+    def __init__(
+        self,
+        topic: Topic,
+        checkpoints: Path,
+        every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._topic = topic
+        self._checkpoints = checkpoints
+        self._every_s = every_s
+        self._clock = clock
+        self._last = clock()
+        # (read_through seen, the newest checkpoint since, checkpoints completed since)
+        self._watching: tuple[int, Path | None, int] | None = None
+        self.archived = 0
+
+    def tick(self, status: SpeedStatus | None) -> int:
+        """Start watching a new ``read_through``, or archive below the one watched once
+        enough checkpoints have completed since; returns how many segments moved."""
+        newest = latest_checkpoint(self._checkpoints)
+        if self._watching is None:
+            if status is None or self._clock() - self._last < self._every_s:
+                return 0
+            live = self._topic.live_segments()
+            if len(live) > 1 and live[0].end <= status.read_through:
+                self._watching = (status.read_through, newest, 0)
+            return 0
+        through, seen, completed = self._watching
+        if newest != seen:
+            seen, completed = newest, completed + 1
+        if completed < CHECKPOINTS_BEFORE_ARCHIVE:
+            self._watching = (through, seen, completed)
+            return 0
+        self._watching = None
+        self._last = self._clock()
+        moved = self._topic.archive([s for s in self._topic.live_segments() if s.end <= through])
+        self.archived += moved
+        return moved

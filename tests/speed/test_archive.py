@@ -1,0 +1,74 @@
+"""The running archive: what a job read whole leaves the folder once checkpoints cover it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+from saiki.core.eventlog import Topic
+from saiki.feature_repo.online import SpeedStatus
+from saiki.speed.archive import RunningArchive
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def checkpoint(root: Path, n: int) -> None:
+    """A completed checkpoint, as Flink leaves it (newest by its metadata's mtime)."""
+    metadata = root / "job" / f"chk-{n}" / "_metadata"
+    metadata.parent.mkdir(parents=True)
+    metadata.write_bytes(b"x")
+    os.utime(metadata, (n, n))
+
+
+def test_read_segments_leave_the_folder_after_two_later_checkpoints(tmp_path: Path) -> None:
+    topic = Topic(tmp_path / "log")
+    for n in range(6):
+        topic.append([orjson.dumps({"n": n})] * 10)  # segments at 0, 10, ..., 50
+    checkpoints, clock = tmp_path / "checkpoints", Clock()
+    checkpoint(checkpoints, 1)
+    archive = RunningArchive(topic, checkpoints, every_s=5.0, clock=clock)
+    status = SpeedStatus(read_through=30)
+    assert archive.tick(status) == 0  # not 5 s since it started
+    clock.now = 5.0
+    assert archive.tick(status) == 0  # watching 30 from now on
+    status.read_through = 60  # read on: what is watched stays 30
+    assert archive.tick(status) == 0
+    checkpoint(checkpoints, 2)  # may have begun before the sink saw 30
+    assert archive.tick(status) == 0
+    assert [s.first for s in topic.live_segments()] == [0, 10, 20, 30, 40, 50]
+    checkpoint(checkpoints, 3)
+    assert archive.tick(status) == 3  # 0, 10, 20: wholly below 30
+    assert [s.first for s in topic.live_segments()] == [30, 40, 50]
+    # The next round waits its 5 s, then watches 60: the newest segment always stays.
+    clock.now = 9.0
+    assert archive.tick(status) == 0
+    clock.now = 10.5
+    archive.tick(status)
+    checkpoint(checkpoints, 4)
+    checkpoint(checkpoints, 5)
+    assert archive.tick(status) == 0  # one change seen: 5 is the newest
+    checkpoint(checkpoints, 6)
+    assert archive.tick(status) == 2
+    assert [s.first for s in topic.live_segments()] == [50] and archive.archived == 5
+    assert [s.first for s in topic.segments()] == [0, 10, 20, 30, 40, 50]
+
+
+def test_nothing_moves_while_nothing_below_the_folder_start_was_read(tmp_path: Path) -> None:
+    topic = Topic(tmp_path / "log")
+    for n in range(3):
+        topic.append([orjson.dumps({"n": n})])
+    checkpoints, clock = tmp_path / "checkpoints", Clock()
+    archive = RunningArchive(topic, checkpoints, every_s=0.0, clock=clock)
+    for n in range(1, 5):
+        checkpoint(checkpoints, n)
+        assert archive.tick(SpeedStatus(read_through=0)) == 0
+        assert archive.tick(None) == 0
+    assert len(topic.live_segments()) == 3

@@ -11,9 +11,11 @@ while it had nothing to read. Two moves keep it to the last seconds of traffic:
   (a restore starts from the newest checkpoint, which records them as read), and they move
   to ``_archive/`` in one burst, a prefix of the log, never the newest segment.
 * **Before a job starts** (:func:`arrange_for_start`): every archived segment the job may
-  read comes back, so a restore never misses a file, however old its checkpoint, and a
-  fresh job re-reads everything since its cutoff; then a fresh job's folder loses the
-  segments it would read for nothing (:func:`start_boundary`).
+  read comes back, so a restore never misses a file, and a fresh job re-reads everything
+  since its cutoff; then a fresh job's folder loses the segments it would read for
+  nothing (:func:`start_boundary`). Each running archive records how far it went and the
+  checkpoint that covered it (``speed/archived.json``): a job restored from that
+  checkpoint or a newer one gets back only what lies beyond (an older checkpoint, all).
 
 A restored job's source skips the segments brought back that its checkpoint has read (it
 keeps the paths it has seen), so each record is read once either way.
@@ -23,12 +25,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog, Topic
+from saiki.core.files import atomic_write
 from saiki.core.schema import MAX_FUTURE_MS
 from saiki.feature_repo.online import SpeedStatus
 from saiki.feature_repo.views import ViewCatalog
@@ -37,6 +41,7 @@ from saiki.speed.job import latest_checkpoint
 # Checkpoints that must complete after read_through was seen before the segments below it
 # move: the first may have begun before the sink saw them; the second began after.
 CHECKPOINTS_BEFORE_ARCHIVE = 2
+ARCHIVED_FILE = "archived.json"  # in the speed folder: what the running archive moved
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,16 +70,36 @@ def start_boundary(config: SaikiConfig, cutoff_ms: int) -> int:
     return boundary
 
 
-def arrange_for_start(config: SaikiConfig, cutoff_ms: int, fresh: bool) -> tuple[int, int]:
+def arrange_for_start(
+    config: SaikiConfig, cutoff_ms: int, restore: Path | None, record: Path
+) -> tuple[int, int]:
     """Before a job starts (nothing lists the folder): bring back every archived segment
-    at or after :func:`start_boundary`; for a fresh job, archive those before it. Returns
-    (segments brought back, segments archived)."""
+    at or after :func:`start_boundary` that it may read (for a restore from ``record``'s
+    checkpoint or a newer one, only those past what was archived while it ran, and those
+    before go); for a fresh job, archive those before the boundary. Returns (brought back,
+    archived)."""
     events = log_topic(config.log_dir)
     boundary = start_boundary(config, cutoff_ms)
-    back = events.unarchive(boundary)
-    if not fresh:
-        return back, 0
-    return back, events.archive([s for s in events.live_segments() if s.end <= boundary])
+    if restore is None:
+        record.unlink(missing_ok=True)  # a fresh job reads everything since the boundary
+        back = events.unarchive(boundary)
+        return back, events.archive([s for s in events.live_segments() if s.end <= boundary])
+    try:
+        archived = json.loads(record.read_text())
+        covered = _mtime_ms(restore) >= archived["checkpoint_ms"]
+        through = int(archived["through"]) if covered else 0
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        through = 0
+    back = events.unarchive(max(boundary, through))
+    # What the checkpoint has read whole, left in the folder by an earlier start, goes.
+    return back, events.archive([s for s in events.live_segments() if s.end <= through])
+
+
+def _mtime_ms(checkpoint: Path | None) -> int:
+    """When a checkpoint completed (its metadata was written); 0 for none."""
+    if checkpoint is None:
+        return 0
+    return int((checkpoint / "_metadata").stat().st_mtime * 1000)
 
 
 class RunningArchive:
@@ -85,11 +110,13 @@ class RunningArchive:
         self,
         topic: Topic,
         checkpoints: Path,
+        record: Path,
         every_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._topic = topic
         self._checkpoints = checkpoints
+        self._record = record
         self._every_s = every_s
         self._clock = clock
         self._last = clock()
@@ -117,5 +144,9 @@ class RunningArchive:
         self._watching = None
         self._last = self._clock()
         moved = self._topic.archive([s for s in self._topic.live_segments() if s.end <= through])
+        if moved and seen is not None:
+            # A restore from this checkpoint or a newer one has read all of it.
+            covered = {"through": through, "checkpoint_ms": _mtime_ms(seen)}
+            atomic_write(self._record, json.dumps(covered), durable=False)
         self.archived += moved
         return moved

@@ -31,7 +31,7 @@ from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
-from saiki.speed.archive import RunningArchive, arrange_for_start, log_topic
+from saiki.speed.archive import ARCHIVED_FILE, RunningArchive, arrange_for_start, log_topic
 from saiki.speed.cluster import TERMINAL, FlinkRest, job_name, package_distribution
 from saiki.speed.job import (
     build_job,
@@ -124,7 +124,8 @@ def _start_spec(
     nothing, and its count of records read starts after that (speed/archive.py)."""
     spec, checkpoint = resolve_spec(config, fresh)
     if not spec.kafka_bootstrap:
-        back, archived = arrange_for_start(config, spec.epoch_cutoff_ms, checkpoint is None)
+        record = spec.speed_dir / ARCHIVED_FILE
+        back, archived = arrange_for_start(config, spec.epoch_cutoff_ms, checkpoint, record)
         live = log_topic(config.log_dir).live_segments()
         reached(f"{back} segments brought back, {archived} archived, {len(live)} to list")
         if checkpoint is None:
@@ -218,7 +219,7 @@ def _watch(
     # Only a job this driver runs: a cluster's job outlives its client, and the folder it
     # lists is archived at its next fresh start.
     archive = (
-        RunningArchive(log_topic(config.log_dir), checkpoints)
+        RunningArchive(log_topic(config.log_dir), checkpoints, spec.speed_dir / ARCHIVED_FILE)
         if isinstance(job, _LocalJob) and spec is not None and not spec.kafka_bootstrap
         else None
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def test_read_segments_leave_the_folder_after_two_later_checkpoints(tmp_path: Pa
         topic.append([orjson.dumps({"n": n})] * 10)  # segments at 0, 10, ..., 50
     checkpoints, clock = tmp_path / "checkpoints", Clock()
     checkpoint(checkpoints, 1)
-    archive = RunningArchive(topic, checkpoints, every_s=5.0, clock=clock)
+    record = tmp_path / "archived.json"
+    archive = RunningArchive(topic, checkpoints, record, every_s=5.0, clock=clock)
     status = SpeedStatus(read_through=30)
     assert archive.tick(status) == 0  # not 5 s since it started
     clock.now = 5.0
@@ -47,6 +49,8 @@ def test_read_segments_leave_the_folder_after_two_later_checkpoints(tmp_path: Pa
     checkpoint(checkpoints, 3)
     assert archive.tick(status) == 3  # 0, 10, 20: wholly below 30
     assert [s.first for s in topic.live_segments()] == [30, 40, 50]
+    # A restore from checkpoint 3 or a newer one has read everything before 30.
+    assert json.loads(record.read_text()) == {"through": 30, "checkpoint_ms": 3000}
     # The next round waits its 5 s, then watches 60: the newest segment always stays.
     clock.now = 9.0
     assert archive.tick(status) == 0
@@ -58,6 +62,7 @@ def test_read_segments_leave_the_folder_after_two_later_checkpoints(tmp_path: Pa
     checkpoint(checkpoints, 6)
     assert archive.tick(status) == 2
     assert [s.first for s in topic.live_segments()] == [50] and archive.archived == 5
+    assert json.loads(record.read_text()) == {"through": 60, "checkpoint_ms": 6000}
     assert [s.first for s in topic.segments()] == [0, 10, 20, 30, 40, 50]
 
 
@@ -66,9 +71,11 @@ def test_nothing_moves_while_nothing_below_the_folder_start_was_read(tmp_path: P
     for n in range(3):
         topic.append([orjson.dumps({"n": n})])
     checkpoints, clock = tmp_path / "checkpoints", Clock()
-    archive = RunningArchive(topic, checkpoints, every_s=0.0, clock=clock)
+    record = tmp_path / "archived.json"
+    archive = RunningArchive(topic, checkpoints, record, every_s=0.0, clock=clock)
     for n in range(1, 5):
         checkpoint(checkpoints, n)
         assert archive.tick(SpeedStatus(read_through=0)) == 0
         assert archive.tick(None) == 0
     assert len(topic.live_segments()) == 3
+    assert not (tmp_path / "archived.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -204,7 +205,12 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     # before the job's cutoff at its fresh start and those it had read since: the latter
     # come back before it starts, and it reads none of them again.
     assert log.events.archived() and log.events.live_segments()[0].first > 0
+    # Restored from the newest checkpoint, which covers every segment archived while the
+    # job ran: those stay archived (the one ending at `through` may have stayed, being
+    # the newest then).
+    through = json.loads((root / "speed" / "archived.json").read_text())["through"]
     run_saiki(config, "speed", "run", "--until-idle")
+    assert log.events.live_segments()[0].end >= through
     want, late_count = expected(config)
     got = served_tiles(config)
     wrong = {

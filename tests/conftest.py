@@ -7,6 +7,8 @@ directory from ``config``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +228,15 @@ def online_store_config(
     config = make_config(root)
     apply(config)
     return config
+
+
+def start_speed_job(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``saiki speed run`` on ``root`` in a process group of its own, until killed."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "speed", "run"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

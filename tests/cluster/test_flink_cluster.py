@@ -23,7 +23,7 @@ from saiki.feature_repo.online import read_status
 from saiki.simulator import TrafficOptions, World, write_jsonl
 from saiki.speed.cluster import FlinkRest
 from tests.cluster.conftest import FlinkCluster
-from tests.conftest import END_MS, ROOT, online_store_config, run_saiki
+from tests.conftest import END_MS, ROOT, online_store_config, run_saiki, start_speed_job
 from tests.speed.test_speed_job import _wait, expected, feed_until_unchecked, served_tiles
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -74,14 +74,7 @@ def test_the_cluster_job_outlives_its_client_and_a_killed_taskmanager_exactly(
     # The client's environment does not reach the cluster's Python: no PYTHONPATH.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     env.pop("PYTHONPATH", None)
-    client = subprocess.Popen(
-        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "speed", "run"],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    client = start_speed_job(root, env)
     try:
         _wait(lambda: rest.live_job() is not None, 120, "the job on the cluster")
         _wait(caught_up, 180, "the first catch-up")

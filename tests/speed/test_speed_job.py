@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from saiki.feature_repo.views import ViewCatalog
 from saiki.simulator import TrafficOptions, World, write_jsonl
 from saiki.speed.archive import start_boundary
 from saiki.speed.job import latest_checkpoint, load_lineage
-from tests.conftest import END_MS, ROOT, make_config, run_saiki
+from tests.conftest import END_MS, make_config, run_saiki, start_speed_job
 from tests.oracle import MINUTE, late_flags, log_records
 
 pytestmark = pytest.mark.slow
@@ -141,16 +139,11 @@ def _affinities(pid: int) -> set[int]:
     return cpus
 
 
-def _start_job(root: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``saiki speed run`` in a process group of its own, until killed."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(root), "speed", "run"],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _ingest_traffic(log: EventLog, path: Path, seed: int, days: float, end_ms: int) -> None:
+    """Simulated traffic of the test world, written to ``path`` and ingested."""
+    world = World(users=150, items=80, seed=seed)
+    write_jsonl(world, TrafficOptions(days=days, end_ms=end_ms), path)
+    ingest_files(Ingestor(log), [path], chunk_bytes=20_000, workers=1)
 
 
 def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
@@ -178,7 +171,7 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     # Held to one CPU by [speed] cpus, as a user would set it: its JVM and Python workers too.
     one_cpu = max(os.sched_getaffinity(0))
     env["SAIKI_SPEED_CPUS"] = str(one_cpu)
-    job = _start_job(root, env)
+    job = start_speed_job(root, env)
     try:
         speed_dir = root / "speed"
 
@@ -225,16 +218,10 @@ def test_a_killed_job_resumes_from_its_checkpoint_with_nothing_lost_or_doubled(
     # archived after it come back first, and the tiles still equal the recomputation.
     cutoff = ViewCatalog(root).current().cutoff_ms  # type: ignore[union-attr]
     boundary = start_boundary(config, cutoff)
-    job = _start_job(root, env)
+    job = start_speed_job(root, env)
     try:
         # A restored job learns what it had read at its first record (its keyed state).
-        later = tmp_path / "later.jsonl"
-        write_jsonl(
-            World(users=150, items=80, seed=24),
-            TrafficOptions(days=0.01, end_ms=END_MS + 4 * 3_600_000),
-            later,
-        )
-        ingest_files(Ingestor(log), [later], chunk_bytes=20_000, workers=1)
+        _ingest_traffic(log, tmp_path / "later.jsonl", 24, 0.01, END_MS + 4 * 3_600_000)
         _wait(lambda: log.events.live_segments()[0].first > boundary, 90, "an archive")
     finally:
         os.killpg(job.pid, signal.SIGTERM)
@@ -272,13 +259,7 @@ def test_a_fresh_start_after_a_handoff_archives_and_then_resumes_exactly(
     assert status.start_offset == start_boundary(config, cutoff) <= listed[0].first
     # New events after the cutoff, then a restart from the job's checkpoint: each new
     # event is read once, none of the archived ones again.
-    extra = tmp_path / "after.jsonl"
-    write_jsonl(
-        World(users=150, items=80, seed=23),
-        TrafficOptions(days=0.05, end_ms=END_MS + 2 * 3_600_000),
-        extra,
-    )
-    ingest_files(Ingestor(log), [extra], chunk_bytes=20_000, workers=1)
+    _ingest_traffic(log, tmp_path / "after.jsonl", 23, 0.05, END_MS + 2 * 3_600_000)
     run_saiki(config, "speed", "run", "--until-idle")
     want, _ = expected(config)
     assert len(want) > 100 and served_tiles(config) == want

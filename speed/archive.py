@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from saiki.core.config import SaikiConfig
 from saiki.core.eventlog import EventLog, Topic
@@ -120,14 +121,29 @@ class RunningArchive:
         self._every_s = every_s
         self._clock = clock
         self._last = clock()
-        # (read_through seen, the newest checkpoint since, checkpoints completed since)
-        self._watching: tuple[int, Path | None, int] | None = None
+        # (read_through seen, the newest checkpoint since and when it completed,
+        # checkpoints completed since)
+        self._watching: tuple[int, tuple[Path, int] | None, int] | None = None
         self.archived = 0
+
+    def _newest(self) -> tuple[Path, int] | Literal[False] | None:
+        """The newest checkpoint and when it completed; None when there is none; False
+        when it was gone before it could be read (Flink keeps the newest three only, and
+        removes the oldest as each completes: a listing can name one already removed)."""
+        newest = latest_checkpoint(self._checkpoints)
+        if newest is None:
+            return None
+        try:
+            return newest, _mtime_ms(newest)
+        except FileNotFoundError:
+            return False
 
     def tick(self, status: SpeedStatus | None) -> int:
         """Start watching a new ``read_through``, or archive below the one watched once
         enough checkpoints have completed since; returns how many segments moved."""
-        newest = latest_checkpoint(self._checkpoints)
+        newest = self._newest()
+        if newest is False:
+            return 0  # looked at again on the next tick
         if self._watching is None:
             if status is None or self._clock() - self._last < self._every_s:
                 return 0
@@ -146,7 +162,7 @@ class RunningArchive:
         moved = self._topic.archive([s for s in self._topic.live_segments() if s.end <= through])
         if moved and seen is not None:
             # A restore from this checkpoint or a newer one has read all of it.
-            covered = {"through": through, "checkpoint_ms": _mtime_ms(seen)}
+            covered = {"through": through, "checkpoint_ms": seen[1]}
             atomic_write(self._record, json.dumps(covered), durable=False)
         self.archived += moved
         return moved

@@ -195,11 +195,16 @@ def embedded_python_path() -> str:
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
     """The newest complete retained checkpoint (a ``chk-N`` folder with ``_metadata``)."""
-    found = glob.glob(str(checkpoints / "*" / "chk-*" / "_metadata"))
-    if not found:
+    completed: list[tuple[float, int, str]] = []
+    for metadata in glob.glob(str(checkpoints / "*" / "chk-*" / "_metadata")):
+        try:  # a running job removes its oldest retained checkpoint as each completes
+            mtime = os.path.getmtime(metadata)
+        except FileNotFoundError:
+            continue
+        completed.append((mtime, int(Path(metadata).parent.name[4:]), metadata))
+    if not completed:
         return None
-    newest = max(found, key=lambda m: (os.path.getmtime(m), int(Path(m).parent.name[4:])))
-    return Path(newest).parent
+    return Path(max(completed)[2]).parent
 
 
 def job_configuration(
@@ -213,6 +218,7 @@ def job_configuration(
         "python.client.executable": sys.executable,
         "python.fn-execution.bundle.time": str(spec.sink_flush_ms),
         "table.local-time-zone": "UTC",
+        "pipeline.object-reuse": "true" if spec.object_reuse else "false",
         "table.exec.mini-batch.enabled": "true",
         "table.exec.mini-batch.allow-latency": f"{spec.sink_flush_ms} ms",
         "table.exec.mini-batch.size": "5000",

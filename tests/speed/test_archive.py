@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import orjson
+import pytest
 
-from saiki.core.eventlog import Topic
+from saiki.core.eventlog import Segment, Topic
 from saiki.feature_repo.online import SpeedStatus
 from saiki.speed.archive import RunningArchive
+from saiki.speed.job import latest_checkpoint
 
 
 class Clock:
@@ -79,3 +82,54 @@ def test_nothing_moves_while_nothing_below_the_folder_start_was_read(tmp_path: P
         assert archive.tick(None) == 0
     assert len(topic.live_segments()) == 3
     assert not (tmp_path / "archived.json").exists()
+
+
+def test_a_checkpoint_removed_while_segments_move_still_covers_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moving thousands of segments takes seconds, in which Flink completes checkpoints
+    and removes all but the newest three, the one noted included: the record keeps the
+    time noted when the checkpoint was seen, and the driver goes on (it used to stop on
+    the missing folder, and the job with it)."""
+    topic = Topic(tmp_path / "log")
+    for n in range(4):
+        topic.append([orjson.dumps({"n": n})] * 10)
+    checkpoints, clock = tmp_path / "checkpoints", Clock()
+    record = tmp_path / "archived.json"
+    archive = RunningArchive(topic, checkpoints, record, every_s=0.0, clock=clock)
+    checkpoint(checkpoints, 1)
+    assert archive.tick(SpeedStatus(read_through=20)) == 0
+    checkpoint(checkpoints, 2)
+    assert archive.tick(None) == 0
+    checkpoint(checkpoints, 3)
+    move = topic.archive
+
+    def slow_move(segments: list[Segment]) -> int:
+        shutil.rmtree(checkpoints / "job" / "chk-3")  # retired while the segments move
+        return move(segments)
+
+    monkeypatch.setattr(topic, "archive", slow_move)
+    assert archive.tick(None) == 2
+    assert json.loads(record.read_text()) == {"through": 20, "checkpoint_ms": 3000}
+    # A checkpoint listed and gone before it could be read counts for nothing.
+    monkeypatch.setattr(
+        "saiki.speed.archive.latest_checkpoint", lambda _: checkpoints / "job" / "chk-9"
+    )
+    assert archive.tick(SpeedStatus(read_through=40)) == 0
+
+
+def test_the_newest_checkpoint_passes_over_one_removed_while_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "checkpoints"
+    checkpoint(root, 1)
+    checkpoint(root, 2)
+    real = os.path.getmtime
+
+    def racing(path: str) -> float:
+        if "chk-2" in str(path):
+            raise FileNotFoundError(path)  # retired between the listing and this look
+        return real(path)
+
+    monkeypatch.setattr(os.path, "getmtime", racing)
+    assert latest_checkpoint(root) == root / "job" / "chk-1"

@@ -82,7 +82,13 @@ class SpeedConfig:
     # How long a tile's Flink state outlives its last change: the state (and each
     # checkpoint) holds about this much time's tiles; at least 2 x lateness + 2 min.
     state_ttl_s: int = 900
+    # Every checkpoint is a full copy of the job's state (the tiles of the last
+    # state_ttl_s, the source's set of paths read): the interval trades its CPU against
+    # how much a restore re-reads. Applies to a restored job too.
     checkpoint_interval_ms: int = 2_000
+    # Flink's pipeline.object-reuse: records pass between the query's chained operators
+    # without a copy each (Flink's SQL operators are written for it). Applies on restore.
+    object_reuse: bool = True
     # Niceness added to `saiki speed run` in local mode (its JVM inherits it), so that
     # serving threads on the same cores wait less for one; 0 leaves the priority alone.
     nice: int = 0

@@ -68,9 +68,15 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
     # from the current cutoff; the tiles already written stay and are max-merged.
     resumable = lineage is not None and lineage.shape == JOB_SHAPE
     if not fresh and resumable and lineage is not None and checkpoint is not None:
-        # The listing interval and the Kafka client's settings (a rotated password) are no
-        # part of the job's state: the configured ones apply.
-        settings = replace(lineage, monitor_ms=config.speed.monitor_ms)
+        # The listing and checkpoint intervals, object reuse and the Kafka client's
+        # settings (a rotated password) are no part of the job's state: the configured
+        # ones apply.
+        settings = replace(
+            lineage,
+            monitor_ms=config.speed.monitor_ms,
+            checkpoint_interval_ms=config.speed.checkpoint_interval_ms,
+            object_reuse=config.speed.object_reuse,
+        )
         return replace(settings, kafka_properties=_kafka_properties(config)), checkpoint
     shutil.rmtree(checkpoints, ignore_errors=True)
     current = ViewCatalog.open(config).current()
@@ -87,6 +93,7 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
         kafka_topic=config.log.kafka_topic,
         kafka_properties=_kafka_properties(config),
         checkpoint_dir=config.speed.checkpoint_dir,
+        object_reuse=config.speed.object_reuse,
     )
     return spec, None
 

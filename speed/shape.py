@@ -44,6 +44,7 @@ class SpeedJobSpec:
     first_offset: int = 0
     # ``[speed] checkpoint_dir``; empty: under the speed folder.
     checkpoint_dir: str = ""
+    object_reuse: bool = True  # Flink's pipeline.object-reuse ([speed] object_reuse)
 
     @property
     def speed_dir(self) -> Path:

@@ -126,20 +126,33 @@ def test_a_checkpoint_of_an_older_job_shape_is_not_restored(tmp_path: Path) -> N
     assert not (speed_dir / "checkpoints").exists()  # discarded, as --fresh does
 
 
-def test_the_listing_interval_is_configured_and_applies_to_a_resumed_job(tmp_path: Path) -> None:
+def test_the_job_s_intervals_are_configured_and_apply_to_a_resumed_job(tmp_path: Path) -> None:
     import json
 
-    (tmp_path / "saiki.toml").write_text("[speed]\nmonitor_ms = 750\n")
+    from saiki.speed.job import job_configuration
+
+    (tmp_path / "saiki.toml").write_text(
+        "[speed]\nmonitor_ms = 750\ncheckpoint_interval_ms = 5000\nobject_reuse = false\n"
+    )
     config = make_config(tmp_path)
     fresh, _ = resolve_spec(config, fresh=True)
-    assert fresh.monitor_ms == 750
+    assert (fresh.monitor_ms, fresh.checkpoint_interval_ms, fresh.object_reuse) == (
+        750,
+        5000,
+        False,
+    )
     assert "'source.monitor-interval' = '750ms'" in source_ddl(fresh)
     speed_dir = config.data_dir / "speed"
     (speed_dir / "checkpoints" / "job" / "chk-1").mkdir(parents=True)
     (speed_dir / "checkpoints" / "job" / "chk-1" / "_metadata").write_bytes(b"x")
-    (speed_dir / "job.json").write_text(json.dumps(asdict(replace(fresh, monitor_ms=200))))
+    older = replace(fresh, monitor_ms=200, checkpoint_interval_ms=2000, object_reuse=True)
+    (speed_dir / "job.json").write_text(json.dumps(asdict(older)))
     resumed, checkpoint = resolve_spec(config, fresh=False)
-    assert checkpoint is not None and resumed.monitor_ms == 750
+    assert checkpoint is not None
+    settings = job_configuration(resumed)
+    assert settings["execution.checkpointing.interval"] == "5000 ms"
+    assert settings["pipeline.object-reuse"] == "false"
+    assert resumed.monitor_ms == 750
 
 
 def test_checkpoints_go_to_the_configured_shared_path(tmp_path: Path) -> None:

@@ -79,13 +79,13 @@ class Feeder(threading.Thread):
     def __init__(self, data: Path) -> None:
         super().__init__(daemon=True)
         self._ingestor = Ingestor(EventLog(load_config(data, environ={}).log_dir))
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.calls = 0
 
     def run(self) -> None:
         tick = 1.0 / CALLS_PER_S
         next_at = time.monotonic()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             at = now_ms()
             lines = [
                 json.dumps(
@@ -102,10 +102,10 @@ class Feeder(threading.Thread):
             self._ingestor.ingest_lines(lines, "bench_speed_load")
             self.calls += 1
             next_at += tick
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+            self._halt.wait(max(0.0, next_at - time.monotonic()))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
         self._ingestor.close()
 
@@ -179,8 +179,10 @@ def measure(data: Path, label: str, settings: dict[str, str]) -> str:
         read = (events_read(data) - read0) / MEASURE_S
         stolen = steal_since(counters)
     finally:
-        feeder.stop()
-        stop_job(job)
+        try:
+            feeder.stop()
+        finally:
+            stop_job(job)
     config = load_config(data, environ={})
     newest = latest_checkpoint(checkpoint_root(data, config.speed.checkpoint_dir))
     size = sum(f.stat().st_size for f in newest.iterdir()) / 1e6 if newest else 0.0

@@ -18,14 +18,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from benchmarks.common import DATA, PROJECT, conditions, fresh_dir
+from benchmarks.common import DATA, conditions, fresh_dir, start_speed
 from benchmarks.live_traffic import prepare
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
@@ -81,16 +79,7 @@ def main() -> None:
         f"folder the source lists; warm-up {WARM_S:.0f} s, measured {MEASURE_S:.0f} s"
     )
     for monitor_ms in VALUES:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
-        env["SAIKI_SPEED_MONITOR_MS"] = str(monitor_ms)
-        job = subprocess.Popen(
-            [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), "speed", "run"],
-            cwd=PROJECT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        job = start_speed(data, {"SPEED_MONITOR_MS": str(monitor_ms)})
         try:
             time.sleep(FIRST_EVENTS_S)
             # A few events, read by the job: a restored job learns from its first record

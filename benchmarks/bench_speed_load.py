@@ -33,14 +33,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
 
-from benchmarks.common import DATA, PROJECT, conditions, cpu_counters, fresh_dir, steal_since
+from benchmarks.common import (
+    DATA,
+    conditions,
+    cpu_counters,
+    fresh_dir,
+    start_speed,
+    steal_since,
+)
 from benchmarks.live_traffic import prepare
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
@@ -123,19 +129,6 @@ def events_read(data: Path) -> int:
     return status.events_seen if status is not None else 0
 
 
-def start_job(data: Path, settings: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
-    env.update({f"SAIKI_{key}": value for key, value in settings.items()})
-    return subprocess.Popen(
-        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), "speed", "run"],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 def stop_job(job: subprocess.Popen[bytes]) -> None:
     os.killpg(job.pid, signal.SIGTERM)
     job.wait(60)
@@ -144,7 +137,7 @@ def stop_job(job: subprocess.Popen[bytes]) -> None:
 def inflate(data: Path, segments: int) -> float:
     """Append ``segments`` one-event segments while the job runs; seconds until it has
     read them all."""
-    job = start_job(data, {})
+    job = start_speed(data, {})
     ingestor = Ingestor(EventLog(load_config(data, environ={}).log_dir))
     started = time.monotonic()
     try:
@@ -164,7 +157,7 @@ def inflate(data: Path, segments: int) -> float:
 
 
 def measure(data: Path, label: str, settings: dict[str, str]) -> str:
-    job = start_job(data, settings)
+    job = start_speed(data, settings)
     feeder = Feeder(data)
     feeder.start()
     try:

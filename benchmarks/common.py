@@ -140,6 +140,21 @@ def fresh_dir(name: str) -> Path:
     return path
 
 
+def start_speed(data: Path, settings: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``saiki speed run`` on ``data`` in a process group of its own, with none of this
+    environment's ``SAIKI_`` settings but ``settings`` (``{"SPEED_MONITOR_MS": "500"}``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    env.update({f"SAIKI_{key}": value for key, value in (settings or {}).items()})
+    return subprocess.Popen(
+        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), "speed", "run"],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def start_server(data: Path, port: int, workers: int = 1, **settings: str) -> subprocess.Popen[str]:
     """``saiki serve`` in a child process, returned once it says it is serving.
 

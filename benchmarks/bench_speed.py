@@ -92,7 +92,12 @@ def backlog(data: Path) -> BacklogRun:
     )
     log = EventLog(config.log_dir)
     ingest_files(Ingestor(log), [traffic])
-    head = log.events.head()
+    return fresh_run(data, log.events.head())
+
+
+def fresh_run(data: Path, head: int) -> BacklogRun:
+    """``saiki speed run --until-idle --fresh`` on ``data``, timed until it has read up to
+    ``head`` and written every changed row."""
     started = time.perf_counter()
     job = saiki(data, "speed", "run", "--until-idle", "--fresh")
     running = first_write = None

@@ -14,11 +14,16 @@ while it had nothing to read. Two moves keep it to the last seconds of traffic:
   read comes back, so a restore never misses a file, and a fresh job re-reads everything
   since its cutoff; then a fresh job's folder loses the segments it would read for
   nothing (:func:`start_boundary`). Each running archive records how far it went and the
-  checkpoint that covered it (``speed/archived.json``): a job restored from that
-  checkpoint or a newer one gets back only what lies beyond (an older checkpoint, all).
+  checkpoint that covered it (``speed/archived.json``), before it moves anything: a job
+  restored from that checkpoint or a newer one gets back only what lies beyond.
 
-A restored job's source skips the segments brought back that its checkpoint has read (it
-keeps the paths it has seen), so each record is read once either way.
+The archive merges runs of small segments into one (``core/eventlog.py``), so a fresh job
+re-reads a few large files instead of thousands of small ones. A restored job's source
+skips the segments its checkpoint has read by their paths, which a merged segment does
+not share with its parts: a restore therefore never gets back a segment merged from what
+it had read. From the newest checkpoint it does not (everything archived while it ran lies
+below what the record says); from a checkpoint older than the record's (the newer ones
+lost), the job starts fresh instead (:func:`restore_covered`), which is exact too.
 """
 
 from __future__ import annotations
@@ -81,19 +86,39 @@ def arrange_for_start(
     archived)."""
     events = log_topic(config.log_dir)
     boundary = start_boundary(config, cutoff_ms)
+    events.drop_covered()  # parts a crash left beside their merged segment never come back
     if restore is None:
         record.unlink(missing_ok=True)  # a fresh job reads everything since the boundary
         back = events.unarchive(boundary)
         return back, events.archive([s for s in events.live_segments() if s.end <= boundary])
-    try:
-        archived = json.loads(record.read_text())
-        covered = _mtime_ms(restore) >= archived["checkpoint_ms"]
-        through = int(archived["through"]) if covered else 0
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        through = 0
+    archived = _read_record(record)
+    through = int(archived["through"]) if archived is not None else 0
     back = events.unarchive(max(boundary, through))
     # What the checkpoint has read whole, left in the folder by an earlier start, goes.
     return back, events.archive([s for s in events.live_segments() if s.end <= through])
+
+
+def restore_covered(restore: Path, record: Path) -> bool:
+    """Whether a job may restore from ``restore``: nothing was archived since its fresh
+    start, or the checkpoint is the one the newest archive recorded or newer (an older one
+    may not have read what was merged since; a fresh start is exact instead)."""
+    if not record.exists():
+        return True
+    archived = _read_record(record)
+    try:
+        return archived is not None and _mtime_ms(restore) >= int(archived["checkpoint_ms"])
+    except FileNotFoundError:
+        return False
+
+
+def _read_record(record: Path) -> dict[str, int] | None:
+    """What the running archive recorded (``through``, ``checkpoint_ms``); None if none
+    or unreadable."""
+    try:
+        archived = json.loads(record.read_text())
+        return {key: int(archived[key]) for key in ("through", "checkpoint_ms")}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _mtime_ms(checkpoint: Path | None) -> int:
@@ -159,10 +184,13 @@ class RunningArchive:
             return 0
         self._watching = None
         self._last = self._clock()
-        moved = self._topic.archive([s for s in self._topic.live_segments() if s.end <= through])
-        if moved and seen is not None:
-            # A restore from this checkpoint or a newer one has read all of it.
-            covered = {"through": through, "checkpoint_ms": seen[1]}
-            atomic_write(self._record, json.dumps(covered), durable=False)
+        below = [s for s in self._topic.live_segments() if s.end <= through]
+        if not below or seen is None:
+            return 0
+        # A restore from this checkpoint or a newer one has read all of it: recorded
+        # durably before anything moves, so no restore gets back what was merged from it.
+        covered = {"through": through, "checkpoint_ms": seen[1]}
+        atomic_write(self._record, json.dumps(covered))
+        moved = self._topic.archive(below)
         self.archived += moved
         return moved

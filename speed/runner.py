@@ -31,7 +31,13 @@ from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import SpeedStatus, read_status
 from saiki.feature_repo.views import ViewCatalog
-from saiki.speed.archive import ARCHIVED_FILE, RunningArchive, arrange_for_start, log_topic
+from saiki.speed.archive import (
+    ARCHIVED_FILE,
+    RunningArchive,
+    arrange_for_start,
+    log_topic,
+    restore_covered,
+)
 from saiki.speed.cluster import TERMINAL, FlinkRest, job_name, package_distribution
 from saiki.speed.job import (
     build_job,
@@ -132,6 +138,9 @@ def _start_spec(
     spec, checkpoint = resolve_spec(config, fresh)
     if not spec.kafka_bootstrap:
         record = spec.speed_dir / ARCHIVED_FILE
+        if checkpoint is not None and not restore_covered(checkpoint, record):
+            reached("the checkpoint predates what was archived since: starting fresh")
+            spec, checkpoint = resolve_spec(config, fresh=True)
         back, archived = arrange_for_start(config, spec.epoch_cutoff_ms, checkpoint, record)
         live = log_topic(config.log_dir).live_segments()
         reached(f"{back} segments brought back, {archived} archived, {len(live)} to list")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -164,22 +165,23 @@ def test_archiving_moves_a_prefix_out_of_the_listed_folder_and_every_offset_stay
         "_staging",
         segments[4].path.name,
     ]
-    assert [s.first for s in reader.archived()] == [0, 1, 2, 3]
-    assert [s.first for s in reader.segments()] == [0, 1, 2, 3, 4]
+    # Each move merged its small segments into one: 0-1, then 2-3.
+    assert [(s.first, s.count) for s in reader.archived()] == [(0, 2), (2, 2)]
+    assert [s.first for s in reader.segments()] == [0, 2, 4]
     assert [s.first for s in reader.segments(from_offset=4)] == [4]  # the folder alone
     assert reader.head() == topic.head() == 5
     rows = pa.concat_tables(t for _, t in reader.read_range(0, SCHEMA)).to_pylist()
     assert rows == [{"offset": n, "n": n} for n in range(5)]
-    # A segment listed before it moved is still read (from the archive, Arrow copy too).
+    # A segment listed before it was merged is still read (its offsets of the merged one).
     moved = reader.read(listed_before[1], SCHEMA).to_pylist()
     assert moved == [{"offset": 1, "n": 1}]
-    assert (tmp_path / "t" / "_archive" / SIDECAR_DIR / listed_before[1].sidecar.name).exists()
+    assert all(s.sidecar.exists() for s in reader.archived())  # merged Arrow copies
     appended = topic.append(lines(5))
     assert appended.first == 5 and reader.head() == 6
 
 
 def test_archived_segments_come_back_as_a_suffix_and_readers_follow_them(tmp_path: Path) -> None:
-    topic, reader = Topic(tmp_path / "t"), Topic(tmp_path / "t")
+    topic, reader = Topic(tmp_path / "t", merge_bytes=0), Topic(tmp_path / "t")
     columns = pa.table({"n": [0]})
     segments = [topic.append(lines(n), columns.set_column(0, "n", [[n]])) for n in range(6)]
     assert topic.archive(segments) == 5
@@ -199,7 +201,7 @@ def test_archived_segments_come_back_as_a_suffix_and_readers_follow_them(tmp_pat
 def test_a_listing_that_races_a_segment_coming_back_lists_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    topic, reader = Topic(tmp_path / "t"), Topic(tmp_path / "t")
+    topic, reader = Topic(tmp_path / "t", merge_bytes=0), Topic(tmp_path / "t")
     segments = [topic.append(lines(n)) for n in range(4)]
     topic.archive(segments)
     archived = Topic.archived
@@ -214,3 +216,99 @@ def test_a_listing_that_races_a_segment_coming_back_lists_again(
     monkeypatch.setattr(Topic, "archived", archived_then_moved)
     assert [s.first for s in reader.segments()] == [0, 1, 2, 3]
     assert len(calls) == 3  # the racing listing's, the unarchive's, the second listing's
+
+
+def _log_watermarks(topic: Topic) -> dict[int, int]:
+    """Each record's log watermark as the speed job computes it from a segment file: the
+    greater of the name's watermark and the record's ``prior_ms``."""
+    marks = {}
+    for segment in topic.segments():
+        path = segment.path if segment.path.exists() else topic.find(segment.path.name)
+        assert path is not None
+        records = Path(getattr(path, "path", path)).read_bytes().splitlines()
+        assert len(records) == segment.count
+        for n, line in enumerate(records):
+            marks[segment.first + n] = max(segment.watermark_ms, orjson.loads(line)["prior_ms"])
+    return marks
+
+
+def _events(ingestor: Ingestor, batch: int, times: list[int]) -> None:
+    ingestor.ingest_lines(
+        [
+            orjson.dumps(
+                Event(
+                    f"e{batch}-{n}", t, f"u{n}", "x", None, "IMPRESSION", None, None, None
+                )._asdict()
+            )
+            for n, t in enumerate(times)
+        ],
+        "test",
+    )
+
+
+def test_merged_archive_segments_keep_every_records_offset_row_and_log_watermark(
+    tmp_path: Path,
+) -> None:
+    """A fresh speed job re-reads archived segments: merged, each record must keep its
+    offset, its fields and the log watermark its lateness is decided on."""
+    log = EventLog(tmp_path / "log")
+    ingestor = Ingestor(log, clock=lambda: 1_795_176_000_000)
+    base = 1_795_175_000_000
+    # Out of order within and across calls: later calls start below what came before.
+    for batch in range(6):
+        _events(ingestor, batch, [base + 9_000 * batch, base + 1_000 * batch, base + 30_000])
+    before_rows = pa.concat_tables(t for _, t in log.events.read_range(0, SEGMENT_ARROW_SCHEMA))
+    before_marks = _log_watermarks(log.events)
+    assert len({s.watermark_ms for s in log.events.segments()}) > 2  # the names differ
+    assert log.events.archive(log.events.live_segments()) == 5
+    merged = log.events.archived()
+    assert [(s.first, s.count) for s in merged] == [(0, 15)]
+    assert merged[0].sidecar.exists()
+    after_rows = pa.concat_tables(t for _, t in log.events.read_range(0, SEGMENT_ARROW_SCHEMA))
+    assert after_rows.equals(before_rows)
+    assert _log_watermarks(log.events) == before_marks
+    # Brought back for a fresh job, the merged segment reads the same from its JSON too.
+    merged[0].sidecar.unlink()
+    assert log.events.unarchive(0) == 1
+    from_json = [t for _, t in log.events.read_range(0, SEGMENT_ARROW_SCHEMA)]
+    assert [r for t in from_json for r in t.to_pylist()] == before_rows.to_pylist()
+    assert _log_watermarks(log.events) == before_marks
+
+
+def test_parts_a_crash_left_beside_their_merged_segment_are_ignored_then_removed(
+    tmp_path: Path,
+) -> None:
+    topic, reader = Topic(tmp_path / "t"), Topic(tmp_path / "t")
+    segments = [topic.append(lines(n, n + 100)) for n in range(0, 8, 2)]
+    kept = {s.path.name: s.path.read_bytes() for s in segments[1:3]}
+    assert topic.archive(segments) == 3
+    for name, payload in kept.items():  # the parts' removal never happened
+        (tmp_path / "t" / name).write_bytes(payload)
+    for listing in (reader.segments(), reader.segments(2), reader.segments(5)):
+        assert all(a.end == b.first for a, b in itertools.pairwise(listing))
+    rows = pa.concat_tables(t for _, t in reader.read_range(0, SCHEMA)).to_pylist()
+    assert [r["offset"] for r in rows] == list(range(8))
+    assert topic.drop_covered() == 2
+    assert [s.first for s in topic.live_segments()] == [6]
+    assert [(s.first, s.count) for s in topic.archived()] == [(0, 6)]
+    # Brought back, the merged segment is the only copy of its offsets in the folder.
+    assert topic.unarchive(0) == 1
+    assert [(s.first, s.count) for s in topic.live_segments()] == [(0, 6), (6, 2)]
+
+
+def test_large_segments_and_a_falling_watermark_are_not_merged(tmp_path: Path) -> None:
+    topic = Topic(tmp_path / "t", merge_bytes=400)
+    small = [orjson.dumps({"n": n, "pad": "x" * 20}) for n in range(2)]  # ~60 bytes
+    big = [orjson.dumps({"n": 9, "pad": "x" * 120})]  # over a quarter of 400 bytes
+    for first, payload, watermark in [
+        (0, small, 5),
+        (2, small, 6),
+        (4, big, 7),
+        (5, small, 8),
+        (7, small, 3),  # below the run's first: a new run starts
+        (9, small, 9),
+        (11, small, 9),
+    ]:
+        topic.publish(topic.stage(payload), watermark, first)
+    assert topic.archive(topic.live_segments()) == 6
+    assert [(s.first, s.count) for s in topic.archived()] == [(0, 4), (4, 1), (5, 2), (7, 4)]

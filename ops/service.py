@@ -39,7 +39,7 @@ from saiki.core.config import SaikiConfig
 from saiki.core.errors import PreconditionError
 from saiki.ops.processes import group_members, kill_group, logs_dir, rotate, spawn
 from saiki.ops.schedule import job_specs, trigger_for
-from saiki.ops.scheduled_jobs import ScheduledJobs, exit_text
+from saiki.ops.scheduled_jobs import ScheduledJobs, exit_text, stamped
 from saiki.ops.status import (
     PartRecord,
     ServiceRecord,
@@ -92,7 +92,7 @@ class Service(ScheduledJobs):
     config: SaikiConfig
     serve_argv: tuple[str, ...]
     speed_argv: tuple[str, ...] = ("speed", "run")
-    say: Any = print
+    say: Any = stamped
     parts: list[Part] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     _job_process: subprocess.Popen[bytes] | None = None

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from saiki.core.config import SaikiConfig
 from saiki.ops.monitoring import guard
+from saiki.ops.scheduled_jobs import ScheduledJobs
+from saiki.ops.status import JobRecord, write_job
 from saiki.serving.monitor import Baselines, MonitorReport
 from saiki.serving.registry import ModelRegistry
 from tests.conftest import make_config
@@ -16,8 +21,11 @@ from tests.conftest import make_config
 HOUR = 3_600_000
 
 
-def _two_versions(trained: tuple[SaikiConfig, Path], root: Path) -> SaikiConfig:
-    """A registry holding the trained v1 and a v2 (its copy), v2 promoted over v1."""
+def _two_versions(
+    trained: tuple[SaikiConfig, Path], root: Path, promote: bool = True
+) -> SaikiConfig:
+    """A registry holding the trained v1 and a v2 (its copy), v2 promoted over v1 unless
+    ``promote`` is false."""
     source = ModelRegistry(trained[0].data_dir)
     config = make_config(root)
     target = ModelRegistry(root)
@@ -26,7 +34,8 @@ def _two_versions(trained: tuple[SaikiConfig, Path], root: Path) -> SaikiConfig:
     shutil.copytree(target.root / "v0001", second)
     meta = json.loads((second / "meta.json").read_text())
     (second / "meta.json").write_text(json.dumps({**meta, "version": 2}))
-    target.promote(2)
+    if promote:
+        target.promote(2)
     return config
 
 
@@ -51,3 +60,37 @@ def test_the_guard_rolls_a_clear_regression_back_and_leaves_a_fair_promotion(
     assert done is not None and "rolled back to v1" in done
     assert registry.production() == 1
     assert guard(config, bad) is None  # v2 is no longer in production: nothing to do
+
+
+class _Policy(ScheduledJobs):
+    """The scheduler's policy half alone: what it says, and the retrains it would start."""
+
+    def __init__(self, config: SaikiConfig) -> None:
+        self.config, self.stopping, self._scheduler = config, threading.Event(), None
+        self.said: list[str] = []
+        self.started: list[str] = []
+        self.say = self.said.append
+
+    def _later(self, spec: Any, trigger: str, delay: float) -> None:
+        self.started.append(f"{spec.name} ({trigger})")
+
+
+def test_the_retrain_policy_waits_after_a_retrain_that_did_not_win(
+    trained: tuple[SaikiConfig, Path], tmp_path: Path
+) -> None:
+    """v2 was trained 20 minutes ago and lost to v1; a recompute ran since. Monitor's
+    "retrain due" waits an hour after the loser; had v2 won, it retrains at once."""
+    now = time.time()
+
+    def policy(config: SaikiConfig) -> _Policy:
+        write_job(config.data_dir, JobRecord("retrain", "ok", now - 1200, now - 1100))
+        write_job(config.data_dir, JobRecord("recompute", "ok", now - 300, now - 250))
+        scheduler = _Policy(config)
+        scheduler._retrain_if_new_data()
+        return scheduler
+
+    lost = policy(_two_versions(trained, tmp_path / "lost", promote=False))
+    assert lost.started == []
+    assert "1 version(s) trained since production" in lost.said[0]
+    won = policy(_two_versions(trained, tmp_path / "won"))
+    assert won.started == ["retrain (policy)"] and won.said == []

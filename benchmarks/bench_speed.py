@@ -49,18 +49,26 @@ PORT = 50_932
 
 def saiki(data: Path, *argv: str, settings: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``saiki <argv>`` on ``data`` in the background, with none of this environment's
-    ``SAIKI_`` settings but ``settings`` (``{"SPEED_CPUS": "1"}`` → ``SAIKI_SPEED_CPUS``)."""
+    ``SAIKI_`` settings but ``settings`` (``{"SPEED_CPUS": "1"}`` → ``SAIKI_SPEED_CPUS``).
+    Its output goes to ``<data>/../logs/<command>.log``: a pipe nobody reads fills, and
+    then the child (a JVM logging a warning, say) blocks on its next write."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
     env.update({f"SAIKI_{key}": value for key, value in (settings or {}).items()})
-    return subprocess.Popen(
-        [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), *argv],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    logs = data.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    name = "-".join(a for a in argv[:2] if a.isalpha())
+    with open(logs / f"{name}.log", "a") as log:
+        log.write(f"== saiki {' '.join(argv)} at {time.strftime('%H:%M:%S')}\n")
+        log.flush()
+        return subprocess.Popen(
+            [sys.executable, "-m", "saiki.cli.main", "--data-dir", str(data), *argv],
+            cwd=PROJECT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ sends 20 `Ingest` calls/s of 50 events (1,000 events/s; the speed layer flushes 
 Then, quiet, in this process: `Predict` for 100 and 1,000 candidates with int8 and fp32,
 end to end and split into the merge, the forward pass and the response's serialisation.
 
-``LIVE_SPEED_NICE`` (``0,5``) names the speed layer's niceness for the live rows: the
+``LIVE_SPEED_NICE`` (``0,5``; ``idle`` for Linux's SCHED_IDLE policy, ``live-idle``)
+names the speed layer's niceness for the live rows: the
 full set of live rows runs at the first; for each further value the speed layer's
 processes (the driver and its JVM, every thread) are reniced and the serving rows are
 measured again, with freshness reported per phase: what ``[speed] nice`` buys serving,
@@ -105,7 +106,10 @@ from saiki.v1 import features_pb2, features_pb2_grpc, prediction_pb2, prediction
 
 PORT, METRICS_PORT, CACHE_OFF_PORT = 50_951, 50_952, 50_953
 PHASE_S = 12.0
-NICES = [int(n) for n in os.environ.get("LIVE_SPEED_NICE", "0,5").split(",")]
+# The speed layer's niceness per phase; "idle": the SCHED_IDLE policy.
+NICES: list[int | str] = [
+    n if n == "idle" else int(n) for n in os.environ.get("LIVE_SPEED_NICE", "0,5").split(",")
+]
 # Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
 STORE = os.environ.get("LIVE_STORE", "sqlite")
@@ -240,7 +244,7 @@ def _row(
     """One printed row: p50, p99, calls/s, the host's steal over it and the attempts
     (``common.with_least_steal``), then any further column."""
     p50, p99 = _percentiles(samples)
-    return f"{label:<8}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}{steal:>7.1%}{tries:>3}{extra}"
+    return f"{label:<10}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}{steal:>7.1%}{tries:>3}{extra}"
 
 
 def feast_rows(data: Path, label: str, rows: list[str]) -> None:
@@ -289,7 +293,8 @@ def _speed_phases(
     the first niceness afterwards."""
     for niceness in NICES[1:]:
         renice(speed.pid, niceness)
-        phases.append((f"live-n{niceness}", time.time(), cpu_counters()))
+        label = "live-idle" if niceness == "idle" else f"live-n{niceness}"
+        phases.append((label, time.time(), cpu_counters()))
         serving_rows(target, phases[-1][0], rows)
     renice(speed.pid, NICES[0])
     for cpus in [*CPU_SETS, ""] if CPU_SETS else []:
@@ -412,7 +417,7 @@ def main() -> None:
         f"{STEAL_MAX:.0%}; the attempt with the least steal is printed)"
     )
     print(
-        f"{'phase':<8}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'steal':>7}"
+        f"{'phase':<10}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'steal':>7}"
         f"{'n':>3}{'cache hit':>10}"
     )
     for row in rows:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -107,15 +108,22 @@ class Ingest:
         self._process.join(30)
 
 
-def renice(pid: int, niceness: int) -> None:
+def renice(pid: int, niceness: int | str) -> None:
     """Set the niceness of every thread of a process and its descendants (Linux keeps it
-    per thread: a process's own renice would leave the JVM's threads as they were)."""
+    per thread: a process's own renice would leave the JVM's threads as they were);
+    ``"idle"``: Linux's SCHED_IDLE policy instead, run only on a core nothing else wants
+    (a waking thread of normal policy preempts it at once)."""
     import psutil
 
     root = psutil.Process(pid)
     for process in [root, *root.children(recursive=True)]:
         for thread in process.threads():
-            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                if niceness == "idle":
+                    os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
+                else:
+                    os.sched_setscheduler(thread.id, os.SCHED_OTHER, os.sched_param(0))
+                    os.setpriority(os.PRIO_PROCESS, thread.id, int(niceness))
 
 
 def wait_caught_up(data: Path, head: int, timeout_s: float = 300) -> None:

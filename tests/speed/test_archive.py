@@ -32,14 +32,33 @@ def checkpoint(root: Path, n: int) -> None:
     os.utime(metadata, (n, n))
 
 
-def test_read_segments_leave_the_folder_after_two_later_checkpoints(tmp_path: Path) -> None:
+def running(
+    tmp_path: Path, segments: int, events: int, every_s: float = 0.0
+) -> tuple[Topic, Path, Path, RunningArchive, Clock]:
+    """A log of ``segments`` segments of ``events`` each, and a running archive over it:
+    the topic, the checkpoints' folder, the record, the archive and its clock."""
     topic = Topic(tmp_path / "log")
-    for n in range(6):
-        topic.append([orjson.dumps({"n": n})] * 10)  # segments at 0, 10, ..., 50
-    checkpoints, clock = tmp_path / "checkpoints", Clock()
+    for n in range(segments):
+        topic.append([orjson.dumps({"n": n})] * events)
+    checkpoints, record, clock = tmp_path / "checkpoints", tmp_path / "archived.json", Clock()
+    archive = RunningArchive(topic, checkpoints, record, every_s=every_s, clock=clock)
+    return topic, checkpoints, record, archive, clock
+
+
+def move_due(archive: RunningArchive, checkpoints: Path, read_through: int) -> None:
+    """The job has read through ``read_through`` at checkpoint 1, and two checkpoints
+    complete after: the next tick moves what was read."""
     checkpoint(checkpoints, 1)
-    record = tmp_path / "archived.json"
-    archive = RunningArchive(topic, checkpoints, record, every_s=5.0, clock=clock)
+    assert archive.tick(SpeedStatus(read_through=read_through)) == 0
+    checkpoint(checkpoints, 2)
+    assert archive.tick(None) == 0
+    checkpoint(checkpoints, 3)
+
+
+def test_read_segments_leave_the_folder_after_two_later_checkpoints(tmp_path: Path) -> None:
+    # segments at 0, 10, ..., 50
+    topic, checkpoints, record, archive, clock = running(tmp_path, 6, 10, every_s=5.0)
+    checkpoint(checkpoints, 1)
     status = SpeedStatus(read_through=30)
     assert archive.tick(status) == 0  # not 5 s since it started
     clock.now = 5.0
@@ -75,17 +94,8 @@ def test_the_record_is_written_before_anything_moves(
 ) -> None:
     """Merged segments have names no checkpoint's source has seen: a driver that dies
     mid-move must leave a record saying which restores may not get them back."""
-    topic = Topic(tmp_path / "log")
-    for n in range(3):
-        topic.append([orjson.dumps({"n": n})] * 10)
-    checkpoints, clock = tmp_path / "checkpoints", Clock()
-    record = tmp_path / "archived.json"
-    archive = RunningArchive(topic, checkpoints, record, every_s=0.0, clock=clock)
-    checkpoint(checkpoints, 1)
-    assert archive.tick(SpeedStatus(read_through=20)) == 0
-    checkpoint(checkpoints, 2)
-    assert archive.tick(None) == 0
-    checkpoint(checkpoints, 3)  # the second since read_through was seen: the move is due
+    topic, checkpoints, record, archive, _ = running(tmp_path, 3, 10)
+    move_due(archive, checkpoints, 20)
 
     def dies(segments: list[Segment]) -> int:
         raise OSError("killed mid-move")
@@ -110,18 +120,13 @@ def test_a_restore_older_than_the_last_archive_is_refused(tmp_path: Path) -> Non
 
 
 def test_nothing_moves_while_nothing_below_the_folder_start_was_read(tmp_path: Path) -> None:
-    topic = Topic(tmp_path / "log")
-    for n in range(3):
-        topic.append([orjson.dumps({"n": n})])
-    checkpoints, clock = tmp_path / "checkpoints", Clock()
-    record = tmp_path / "archived.json"
-    archive = RunningArchive(topic, checkpoints, record, every_s=0.0, clock=clock)
+    topic, checkpoints, record, archive, _ = running(tmp_path, 3, 1)
     for n in range(1, 5):
         checkpoint(checkpoints, n)
         assert archive.tick(SpeedStatus(read_through=0)) == 0
         assert archive.tick(None) == 0
     assert len(topic.live_segments()) == 3
-    assert not (tmp_path / "archived.json").exists()
+    assert not record.exists()
 
 
 def test_a_checkpoint_removed_while_segments_move_still_covers_the_record(
@@ -131,17 +136,8 @@ def test_a_checkpoint_removed_while_segments_move_still_covers_the_record(
     and removes all but the newest three, the one noted included: the record keeps the
     time noted when the checkpoint was seen, and the driver goes on (it used to stop on
     the missing folder, and the job with it)."""
-    topic = Topic(tmp_path / "log")
-    for n in range(4):
-        topic.append([orjson.dumps({"n": n})] * 10)
-    checkpoints, clock = tmp_path / "checkpoints", Clock()
-    record = tmp_path / "archived.json"
-    archive = RunningArchive(topic, checkpoints, record, every_s=0.0, clock=clock)
-    checkpoint(checkpoints, 1)
-    assert archive.tick(SpeedStatus(read_through=20)) == 0
-    checkpoint(checkpoints, 2)
-    assert archive.tick(None) == 0
-    checkpoint(checkpoints, 3)
+    topic, checkpoints, record, archive, _ = running(tmp_path, 4, 10)
+    move_due(archive, checkpoints, 20)
     move = topic.archive
 
     def slow_move(segments: list[Segment]) -> int:

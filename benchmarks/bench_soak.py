@@ -370,7 +370,7 @@ def main() -> None:
     head = "window  handoff  lag s  " + "  ".join(f"{r:>14}" for r in roles)
     print(
         head + "  calls/s  ack p50/p99 ms  segments  online MB  ckpt MB  removed"
-        "  fresh p50/p95 ms  Predict p99  failed  steal  jobs"
+        "  fresh p50/p95 ms  Predict p99  failed  steal  job runs"
     )
     lags: list[tuple[float, float]] = []
     lagging = threading.Thread(target=_watch_lag, args=(config, lags, done), daemon=True)

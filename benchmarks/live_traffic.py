@@ -7,9 +7,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +188,37 @@ def feast_item_reads(data: Path) -> list[tuple[str, Callable[[], None]]]:
         provider.online_read(store.config, view, entity_keys)
 
     return [("Feast get_online_features", generic), ("Feast online_read", raw)]
+
+
+@contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """A process and its descendants stopped (SIGSTOP) for the block, then resumed. Keep
+    the block short: a JVM stopped for longer than Flink's heartbeat timeout (50 s) fails
+    its own job on waking (its JobManager no longer hears its TaskManager)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGCONT)
+
+
+@contextmanager
+def burning(niceness: int | str, count: int = 2) -> Iterator[None]:
+    """``count`` processes that only spin, at ``niceness`` (``renice``'s values), for the
+    block: CPU work with none of the speed layer's writes, to tell what a background
+    process's CPU alone costs serving's tail at that priority."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        for spinner in spinners:
+            renice(spinner.pid, niceness)
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()

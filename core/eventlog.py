@@ -22,19 +22,8 @@ segments it has read whole and checkpointed (``speed/archive.py``), so the folde
 re-lists stays small and a listing that races a burst costs one interval. Before a job
 starts, :meth:`Topic.unarchive` brings back the segments it may need to read. A reader
 asking for offsets before the first segment in the folder gets the archived ones too, so
-every offset stays readable and the head never moves back.
-
-**The archive merges small segments.** Flink's file source pays for each file it reads
-(a split handed over, a reader opened: about 7 ms on this machine), so a fresh job
-re-reading the 7,000 segments of fifty events each that a quarter of an hour of
-``Ingest`` calls leaves took four times as long as over the same events in a few files
-(``benchmarks/bench_speed_replay.py``). :meth:`Topic.archive` therefore writes each run
-of consecutive small segments as one archived segment of up to ``MERGE_BYTES``: the same
-records in the same order, named by its first offset, its length and its first part's
-log watermark, each record's ``prior_ms`` raised to its own part's watermark, so every
-record keeps its log watermark (below). The merged segment is durable before its parts
-are removed; parts a crash left behind are covered by it, ignored by every listing and
-removed before the next move (:meth:`Topic.drop_covered`).
+every offset stays readable and the head never moves back. The archive merges runs of
+small segments into one (``core/segments.py`` says how, and why).
 
 The events topic also keeps an Arrow IPC copy of each segment (``_arrow/seg-….arrow``):
 the same rows, columnar, so that the master loader does not parse JSON again. It is a
@@ -57,75 +46,45 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import orjson
 import pyarrow as pa
 import pyarrow.json as pa_json
 
 from saiki.core.errors import ComponentError, StorageError
 from saiki.core.files import file_lock, fsync_path, write_synced
+from saiki.core.segments import (
+    MERGE_BYTES,
+    SEGMENT_NAME,
+    SIDECAR_DIR,
+    Segment,
+    StagedSegment,
+    arrow_bytes,
+    concat_sidecars,
+    first_offset,
+    merge_groups,
+    merged_payload,
+    read_json,
+    uncovered,
+    widest_first,
+)
 
 _STAGE_COUNTER = itertools.count()
 
 EVENTS_TOPIC: Final = "events"
 QUARANTINE_TOPIC: Final = "quarantine"
 
-SIDECAR_DIR = "_arrow"  # beside the segments; skipped by Flink's source like any "_" name
 STAGING_DIR = "_staging"  # where segments are written before they are published
 ARCHIVE_DIR = "_archive"  # old segments, out of the folder Flink's source lists
-_SEGMENT = re.compile(r"^seg-(\d{16})-(\d{8})-(\d{13})\.jsonl$")
 _STAGED_MAX_AGE_S: Final = 3600
 _LISTING_TRIES: Final = 5
-# The most one merged archived segment holds; a segment of a quarter of it or more is
-# archived as it is (a merged one moved again is not rewritten).
-MERGE_BYTES: Final = 4 << 20
-# Every events record starts so (core/log_records.py); one that does not is re-encoded.
-_PRIOR = re.compile(rb'^\{"ingest_ms":-?\d+,"prior_ms":(-?\d+)[,}]')
 
 OFFSET_FIELD: Final = pa.field("offset", pa.int64(), nullable=False)
 INGEST_FIELD: Final = pa.field("ingest_ms", pa.int64(), nullable=False)
-
-
-@dataclass(frozen=True, order=True)
-class Segment:
-    """One immutable segment file of a topic: offsets ``first .. first + count - 1``."""
-
-    first: int
-    count: int
-    path: Path
-    watermark_ms: int = 0  # the log watermark at the segment's first record
-
-    @property
-    def end(self) -> int:
-        """The offset just after this segment."""
-        return self.first + self.count
-
-    @property
-    def sidecar(self) -> Path:
-        """Where the Arrow copy of this segment lives (if the topic keeps one)."""
-        return self.path.parent / SIDECAR_DIR / (self.path.name.removesuffix(".jsonl") + ".arrow")
-
-
-@dataclass(frozen=True)
-class StagedSegment:
-    """A segment written and fsync'd under hidden names, not yet part of the topic."""
-
-    count: int
-    path: Path
-    sidecar: Path | None
-
-    def discard(self) -> None:
-        """Remove the staged files (the batch was not published)."""
-        self.path.unlink(missing_ok=True)
-        if self.sidecar is not None:
-            self.sidecar.unlink(missing_ok=True)
 
 
 class Topic:
@@ -155,8 +114,8 @@ class Topic:
                 # Listed after the folder: a segment archived meanwhile is in one or both
                 # (the same, or merged into one that covers it).
                 older = [s for s in self.archived() if s.end > from_offset]
-                found = sorted(older + found, key=_widest_first)
-            found = _uncovered(found)
+                found = sorted(older + found, key=widest_first)
+            found = uncovered(found)
             # A segment brought back from the archive between the two listings is in
             # neither: the offsets then have a gap (a topic starts at offset 0 and keeps
             # every segment), and the folders are listed again.
@@ -186,14 +145,14 @@ class Topic:
         for entry in os.scandir(folder):
             segment = parsed.get(entry.name)
             if segment is None:
-                match = _SEGMENT.match(entry.name)
+                match = SEGMENT_NAME.match(entry.name)
                 if not match:
                     continue
                 segment = Segment(int(match[1]), int(match[2]), Path(entry.path), int(match[3]))
                 parsed[entry.name] = segment
             if segment.end > from_offset:
                 found.append(segment)
-        found.sort(key=_first_offset)
+        found.sort(key=first_offset)
         return found
 
     def archive(self, segments: Sequence[Segment]) -> int:
@@ -209,7 +168,7 @@ class Topic:
             return 0
         folder = self.directory / ARCHIVE_DIR
         (folder / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
-        for group in _merge_groups(prefix, self.merge_bytes):
+        for group in merge_groups(prefix, self.merge_bytes):
             if len(group) > 1:
                 self._merge(group, folder)
                 continue
@@ -226,14 +185,10 @@ class Topic:
 
         Every record keeps its log watermark: the merged segment's name holds the first
         part's, and a record of a later part whose ``prior_ms`` is below its own part's
-        watermark gets that instead (``_merge_groups`` only groups parts whose watermark
+        watermark gets that instead (``merge_groups`` only groups parts whose watermark
         is at least the first's, so the maximum of the two is unchanged)."""
-        payload = b"".join(
-            _raised_priors(part.path.read_bytes(), part.watermark_ms) for part in parts[1:]
-        )
-        payload = parts[0].path.read_bytes() + payload
-        columns = _concat_sidecars(parts)
-        staged = self.stage_payload(payload, sum(p.count for p in parts), columns)
+        columns = concat_sidecars(parts)
+        staged = self.stage_payload(merged_payload(parts), sum(p.count for p in parts), columns)
         first, watermark = parts[0].first, parts[0].watermark_ms
         name = self.next_segment(first, staged.count, watermark).path.name
         merged = Segment(first, staged.count, folder / name, watermark)
@@ -252,8 +207,8 @@ class Topic:
         """Remove segments whose offsets a merged segment holds (parts a crash left behind
         after their merged segment was written), in the folder or the archive; every
         listing already ignores them. Returns how many went."""
-        everything = sorted(self.live_segments() + self.archived(), key=_widest_first)
-        kept = _uncovered(everything)
+        everything = sorted(self.live_segments() + self.archived(), key=widest_first)
+        kept = uncovered(everything)
         if len(kept) == len(everything):
             return 0
         keep = {s.path for s in kept}
@@ -321,7 +276,7 @@ class Topic:
         if columns is not None:
             sidecar = staging / f"{token}.arrow"
             try:
-                write_synced(sidecar, _arrow_bytes(columns))
+                write_synced(sidecar, arrow_bytes(columns))
             except StorageError:
                 path.unlink(missing_ok=True)
                 raise
@@ -334,7 +289,7 @@ class Topic:
 
     def find(self, name: str) -> Segment | None:
         """The committed segment of that file name, in the folder or archived; else None."""
-        match = _SEGMENT.match(name)
+        match = SEGMENT_NAME.match(name)
         if not match:
             return None
         for folder in (self.directory, self.directory / ARCHIVE_DIR):
@@ -409,7 +364,7 @@ class Topic:
                 explicit_schema=schema, unexpected_field_behavior="ignore"
             )
             try:
-                table = _read_json(segment.path, options)
+                table = read_json(segment.path, options)
             except pa.ArrowInvalid as exc:
                 raise ComponentError(
                     f"event log segment {segment.path} is unreadable: {exc}"
@@ -440,111 +395,3 @@ class EventLog:
         """Hold the single-writer lock of the whole log (both topics)."""
         with file_lock(self.root / ".lock"):
             yield
-
-
-def _read_json(path: Path, options: pa_json.ParseOptions) -> pa.Table:
-    """Read a JSON-lines file whatever its longest line: pyarrow's reader refuses a line
-    longer than its block (1 MiB by default), so such a file is read again as one block."""
-    try:
-        return pa_json.read_json(path, parse_options=options)
-    except pa.ArrowInvalid as exc:
-        if "straddling" not in str(exc):
-            raise
-    whole = pa_json.ReadOptions(block_size=max(path.stat().st_size + 1, 1 << 20))
-    return pa_json.read_json(path, read_options=whole, parse_options=options)
-
-
-def _first_offset(segment: Segment) -> int:
-    return segment.first
-
-
-def _widest_first(segment: Segment) -> tuple[int, int]:
-    return segment.first, -segment.count
-
-
-def _uncovered(ordered: list[Segment]) -> list[Segment]:
-    """``ordered`` (by first offset, the widest first) without the segments whose offsets
-    an earlier one already holds: a part beside the segment it was merged into, or one
-    segment listed in both folders."""
-    kept: list[Segment] = []
-    for segment in ordered:
-        if not kept or segment.end > kept[-1].end:
-            kept.append(segment)
-    return kept
-
-
-def _merge_groups(segments: Sequence[Segment], limit: int) -> Iterator[list[Segment]]:
-    """Consecutive runs of small segments, each of at most ``limit`` bytes and of parts
-    whose log watermark is at least the run's first's; a large segment stands alone."""
-    group: list[Segment] = []
-    size = 0
-    for segment in segments:
-        try:
-            length = segment.path.stat().st_size
-        except FileNotFoundError:
-            length = limit  # moved meanwhile: left to archive() to report
-        small = length < limit // 4
-        joins = (
-            small
-            and group
-            and size + length <= limit
-            and segment.watermark_ms >= group[0].watermark_ms
-        )
-        if not joins and group:
-            yield group
-            group, size = [], 0
-        group.append(segment)
-        size += length
-        if not small:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
-
-
-def _raised_priors(payload: bytes, floor_ms: int) -> bytes:
-    """A segment's lines with every ``prior_ms`` below ``floor_ms`` raised to it."""
-    if floor_ms <= 0:
-        return payload
-    floor = str(floor_ms).encode()
-    lines = payload.split(b"\n")
-    for number, line in enumerate(lines):
-        if not line:
-            continue
-        match = _PRIOR.match(line)
-        if match is not None:
-            if int(match[1]) < floor_ms:
-                lines[number] = line[: match.start(1)] + floor + line[match.end(1) :]
-            continue
-        record = orjson.loads(line)
-        if (record.get("prior_ms") or 0) < floor_ms:
-            record["prior_ms"] = floor_ms
-            lines[number] = orjson.dumps(record)
-    return b"\n".join(lines)
-
-
-def _concat_sidecars(parts: Sequence[Segment]) -> pa.Table | None:
-    """The parts' Arrow copies as one table; None when any part lacks a sound one (the
-    copy is a cache: the merged segment's JSON is then read instead)."""
-    tables = []
-    for part in parts:
-        try:
-            with pa.memory_map(str(part.sidecar)) as source:
-                table = pa.ipc.open_file(source).read_all()
-        except (pa.ArrowInvalid, OSError):
-            return None
-        if table.num_rows != part.count:
-            return None
-        tables.append(table)
-    try:
-        return pa.concat_tables(tables)
-    except pa.ArrowInvalid:  # copies of different schemas
-        return None
-
-
-def _arrow_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    payload: bytes = sink.getvalue().to_pybytes()
-    return payload

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from saiki.core.errors import ComponentError, StorageError
-from saiki.core.eventlog import EventLog, Segment, StagedSegment
+from saiki.core.eventlog import EventLog
 from saiki.core.log_records import (  # the records' formats, importable from here too
     LOG_ARROW_SCHEMA,
     QUARANTINE_ARROW_SCHEMA,
@@ -37,6 +37,7 @@ from saiki.core.log_records import (  # the records' formats, importable from he
 )
 from saiki.core.log_tail import LogTail
 from saiki.core.schema import FIELDS, Event, Rejection, check_json_lines, validate_event
+from saiki.core.segments import Segment, StagedSegment
 from saiki.core.timeutil import now_ms
 
 __all__ = [

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import orjson
 
-from saiki.core.eventlog import EventLog, StagedSegment
+from saiki.core.eventlog import EventLog
 from saiki.core.files import write_synced
 from saiki.core.ingest import Ingestor, IngestResult, StagedBatch, check_lines, stage_batch
+from saiki.core.segments import StagedSegment
 
 
 @dataclass(frozen=True)

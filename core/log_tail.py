@@ -10,8 +10,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from saiki.core.eventlog import EventLog, Segment
+from saiki.core.eventlog import EventLog
 from saiki.core.id_index import INDEX_FILE, IdIndex, IndexState
+from saiki.core.segments import Segment
 
 
 class LogTail:

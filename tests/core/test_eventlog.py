@@ -12,9 +12,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from saiki.core.eventlog import SIDECAR_DIR, EventLog, Topic
+from saiki.core.eventlog import EventLog, Topic
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, Ingestor
 from saiki.core.schema import Event
+from saiki.core.segments import SIDECAR_DIR
 
 SCHEMA = pa.schema([pa.field("n", pa.int64())])
 

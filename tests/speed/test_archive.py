@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from saiki.core.eventlog import Segment, Topic
+from saiki.core.eventlog import Topic
+from saiki.core.segments import Segment
 from saiki.feature_repo.online import SpeedStatus
 from saiki.speed.archive import RunningArchive, restore_covered
 from saiki.speed.job import latest_checkpoint

@@ -150,9 +150,9 @@ def main() -> None:
     if not (data / "models" / "registry.json").exists():
         print("# no bench_live data: run `python -m benchmarks.bench_live` for saiki's rows")
         return
-    from benchmarks.bench_live import _loads
+    from benchmarks.live_rows import loads
 
-    user = _loads(np.random.default_rng(11))["GetFeatures, 1 user"]
+    user = loads(np.random.default_rng(11))["GetFeatures, 1 user"]
     for share in ("1", "0") * ROUNDS:  # alternating: the machine drifts between rows
         server = start_server(
             data, SAIKI_PORT, SERVING_MAX_IN_FLIGHT="16", SERVING_ACCESS_LOG_SHARE=share

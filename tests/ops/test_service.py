@@ -6,7 +6,6 @@ on; ``saiki status`` shows it all; SIGTERM stops everything."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -236,7 +235,7 @@ def test_a_killed_server_is_restarted(up: tuple[SaikiConfig, subprocess.Popen[by
 
 
 def test_sigterm_stops_every_part(up: tuple[SaikiConfig, subprocess.Popen[bytes], int]) -> None:
-    config, process, _ = up
+    config, process, port = up
     service = read_service(config.data_dir)
     assert service is not None
     groups = list(service.groups)
@@ -265,5 +264,11 @@ def test_sigterm_stops_every_part(up: tuple[SaikiConfig, subprocess.Popen[bytes]
     for name in ("server", "speed"):
         part = read_part(config.data_dir, name)
         assert part is not None and part.state == "stopped" and not pid_alive(part.pid)
-    with contextlib.suppress(FileNotFoundError):
-        print(Path(config.data_dir.parent / "up.log").read_text()[-2000:])
+    output = Path(config.data_dir.parent / "up.log").read_text()
+    print(output[-2000:])
+    # The start line names the model in service (and reads the registry from the start).
+    from saiki.serving.registry import ModelRegistry
+
+    production = ModelRegistry(config.data_dir).production()
+    said = f"model v{production} in production" if production else "no model in production"
+    assert f":{port}, {said}; logs in" in output

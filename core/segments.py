@@ -12,9 +12,9 @@ re-reading the 7,000 segments of fifty events each that a quarter of an hour of
 of consecutive small segments as one archived segment of up to ``MERGE_BYTES``: the same
 records in the same order, named by its first offset, its length and its first part's
 log watermark, each record's ``prior_ms`` raised to its own part's watermark, so every
-record keeps its log watermark (``core/eventlog.py``). The merged segment is durable before its parts
-are removed; parts a crash left behind are covered by it, ignored by every listing and
-removed before the next move (:meth:`Topic.drop_covered`).
+record keeps its log watermark (``core/eventlog.py``). The merged segment is durable
+before its parts are removed; parts a crash left behind are covered by it, ignored by
+every listing and removed before the next move (:meth:`Topic.drop_covered`).
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ starts held to those CPUs and sizes its own threads to them), and once it has ca
 with the log the serving rows and freshness are measured again; it is restarted on every
 CPU for the quiet rows.
 
+``LIVE_SPLIT`` (e.g. ``0:1``) adds a phase, ``split-S:P``: the server restarted with
+``[serving] cpus = S`` and the speed layer with ``[speed] cpus = P`` (as a user would set
+them), and this process (the measuring client) and the ingest driver held to ``S`` for
+the phase: the client stands in for remote callers, and on the speed layer's CPU its own
+wake-ups would be measured. Both are restarted on every CPU afterwards.
+
 ``LIVE_PAUSED=1`` adds a diagnostic phase, ``paused``: ingest flowing and the servers
 taking it, the speed layer (driver and JVM) stopped with SIGSTOP while each row is
 measured, then resumed and caught up before the next row (a JVM stopped for longer than
@@ -98,6 +104,7 @@ from benchmarks.live_traffic import (
     EVENTS_PER_CALL,
     Ingest,
     burning,
+    hold_threads,
     paused,
     prepare,
     renice,
@@ -107,6 +114,7 @@ from benchmarks.live_traffic import (
 from benchmarks.predict_parts import breakdown
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
+from saiki.core.process import parse_cpus
 from saiki.feature_repo.online import read_status
 from saiki.ops.local_servers import start_redis, stop
 
@@ -118,6 +126,9 @@ NICES: list[int | str] = [
 ]
 # Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
+# A phase with serving and the speed layer on CPU sets of their own ("0:1").
+_SERVING_CPUS, _, _SPEED_CPUS = os.environ.get("LIVE_SPLIT", "").partition(":")
+SPLIT = (_SERVING_CPUS, _SPEED_CPUS) if _SERVING_CPUS else None
 PAUSED = os.environ.get("LIVE_PAUSED", "") not in ("", "0")
 # Burn phases: the speed layer stopped, two busy processes at each of these nicenesses.
 BURNS: list[int | str] = [
@@ -145,7 +156,65 @@ def _speed_phases(
         if cpus:
             phases.append((f"live-c{cpus}", time.time(), cpu_counters()))
             serving_rows(target, phases[-1][0], rows)
+            phases.append(("", time.time(), cpu_counters()))  # the restart: no phase
     return speed
+
+
+def _start_server(data: Path, **settings: str) -> subprocess.Popen[str]:
+    """The servers every phase measures: 2 workers of 2 threads, 16 calls in flight each."""
+    return start_server(
+        data,
+        PORT,
+        workers=2,
+        SERVING_THREADS="2",
+        SERVING_MAX_IN_FLIGHT="16",
+        SERVING_METRICS_PORT=str(METRICS_PORT),
+        **settings,
+    )
+
+
+def _split_phase(
+    data: Path,
+    parts: tuple[subprocess.Popen[str], subprocess.Popen[str], Ingest],
+    rows: list[str],
+    phases: list[Phase],
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    """The serving rows with ``[serving] cpus`` and ``[speed] cpus`` set to ``SPLIT``'s
+    two sets (``parts``: the speed layer, the servers, the ingest driver); returns the
+    speed layer and the servers restarted on every CPU afterwards."""
+    assert SPLIT is not None
+    serving_cpus, speed_cpus = SPLIT
+    speed, server, ingest = parts
+    speed = _restart_speed(data, speed, speed_cpus)
+    server = _restart_server(server, ingest, data, SERVING_CPUS=serving_cpus)
+    everywhere = os.sched_getaffinity(0)
+    # This process's own threads only: the servers and the speed layer are its children.
+    held = parse_cpus(serving_cpus)
+    hold_threads(os.getpid(), held, descendants=False)
+    hold_threads(ingest.pid, held)
+    try:
+        phases.append((f"split-{serving_cpus}:{speed_cpus}", time.time(), cpu_counters()))
+        serving_rows(f"127.0.0.1:{PORT}", phases[-1][0], rows)
+        phases.append(("", time.time(), cpu_counters()))  # the restarts below: no phase
+    finally:
+        hold_threads(os.getpid(), everywhere, descendants=False)
+        hold_threads(ingest.pid, everywhere)
+    speed = _restart_speed(data, speed, "")
+    return speed, _restart_server(server, ingest, data)
+
+
+def _restart_server(
+    server: subprocess.Popen[str], ingest: Ingest, data: Path, **settings: str
+) -> subprocess.Popen[str]:
+    """Stop the servers and start them again with ``settings``, the ingest driver held
+    meanwhile (its calls would fail against no server)."""
+    ingest.hold()
+    try:
+        server.terminate()
+        server.wait(60)
+        return _start_server(data, **settings)
+    finally:
+        ingest.resume()
 
 
 @contextmanager
@@ -188,14 +257,7 @@ def main() -> None:
         prepare(data)
     speed = saiki(data, "speed", "run")
     wait_caught_up(data, 1)
-    server = start_server(
-        data,
-        PORT,
-        workers=2,
-        SERVING_THREADS="2",
-        SERVING_MAX_IN_FLIGHT="16",
-        SERVING_METRICS_PORT=str(METRICS_PORT),
-    )
+    server = _start_server(data)
     rows: list[str] = []
     target = f"127.0.0.1:{PORT}"
     try:
@@ -209,6 +271,8 @@ def main() -> None:
         feast_rows(data, phases[-1][0], rows)
         cache_off_row(data, phases[-1][0], rows)
         speed = _speed_phases(data, speed, target, rows, phases)
+        if SPLIT is not None:
+            speed, server = _split_phase(data, (speed, server, ingest), rows, phases)
         events = EventLog(load_config(data, environ={}).log_dir).events
         for burn in ([None] if PAUSED else []) + BURNS:
             label = "paused" if burn is None else f"burn-{burn}"
@@ -239,7 +303,9 @@ def main() -> None:
         f"{PHASE_S:.0f} s per row; online store: {STORE}; after the live rows the folder "
         f"Flink's source lists held {listed[0]} segments ({listed[1]} archived); "
         f"live-nN: the speed layer (driver and JVM) at niceness N; live-cS: the speed layer "
-        f"started with [speed] cpus = S; steal: the share of the "
+        f"started with [speed] cpus = S; split-S:P: the servers started with [serving] cpus "
+        f"= S, the speed layer with [speed] cpus = P, the client and ingest driver held to S; "
+        f"steal: the share of the "
         f"machine's CPU time the hypervisor took during the row, n: attempts (a row is "
         f"measured again, {STEAL_ATTEMPTS} times at most, while steal is over "
         f"{STEAL_MAX:.0%}; the attempt with the least steal is printed)"
@@ -251,6 +317,8 @@ def main() -> None:
     for row in rows:
         print(row)
     for (phase, began, counters), (_, ended, counters_end) in itertools.pairwise(phases):
+        if not phase:  # between phases (a restart)
+            continue
         fresh = np.array([ms for at, ms in ingest.freshness_ms if began <= at < ended])
         steal = (counters_end[0] - counters[0]) / max(1, counters_end[1] - counters[1])
         print(

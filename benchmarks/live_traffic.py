@@ -51,7 +51,7 @@ def prepare(data: Path) -> None:
             raise SystemExit(f"saiki {step[0]} failed")
 
 
-def _drive(target: str, stop: Any, results: Any) -> None:
+def _drive(target: str, stop: Any, results: Any, held: Any, holding: Any) -> None:
     """The ingest driver, in its own process (so its GIL is not the measuring client's):
     20 Ingest calls/s of 50 events for random users and items, and freshness probes:
     after an acked call, the time until GetFeatures serves one of its users' new count."""
@@ -68,6 +68,12 @@ def _drive(target: str, stop: Any, results: Any) -> None:
     tick = time.perf_counter()
     probe_at = 0.0
     while not stop.is_set():
+        if held.is_set():  # the servers are restarting: nothing is sent meanwhile
+            holding.set()
+            time.sleep(0.05)
+            tick = time.perf_counter()
+            continue
+        holding.clear()
         now = now_ms()
         users = rng.choice(USERS, EVENTS_PER_CALL)
         items = rng.choice(ITEMS, EVENTS_PER_CALL)
@@ -98,12 +104,32 @@ class Ingest:
         context = multiprocessing.get_context("spawn")
         self._stop = context.Event()
         self._results = context.Queue()
-        self._process = context.Process(target=_drive, args=(target, self._stop, self._results))
+        self._held, self._holding = context.Event(), context.Event()
+        self._process = context.Process(
+            target=_drive, args=(target, self._stop, self._results, self._held, self._holding)
+        )
         self.sent = 0
         self.freshness_ms: list[tuple[float, float]] = []  # (when, ms)
 
     def start(self) -> None:
         self._process.start()
+
+    def hold(self) -> None:
+        """Send nothing until :meth:`resume` (while the servers restart); returns once the
+        driver has finished the call or freshness probe it was in."""
+        self._held.set()
+        if not self._holding.wait(30):
+            raise SystemExit("the ingest driver did not pause")
+
+    def resume(self) -> None:
+        """Send again after :meth:`hold`."""
+        self._held.clear()
+
+    @property
+    def pid(self) -> int:
+        """The driver process's id (once started)."""
+        assert self._process.pid is not None
+        return self._process.pid
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,6 +153,18 @@ def renice(pid: int, niceness: int | str) -> None:
                 else:
                     os.sched_setscheduler(thread.id, os.SCHED_OTHER, os.sched_param(0))
                     os.setpriority(os.PRIO_PROCESS, thread.id, int(niceness))
+
+
+def hold_threads(pid: int, cpus: set[int] | frozenset[int], *, descendants: bool = True) -> None:
+    """Hold every thread of a process (and of its descendants) to ``cpus``; threads started
+    later inherit it from the thread that starts them."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *(root.children(recursive=True) if descendants else [])]:
+        for thread in process.threads():
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(thread.id, cpus)
 
 
 def wait_caught_up(data: Path, head: int, timeout_s: float = 300) -> None:

@@ -57,7 +57,7 @@ def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
 def java_names(pid: int) -> dict[int, str]:
     """Native thread id → the JVM's name for the thread, from a thread dump."""
     dump = subprocess.run(
-        ["jcmd", str(pid), "Thread.print"], capture_output=True, text=True, timeout=60
+        ["jcmd", str(pid), "Thread.print"], check=True, capture_output=True, text=True, timeout=60
     ).stdout
     return {int(m["nid"], 16): m["name"] for m in _DUMP_LINE.finditer(dump)}
 

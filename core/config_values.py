@@ -64,10 +64,11 @@ def check_ranges(sections: dict[str, Any]) -> None:
     for section, key in (("speed", "nice"), ("schedule", "nice")):
         if getattr(sections[section], key) > 19:
             raise ConfigError(f"{section}.{key}: must be at most 19 (Linux's lowest priority)")
-    try:
-        parse_cpus(sections["speed"].cpus)
-    except ValueError as exc:
-        raise ConfigError(f"speed.cpus: {exc}") from exc
+    for section in ("speed", "serving"):
+        try:
+            parse_cpus(sections[section].cpus)
+        except ValueError as exc:
+            raise ConfigError(f"{section}.cpus: {exc}") from exc
     for key in ("port", "health_port", "metrics_port"):
         port = getattr(sections["serving"], key)
         if port > 65535:

@@ -31,6 +31,8 @@ from tests.serving.test_get_features import sample_ids, served_truth, stamp
 
 pytestmark = pytest.mark.slow
 HOUR = 3_600_000
+# [serving] cpus: the server, and the server restarted after a kill, hold to this CPU.
+SERVER_CPU = max(os.sched_getaffinity(0))
 
 
 def _wait(what: str, done: object, timeout: float) -> None:
@@ -64,7 +66,7 @@ def up(
     port = free_port()
     (root / "saiki.toml").write_text(
         '[schedule]\nload = "10s"\nrecompute = "40s"\nmonitor = "1h"\nretrain = "1d"\n'
-        f"[serving]\nport = {port}\n"
+        f'[serving]\nport = {port}\ncpus = "{SERVER_CPU}"\n'
     )
     config = make_config(root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
@@ -230,6 +232,13 @@ def test_a_killed_server_is_restarted(up: tuple[SaikiConfig, subprocess.Popen[by
     _wait("the server to answer again", lambda: _serving(port), 120)
     after = read_part(config.data_dir, "server")
     assert after is not None and after.last_exit == "signal 9" and after.pid != before.pid
+    # The restarted server applied [serving] cpus again: every thread of it, gRPC's own
+    # among them, may run on that CPU only.
+    import psutil
+
+    threads = psutil.Process(after.pid).threads()
+    assert len(threads) > 1
+    assert {cpu for t in threads for cpu in os.sched_getaffinity(t.id)} == {SERVER_CPU}
     status = run_saiki(config, "status")
     assert "server   up" in status and "signal 9" in status
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from saiki.core.files import atomic_write
 from saiki.feature_repo.spec import AGGREGATION_NAMES
 
 IntArray = npt.NDArray[np.int64]
@@ -94,6 +95,12 @@ def read_status(speed_dir: Path) -> SpeedStatus | None:
         return SpeedStatus(**json.loads((speed_dir / STATUS_FILE).read_text()))
     except (FileNotFoundError, json.JSONDecodeError, TypeError):
         return None
+
+
+def write_status(speed_dir: Path, status: SpeedStatus) -> None:
+    """Publish a status atomically (readers never see half a file). Advisory and
+    rewritten every flush: not fsync'd (off the sink's hot path)."""
+    atomic_write(speed_dir / STATUS_FILE, json.dumps(asdict(status)), durable=False)
 
 
 class SpeedWriter(Protocol):

@@ -29,7 +29,7 @@ from saiki.core.errors import ComponentError, ConfigError
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import now_ms
-from saiki.feature_repo.online import SpeedStatus, read_status
+from saiki.feature_repo.online import SpeedStatus, read_status, write_status
 from saiki.feature_repo.views import ViewCatalog
 from saiki.speed.archive import (
     ARCHIVED_FILE,
@@ -39,6 +39,7 @@ from saiki.speed.archive import (
     restore_covered,
 )
 from saiki.speed.cluster import TERMINAL, FlinkRest, job_name, package_distribution
+from saiki.speed.idle import IdleWatch, nothing_new
 from saiki.speed.job import (
     build_job,
     embedded_python_path,
@@ -203,18 +204,28 @@ def run_speed(
         reached(f"watching the cluster's running job {running['jid']}")
         job: _Job = _ClusterJob(rest, running["jid"])
     else:
+        if until_idle and not fresh and (done := _nothing_new(config)) is not None:
+            reached(
+                "nothing appended since the newest checkpoint, which holds the whole log "
+                f"(head {done.log_head}): every row is written; no job started"
+            )
+            return done
         (config.data_dir / "speed" / "status.json").unlink(missing_ok=True)
         job = _submit(config, fresh, reached, rest)
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    idle = IdleWatch(config.data_dir / "speed")
     try:
-        return _watch(config, job, stop, report, idle_seconds if until_idle else None)
+        return _watch(config, job, stop, report, idle_seconds if until_idle else None, idle=idle)
     finally:
         # A local job ends with its client; a cluster's keeps running unless this was a
         # bounded run (--until-idle).
         if rest is None or until_idle:
             job.cancel()
+            # No checkpoint completes after the cancel: the newest may hold the whole log.
+            with contextlib.suppress(Exception):
+                _checkpointed(config, idle)
         elif stage is not None:
             stage(f"the job keeps running on the cluster at {config.speed.jobmanager}")
         if threading.current_thread() is threading.main_thread():
@@ -227,43 +238,74 @@ def _watch(
     stop: threading.Event,
     report: Callable[[SpeedProgress], None] | None,
     idle_seconds: float | None,
+    *,
+    idle: IdleWatch,
 ) -> SpeedProgress:
     """Watch ``job`` twice a second until ``stop`` (or, with ``idle_seconds``, until it
-    has read the whole log, written every row, stayed so that long and checkpointed)."""
+    has read the whole log, written every row, stayed so that long and a checkpoint holds
+    it all: ``idle``, which records each such checkpoint, see speed/idle.py)."""
     spec = load_lineage(config.data_dir / "speed")
-    checkpoints = spec.checkpoints if spec else checkpoint_root(config.data_dir, "")
     # Only a job this driver runs: a cluster's job outlives its client, and the folder it
     # lists is archived at its next fresh start.
     archive = (
-        RunningArchive(log_topic(config.log_dir), checkpoints, spec.speed_dir / ARCHIVED_FILE)
+        RunningArchive(
+            log_topic(config.log_dir), _checkpoints(config), spec.speed_dir / ARCHIVED_FILE
+        )
         if isinstance(job, _LocalJob) and spec is not None and not spec.kafka_bootstrap
         else None
     )
     caught_up_at: int | None = None
     while not stop.wait(0.5):
         job.raise_if_failed()
-        look = progress(config)
+        # Idle: every record read and every changed row written, for a while, and a
+        # checkpoint that holds it all, so that a later run resumes past it all.
+        checkpointed, look = _checkpointed(config, idle)
         if archive is not None:
             archive.tick(look.status)
         if report is not None:
             report(look)
         if idle_seconds is None:
             continue
-        status = look.status
-        # Idle: every record read and every changed row written, for a while...
-        if status is None or look.lag_events or status.pending_rows:
+        if look.status is None or look.lag_events or look.status.pending_rows:
             caught_up_at = None
             continue
         if caught_up_at is None:
             caught_up_at = now_ms()
-        quiet = now_ms() - caught_up_at >= idle_seconds * 1000
-        # ...and a checkpoint taken since, so that a later run resumes past it all.
-        newest = latest_checkpoint(checkpoints)
-        checkpointed = newest is not None and (
-            os.path.getmtime(newest / "_metadata") * 1000 > caught_up_at
-        )
-        if quiet and checkpointed:
+        if now_ms() - caught_up_at >= idle_seconds * 1000 and checkpointed:
             break
+    return progress(config)
+
+
+def _checkpointed(config: SaikiConfig, idle: IdleWatch) -> tuple[bool, SpeedProgress]:
+    """One look at the job for ``idle``; whether the newest checkpoint holds the whole log
+    (the log's head is read after the checkpoint is listed, as ``IdleWatch`` needs)."""
+    newest = latest_checkpoint(_checkpoints(config))
+    look = progress(config)
+    status = look.status
+    caught_up = status is not None and not look.lag_events and not status.pending_rows
+    idle.look(caught_up, look.log_head, status, now_ms())
+    return idle.checkpointed(newest, look.log_head), look
+
+
+def _checkpoints(config: SaikiConfig) -> Path:
+    """Where the job's checkpoints are (the lineage's folder, else the configured one)."""
+    spec = load_lineage(config.data_dir / "speed")
+    return spec.checkpoints if spec else checkpoint_root(config.data_dir, "")
+
+
+def _nothing_new(config: SaikiConfig) -> SpeedProgress | None:
+    """The last run's progress when a restore would read nothing: its newest checkpoint
+    holds the whole log, and nothing was appended since (speed/idle.py); else None."""
+    lineage = load_lineage(config.data_dir / "speed")
+    if config.log.backend != "segments" or lineage is None or lineage.shape != JOB_SHAPE:
+        return None
+    checkpoint = latest_checkpoint(checkpoint_root(config.data_dir, config.speed.checkpoint_dir))
+    if checkpoint is None or not restore_covered(checkpoint, lineage.speed_dir / ARCHIVED_FILE):
+        return None
+    status = nothing_new(lineage.speed_dir, checkpoint, progress(config).log_head)
+    if status is None:
+        return None
+    write_status(lineage.speed_dir, status)
     return progress(config)
 
 

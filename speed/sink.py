@@ -20,19 +20,17 @@ every tile of a minute up to the deletion's, replayed or not; later minutes are 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from saiki.core.files import atomic_write
 from saiki.core.forgotten import Forgotten
 from saiki.core.timeutil import MS_PER_MINUTE, now_ms
-from saiki.feature_repo.online import STATUS_FILE, SpeedRow, SpeedStatus, SpeedWriter, pack_tiles
+from saiki.feature_repo.online import SpeedRow, SpeedStatus, SpeedWriter, pack_tiles, write_status
 from saiki.feature_repo.spec import AGGREGATION_NAMES, ENTITIES
 
 Key = tuple[str, str]
@@ -313,5 +311,4 @@ class TileSink:
     def publish_status(self) -> None:
         """Write status.json atomically (readers never see half a file)."""
         self.status.pending_rows = len(self._dirty) + self._in_flight
-        # Advisory and rewritten every flush: atomic, not fsync'd (off the sink's hot path).
-        atomic_write(self._dir / STATUS_FILE, json.dumps(asdict(self.status)), durable=False)
+        write_status(self._dir, self.status)

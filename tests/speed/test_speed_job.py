@@ -265,3 +265,14 @@ def test_a_fresh_start_after_a_handoff_archives_and_then_resumes_exactly(
     assert len(want) > 100 and served_tiles(config) == want
     status = read_status(root / "speed")
     assert status is not None and status.events_seen == log.events.head()
+    # Nothing appended since: the newest checkpoint holds the whole log, so running it
+    # again starts no job (one restored with nothing to read never learns what it had
+    # read, from keyed state, and --until-idle waited for it for ever).
+    jobs = sorted(os.listdir(root / "speed" / "checkpoints"))
+    head = log.events.head()
+    assert f"read {head}/{head} events, lag 0 " in run_saiki(
+        config, "speed", "run", "--until-idle", timeout=120
+    )
+    assert sorted(os.listdir(root / "speed" / "checkpoints")) == jobs
+    again = read_status(root / "speed")
+    assert again is not None and again.events_seen == head == status.events_seen

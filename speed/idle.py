@@ -1,0 +1,77 @@
+"""Which checkpoint holds the whole log: so that a restore with nothing new to read is known.
+
+A job restored from a checkpoint learns its counters (records read, late events, the
+segments read whole) from Flink's keyed state, which PyFlink lets the sink read only while
+it handles a record. A job restored with nothing left to read gets no record, so its
+status says it has read nothing: ``saiki speed run --until-idle`` run again with nothing
+new waited for ever, and ``saiki status`` showed the whole log as lag.
+
+The driver knows better from outside. When the job has read the log's whole head ``H``
+and written every row, and a checkpoint completes after that while the head is still
+``H``, that checkpoint holds exactly the records up to ``H``: it was taken after all of
+them were read, and before any other existed. The driver records it (``idle.json``:
+the checkpoint, ``H``, and the status then); a later start whose newest checkpoint is the
+recorded one, on a log whose head is still ``H``, has nothing to read (``nothing_new``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from saiki.core.files import atomic_write
+from saiki.feature_repo.online import SpeedStatus
+
+IDLE_FILE = "idle.json"  # in the speed folder
+
+
+def _completed_ms(checkpoint: Path) -> int:
+    return int(os.path.getmtime(checkpoint / "_metadata") * 1000)
+
+
+class IdleWatch:
+    """Follows the driver's looks at the job; records each checkpoint that holds the whole
+    log (see the module's doc)."""
+
+    def __init__(self, speed_dir: Path) -> None:
+        self._record = speed_dir / IDLE_FILE
+        self._since: tuple[int, int, SpeedStatus] | None = None  # (when, head, status)
+        self._recorded: str | None = None
+
+    def look(self, caught_up: bool, head: int, status: SpeedStatus | None, at_ms: int) -> None:
+        """One look: whether every record up to ``head`` was read and every row written."""
+        if not caught_up or status is None:
+            self._since = None
+        elif self._since is None or self._since[1] != head:
+            self._since = (at_ms, head, status)
+
+    def checkpointed(self, newest: Path | None, head: int) -> bool:
+        """Record ``newest`` if it completed while the job stayed caught up at ``head``
+        (``head`` read after it completed); returns whether it holds the whole log."""
+        if self._since is None or newest is None or head != self._since[1]:
+            return False
+        try:
+            if _completed_ms(newest) <= self._since[0]:
+                return False
+        except FileNotFoundError:  # removed as a newer one completed
+            return False
+        if str(newest) != self._recorded:
+            record = {"checkpoint": str(newest), "head": head, "status": asdict(self._since[2])}
+            atomic_write(self._record, json.dumps(record))
+            self._recorded = str(newest)
+        return True
+
+
+def nothing_new(speed_dir: Path, newest: Path | None, head: int) -> SpeedStatus | None:
+    """The recorded status when ``newest`` (the checkpoint a start would restore) is the
+    recorded one and the log's head is still the recorded head: a restored job would
+    read nothing. None otherwise, or when there is no readable record."""
+    try:
+        record = json.loads((speed_dir / IDLE_FILE).read_text())
+        if newest is None or record["checkpoint"] != str(newest) or record["head"] != head:
+            return None
+        return SpeedStatus(**record["status"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None

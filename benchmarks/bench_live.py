@@ -37,11 +37,13 @@ starts held to those CPUs and sizes its own threads to them), and once it has ca
 with the log the serving rows and freshness are measured again; it is restarted on every
 CPU for the quiet rows.
 
-``LIVE_SPLIT`` (e.g. ``0:1``) adds a phase, ``split-S:P``: the server restarted with
-``[serving] cpus = S`` and the speed layer with ``[speed] cpus = P`` (as a user would set
-them), and this process (the measuring client) and the ingest driver held to ``S`` for
-the phase: the client stands in for remote callers, and on the speed layer's CPU its own
-wake-ups would be measured. Both are restarted on every CPU afterwards.
+``LIVE_SPLIT`` (e.g. ``0:1``; ``0:1;0:1`` for two rounds) adds a phase per entry,
+``split-S:P``: the servers restarted with ``[serving] cpus = S`` and the speed layer
+with ``[speed] cpus = P`` (as a user would set them); this process (the measuring client)
+held to ``S`` (on the speed layer's CPU its own wake-ups would be measured) and the
+ingest driver to ``P`` (it stands in for remote callers: its CPU is not the servers').
+Both are restarted on every CPU afterwards and the live rows measured again, so that
+the two alternate.
 
 ``LIVE_PAUSED=1`` adds a diagnostic phase, ``paused``: ingest flowing and the servers
 taking it, the speed layer (driver and JVM) stopped with SIGSTOP while each row is
@@ -127,8 +129,11 @@ NICES: list[int | str] = [
 # Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
 # A phase with serving and the speed layer on CPU sets of their own ("0:1").
-_SERVING_CPUS, _, _SPEED_CPUS = os.environ.get("LIVE_SPLIT", "").partition(":")
-SPLIT = (_SERVING_CPUS, _SPEED_CPUS) if _SERVING_CPUS else None
+SPLITS = [
+    (serving, speed)
+    for serving, _, speed in (s.partition(":") for s in os.environ.get("LIVE_SPLIT", "").split(";"))
+    if serving
+]
 PAUSED = os.environ.get("LIVE_PAUSED", "") not in ("", "0")
 # Burn phases: the speed layer stopped, two busy processes at each of these nicenesses.
 BURNS: list[int | str] = [
@@ -175,23 +180,22 @@ def _start_server(data: Path, **settings: str) -> subprocess.Popen[str]:
 
 def _split_phase(
     data: Path,
+    split: tuple[str, str],
     parts: tuple[subprocess.Popen[str], subprocess.Popen[str], Ingest],
     rows: list[str],
     phases: list[Phase],
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
-    """The serving rows with ``[serving] cpus`` and ``[speed] cpus`` set to ``SPLIT``'s
+    """The serving rows with ``[serving] cpus`` and ``[speed] cpus`` set to ``split``'s
     two sets (``parts``: the speed layer, the servers, the ingest driver); returns the
     speed layer and the servers restarted on every CPU afterwards."""
-    assert SPLIT is not None
-    serving_cpus, speed_cpus = SPLIT
+    serving_cpus, speed_cpus = split
     speed, server, ingest = parts
     speed = _restart_speed(data, speed, speed_cpus)
     server = _restart_server(server, ingest, data, SERVING_CPUS=serving_cpus)
     everywhere = os.sched_getaffinity(0)
     # This process's own threads only: the servers and the speed layer are its children.
-    held = parse_cpus(serving_cpus)
-    hold_threads(os.getpid(), held, descendants=False)
-    hold_threads(ingest.pid, held)
+    hold_threads(os.getpid(), parse_cpus(serving_cpus), descendants=False)
+    hold_threads(ingest.pid, parse_cpus(speed_cpus))
     try:
         phases.append((f"split-{serving_cpus}:{speed_cpus}", time.time(), cpu_counters()))
         serving_rows(f"127.0.0.1:{PORT}", phases[-1][0], rows)
@@ -271,8 +275,10 @@ def main() -> None:
         feast_rows(data, phases[-1][0], rows)
         cache_off_row(data, phases[-1][0], rows)
         speed = _speed_phases(data, speed, target, rows, phases)
-        if SPLIT is not None:
-            speed, server = _split_phase(data, (speed, server, ingest), rows, phases)
+        for split in SPLITS:
+            speed, server = _split_phase(data, split, (speed, server, ingest), rows, phases)
+            phases.append(("live", time.time(), cpu_counters()))
+            serving_rows(target, phases[-1][0], rows)
         events = EventLog(load_config(data, environ={}).log_dir).events
         for burn in ([None] if PAUSED else []) + BURNS:
             label = "paused" if burn is None else f"burn-{burn}"
@@ -304,7 +310,8 @@ def main() -> None:
         f"Flink's source lists held {listed[0]} segments ({listed[1]} archived); "
         f"live-nN: the speed layer (driver and JVM) at niceness N; live-cS: the speed layer "
         f"started with [speed] cpus = S; split-S:P: the servers started with [serving] cpus "
-        f"= S, the speed layer with [speed] cpus = P, the client and ingest driver held to S; "
+        f"= S, the speed layer with [speed] cpus = P, the client held to S, the ingest "
+        f"driver to P; "
         f"steal: the share of the "
         f"machine's CPU time the hypervisor took during the row, n: attempts (a row is "
         f"measured again, {STEAL_ATTEMPTS} times at most, while steal is over "

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.common import DATA, conditions, fresh_dir, start_speed
-from benchmarks.live_traffic import prepare
+from benchmarks.common import conditions, start_speed
+from benchmarks.live_traffic import live_data
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
@@ -67,11 +67,7 @@ def jvm_cores(root: psutil.Process, seconds: float) -> float:
 
 
 def main() -> None:
-    data = DATA / "live" / "data"
-    if not (data / "views" / "CURRENT").exists():
-        fresh_dir("live")
-        data.mkdir(parents=True)
-        prepare(data)
+    data = live_data()
     events = EventLog(load_config(data, environ={}).log_dir).events
     print(f"# idle speed job — {conditions()}")
     print(

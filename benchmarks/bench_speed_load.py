@@ -40,14 +40,12 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common import (
-    DATA,
     conditions,
     cpu_counters,
-    fresh_dir,
     start_speed,
     steal_since,
 )
-from benchmarks.live_traffic import prepare
+from benchmarks.live_traffic import live_data
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import Ingestor
@@ -184,11 +182,7 @@ def measure(data: Path, label: str, settings: dict[str, str]) -> str:
 
 
 def main() -> None:
-    data = DATA / "live" / "data"
-    if not (data / "views" / "CURRENT").exists():
-        fresh_dir("live")
-        data.mkdir(parents=True)
-        prepare(data)
+    data = live_data()
     variants = parse_variants(VARIANTS)
     print(f"# speed layer under load — {conditions()}")
     print(

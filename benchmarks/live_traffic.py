@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_speed import saiki
-from benchmarks.common import impressions
+from benchmarks.common import DATA, fresh_dir, impressions
 from saiki.core.config import load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.timeutil import MS_PER_DAY, floor_minute, format_iso, now_ms
@@ -30,6 +30,17 @@ from saiki.serving.client import SaikiClient
 USERS = [f"u{n}" for n in range(2_000)]
 ITEMS = [f"i{n}" for n in range(800)]
 CALLS_PER_S, EVENTS_PER_CALL = 20, 50
+
+
+def live_data() -> Path:
+    """``bench_live``'s data folder, prepared first if it is not there (the scripts that
+    measure the speed job under load share it)."""
+    data = DATA / "live" / "data"
+    if not (data / "views" / "CURRENT").exists():
+        fresh_dir("live")
+        data.mkdir(parents=True)
+        prepare(data)
+    return data
 
 
 def prepare(data: Path) -> None:

@@ -29,8 +29,8 @@ from pathlib import Path
 import psutil
 
 from benchmarks import bench_speed_load as load
-from benchmarks.common import DATA, conditions, cpu_counters, fresh_dir, start_speed, steal_since
-from benchmarks.live_traffic import prepare
+from benchmarks.common import conditions, cpu_counters, start_speed, steal_since
+from benchmarks.live_traffic import live_data
 
 WARM_S = float(os.environ.get("LOAD_WARM_S", "40"))
 MEASURE_S = float(os.environ.get("LOAD_MEASURE_S", "60"))
@@ -102,11 +102,7 @@ def profile(data: Path, segments_per_s: int, events_per_segment: int) -> None:
 
 
 def main() -> None:
-    data = DATA / "live" / "data"
-    if not (data / "views" / "CURRENT").exists():
-        fresh_dir("live")
-        data.mkdir(parents=True)
-        prepare(data)
+    data = live_data()
     print(f"# the speed job's threads under load — {conditions()}")
     print(f"warm-up {WARM_S:.0f} s, measured {MEASURE_S:.0f} s; cores = CPU s per s")
     for shape in SHAPES:

@@ -79,6 +79,10 @@ class TileSinkFunction(KeyedProcessFunction):  # type: ignore[misc]
             read_through=self._spec.first_offset,
             state="running",
         )
+        # A restore whose counters the driver knows (speed/idle.py) says them from the
+        # start: with nothing left to read, no record would ever bring them from state.
+        for name, value in self._spec.restored:
+            setattr(status, name, value)
         self._sink = TileSink(
             None,
             self._spec.speed_dir,

@@ -11,7 +11,8 @@ and written every row, and a checkpoint completes after that while the head is s
 ``H``, that checkpoint holds exactly the records up to ``H``: it was taken after all of
 them were read, and before any other existed. The driver records it (``idle.json``:
 the checkpoint, ``H``, and the status then); a later start whose newest checkpoint is the
-recorded one, on a log whose head is still ``H``, has nothing to read (``nothing_new``).
+recorded one, on a log whose head is still ``H``, has nothing to read (``nothing_new``);
+a job restored from it knows its counters from the start (``restored_counters``).
 """
 
 from __future__ import annotations
@@ -64,14 +65,43 @@ class IdleWatch:
         return True
 
 
+def recorded(speed_dir: Path, checkpoint: Path | None) -> tuple[int, SpeedStatus] | None:
+    """The head and status recorded for ``checkpoint``: what a job restored from it has
+    read (its counters, exactly). None if it is not the recorded one, or no readable
+    record exists."""
+    try:
+        record = json.loads((speed_dir / IDLE_FILE).read_text())
+        if checkpoint is None or record["checkpoint"] != str(checkpoint):
+            return None
+        return int(record["head"]), SpeedStatus(**record["status"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
 def nothing_new(speed_dir: Path, newest: Path | None, head: int) -> SpeedStatus | None:
     """The recorded status when ``newest`` (the checkpoint a start would restore) is the
     recorded one and the log's head is still the recorded head: a restored job would
-    read nothing. None otherwise, or when there is no readable record."""
-    try:
-        record = json.loads((speed_dir / IDLE_FILE).read_text())
-        if newest is None or record["checkpoint"] != str(newest) or record["head"] != head:
-            return None
-        return SpeedStatus(**record["status"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return None
+    read nothing. None otherwise."""
+    known = recorded(speed_dir, newest)
+    return known[1] if known is not None and known[0] == head else None
+
+
+# What a restored job publishes from its start when its checkpoint is the recorded one.
+RESTORED_COUNTERS = (
+    "events_seen",
+    "read_through",
+    "late_events",
+    "max_event_ms",
+    "max_ingest_ms",
+    "watermark_ms",
+)
+
+
+def restored_counters(speed_dir: Path, checkpoint: Path | None) -> tuple[tuple[str, int], ...]:
+    """:data:`RESTORED_COUNTERS` of the status recorded for ``checkpoint`` (none if it is
+    not the recorded one): the sink publishes them at its start, before the first record
+    lets it read them from its state."""
+    known = recorded(speed_dir, checkpoint)
+    if known is None:
+        return ()
+    return tuple((name, int(getattr(known[1], name))) for name in RESTORED_COUNTERS)

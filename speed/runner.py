@@ -39,7 +39,7 @@ from saiki.speed.archive import (
     restore_covered,
 )
 from saiki.speed.cluster import TERMINAL, FlinkRest, job_name, package_distribution
-from saiki.speed.idle import IdleWatch, nothing_new
+from saiki.speed.idle import IdleWatch, nothing_new, restored_counters
 from saiki.speed.job import (
     build_job,
     embedded_python_path,
@@ -149,6 +149,8 @@ def _start_spec(
             first = live[0].first if live else 0
             spec = replace(spec, first_offset=first)
     save_lineage(spec)
+    if checkpoint is not None and not spec.kafka_bootstrap:
+        spec = replace(spec, restored=restored_counters(spec.speed_dir, checkpoint))
     return spec, checkpoint
 
 

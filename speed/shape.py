@@ -45,6 +45,9 @@ class SpeedJobSpec:
     # ``[speed] checkpoint_dir``; empty: under the speed folder.
     checkpoint_dir: str = ""
     object_reuse: bool = True  # Flink's pipeline.object-reuse ([speed] object_reuse)
+    # A restore's counters, when the driver knows them (speed/idle.py): published from the
+    # sink's start. Never saved with the lineage: they belong to one checkpoint.
+    restored: tuple[tuple[str, int], ...] = ()
 
     @property
     def speed_dir(self) -> Path:

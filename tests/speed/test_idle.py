@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from saiki.feature_repo.online import SpeedStatus
-from saiki.speed.idle import IDLE_FILE, IdleWatch, nothing_new
+from saiki.speed.idle import IDLE_FILE, IdleWatch, nothing_new, restored_counters
 
 T0 = 1_800_000_000_000
 
@@ -32,7 +32,13 @@ def test_a_checkpoint_after_the_head_was_read_is_recorded_and_means_nothing_new(
     assert nothing_new(tmp_path, later, 500) == status
     # Appended since, or another checkpoint to restore: the job has something to read.
     assert nothing_new(tmp_path, later, 501) is None
-    assert nothing_new(tmp_path, checkpoint(tmp_path, 8, T0 + 3_000), 500) is None
+    # Whatever was appended since, a job restored from it has read exactly that much.
+    counters = dict(restored_counters(tmp_path, later))
+    assert counters["events_seen"] == 500 and counters["late_events"] == 3
+    assert counters["read_through"] == 500
+    other = checkpoint(tmp_path, 8, T0 + 3_000)
+    assert nothing_new(tmp_path, other, 500) is None
+    assert restored_counters(tmp_path, other) == ()
 
 
 def test_no_record_unless_the_checkpoint_completed_after_the_head_was_read_and_it_stayed(

@@ -276,3 +276,20 @@ def test_a_fresh_start_after_a_handoff_archives_and_then_resumes_exactly(
     assert sorted(os.listdir(root / "speed" / "checkpoints")) == jobs
     again = read_status(root / "speed")
     assert again is not None and again.events_seen == head == status.events_seen
+    # A job started for good on that checkpoint gets no record either: it says from its
+    # start what the checkpoint holds (before, "0 read" and the whole log as lag).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIKI_")}
+    job = start_speed_job(root, env)
+    try:
+
+        def restored() -> bool:
+            now = read_status(root / "speed")
+            return now is not None and now.job_started_ms > again.job_started_ms
+
+        _wait(restored, 120, "the restored job's first status")
+        started = read_status(root / "speed")
+        assert started is not None and started.late_events == status.late_events
+        assert started.events_seen == head and started.read_through == status.read_through
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(60)

@@ -12,7 +12,7 @@ import psutil
 
 from saiki.ops.schedule import job_specs
 from saiki.ops.status import read_job
-from saiki.speed.runner import progress
+from saiki.speed.progress import progress
 
 
 def processes(up: psutil.Process) -> dict[str, list[psutil.Process]]:

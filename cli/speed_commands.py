@@ -94,7 +94,7 @@ def run_speed_command(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     """``saiki speed status``."""
-    from saiki.speed.runner import progress
+    from saiki.speed.progress import progress
 
     config = load_config(args.data_dir)
     look = progress(config)

@@ -106,7 +106,7 @@ class DemoServices:
 
     def wait_speed_caught_up(self, child: Child, timeout_s: float = 240) -> float:
         """Block until the speed layer has read the whole log; returns the seconds taken."""
-        from saiki.speed.runner import progress
+        from saiki.speed.progress import progress
 
         started = time.monotonic()
         while True:

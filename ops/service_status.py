@@ -109,7 +109,7 @@ def service_status(config: SaikiConfig, now: float | None = None) -> StatusRepor
 
 
 def _speed_lines(config: SaikiConfig, now: float) -> list[str]:
-    from saiki.speed.runner import progress
+    from saiki.speed.progress import progress
 
     look = progress(config)
     status = look.status

@@ -22,8 +22,14 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from saiki.core.config import SaikiConfig
 from saiki.core.files import atomic_write
-from saiki.feature_repo.online import SpeedStatus
+from saiki.core.timeutil import now_ms
+from saiki.feature_repo.online import SpeedStatus, write_status
+from saiki.speed.archive import ARCHIVED_FILE, restore_covered
+from saiki.speed.job import latest_checkpoint, load_lineage
+from saiki.speed.progress import SpeedProgress, progress
+from saiki.speed.shape import JOB_SHAPE, checkpoint_root
 
 IDLE_FILE = "idle.json"  # in the speed folder
 
@@ -105,3 +111,36 @@ def restored_counters(speed_dir: Path, checkpoint: Path | None) -> tuple[tuple[s
     if known is None:
         return ()
     return tuple((name, int(getattr(known[1], name))) for name in RESTORED_COUNTERS)
+
+
+def watch_once(config: SaikiConfig, idle: IdleWatch) -> tuple[bool, SpeedProgress]:
+    """One look at the job for ``idle``; whether the newest checkpoint holds the whole log
+    (the log's head is read after the checkpoint is listed, as ``IdleWatch`` needs)."""
+    newest = latest_checkpoint(checkpoint_folder(config))
+    look = progress(config)
+    status = look.status
+    caught_up = status is not None and not look.lag_events and not status.pending_rows
+    idle.look(caught_up, look.log_head, status, now_ms())
+    return idle.checkpointed(newest, look.log_head), look
+
+
+def checkpoint_folder(config: SaikiConfig) -> Path:
+    """Where the job's checkpoints are (the lineage's folder, else the configured one)."""
+    spec = load_lineage(config.data_dir / "speed")
+    return spec.checkpoints if spec else checkpoint_root(config.data_dir, "")
+
+
+def skip_if_nothing_new(config: SaikiConfig) -> SpeedProgress | None:
+    """The last run's progress when a restore would read nothing: its newest checkpoint
+    holds the whole log, and nothing was appended since (speed/idle.py); else None."""
+    lineage = load_lineage(config.data_dir / "speed")
+    if config.log.backend != "segments" or lineage is None or lineage.shape != JOB_SHAPE:
+        return None
+    checkpoint = latest_checkpoint(checkpoint_root(config.data_dir, config.speed.checkpoint_dir))
+    if checkpoint is None or not restore_covered(checkpoint, lineage.speed_dir / ARCHIVED_FILE):
+        return None
+    status = nothing_new(lineage.speed_dir, checkpoint, progress(config).log_head)
+    if status is None:
+        return None
+    write_status(lineage.speed_dir, status)
+    return progress(config)

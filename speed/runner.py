@@ -22,14 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import pyarrow as pa
-
 from saiki.core.config import SaikiConfig
 from saiki.core.errors import ComponentError, ConfigError
 from saiki.core.eventlog import EventLog
-from saiki.core.ingest import SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import now_ms
-from saiki.feature_repo.online import SpeedStatus, read_status, write_status
 from saiki.feature_repo.views import ViewCatalog
 from saiki.speed.archive import (
     ARCHIVED_FILE,
@@ -39,7 +35,13 @@ from saiki.speed.archive import (
     restore_covered,
 )
 from saiki.speed.cluster import TERMINAL, FlinkRest, job_name, package_distribution
-from saiki.speed.idle import IdleWatch, nothing_new, restored_counters
+from saiki.speed.idle import (
+    IdleWatch,
+    checkpoint_folder,
+    restored_counters,
+    skip_if_nothing_new,
+    watch_once,
+)
 from saiki.speed.job import (
     build_job,
     embedded_python_path,
@@ -49,20 +51,8 @@ from saiki.speed.job import (
     save_lineage,
 )
 from saiki.speed.jvm import jvm_args
+from saiki.speed.progress import SpeedProgress, progress
 from saiki.speed.shape import JOB_SHAPE, SpeedJobSpec, checkpoint_root
-
-_INGEST_ONLY = pa.schema([SEGMENT_ARROW_SCHEMA.field("ingest_ms")])
-
-
-@dataclass(frozen=True)
-class SpeedProgress:
-    """One look at the running job."""
-
-    status: SpeedStatus | None
-    log_head: int
-    lag_events: int
-    lag_seconds: float
-    segments: int = 0  # in the folder Flink's source re-lists (its idle cost grows with them)
 
 
 def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path | None]:
@@ -107,27 +97,6 @@ def resolve_spec(config: SaikiConfig, fresh: bool) -> tuple[SpeedJobSpec, Path |
 
 def _kafka_properties(config: SaikiConfig) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(config.log.kafka_properties.items()))
-
-
-def progress(config: SaikiConfig) -> SpeedProgress:
-    """The job's status with its lag behind the log's head.
-
-    Called twice a second while the job runs: one listing of the log's folder, and only
-    the ``ingest_ms`` column of the oldest unread segment.
-    """
-    events = log_topic(config.log_dir)
-    segments = events.live_segments()
-    head = segments[-1].end if segments else events.head()
-    status = read_status(config.data_dir / "speed")
-    seen = status.events_seen if status else 0  # a log position: from the first offset read
-    lag = max(head - seen, 0)
-    lag_seconds = 0.0
-    unread = next((s for s in segments if s.end > seen), None) if lag else None
-    if unread is not None:
-        table = events.read(unread, _INGEST_ONLY)
-        oldest = table.column("ingest_ms")[max(seen - unread.first, 0)].as_py()
-        lag_seconds = max((now_ms() - oldest) / 1000, 0.0)
-    return SpeedProgress(status, head, lag, lag_seconds, len(segments))
 
 
 def _start_spec(
@@ -206,7 +175,7 @@ def run_speed(
         reached(f"watching the cluster's running job {running['jid']}")
         job: _Job = _ClusterJob(rest, running["jid"])
     else:
-        if until_idle and not fresh and (done := _nothing_new(config)) is not None:
+        if until_idle and not fresh and (done := skip_if_nothing_new(config)) is not None:
             reached(
                 "nothing appended since the newest checkpoint, which holds the whole log "
                 f"(head {done.log_head}): every row is written; no job started"
@@ -227,7 +196,7 @@ def run_speed(
             job.cancel()
             # No checkpoint completes after the cancel: the newest may hold the whole log.
             with contextlib.suppress(Exception):
-                _checkpointed(config, idle)
+                watch_once(config, idle)
         elif stage is not None:
             stage(f"the job keeps running on the cluster at {config.speed.jobmanager}")
         if threading.current_thread() is threading.main_thread():
@@ -251,7 +220,7 @@ def _watch(
     # lists is archived at its next fresh start.
     archive = (
         RunningArchive(
-            log_topic(config.log_dir), _checkpoints(config), spec.speed_dir / ARCHIVED_FILE
+            log_topic(config.log_dir), checkpoint_folder(config), spec.speed_dir / ARCHIVED_FILE
         )
         if isinstance(job, _LocalJob) and spec is not None and not spec.kafka_bootstrap
         else None
@@ -261,7 +230,7 @@ def _watch(
         job.raise_if_failed()
         # Idle: every record read and every changed row written, for a while, and a
         # checkpoint that holds it all, so that a later run resumes past it all.
-        checkpointed, look = _checkpointed(config, idle)
+        checkpointed, look = watch_once(config, idle)
         if archive is not None:
             archive.tick(look.status)
         if report is not None:
@@ -275,39 +244,6 @@ def _watch(
             caught_up_at = now_ms()
         if now_ms() - caught_up_at >= idle_seconds * 1000 and checkpointed:
             break
-    return progress(config)
-
-
-def _checkpointed(config: SaikiConfig, idle: IdleWatch) -> tuple[bool, SpeedProgress]:
-    """One look at the job for ``idle``; whether the newest checkpoint holds the whole log
-    (the log's head is read after the checkpoint is listed, as ``IdleWatch`` needs)."""
-    newest = latest_checkpoint(_checkpoints(config))
-    look = progress(config)
-    status = look.status
-    caught_up = status is not None and not look.lag_events and not status.pending_rows
-    idle.look(caught_up, look.log_head, status, now_ms())
-    return idle.checkpointed(newest, look.log_head), look
-
-
-def _checkpoints(config: SaikiConfig) -> Path:
-    """Where the job's checkpoints are (the lineage's folder, else the configured one)."""
-    spec = load_lineage(config.data_dir / "speed")
-    return spec.checkpoints if spec else checkpoint_root(config.data_dir, "")
-
-
-def _nothing_new(config: SaikiConfig) -> SpeedProgress | None:
-    """The last run's progress when a restore would read nothing: its newest checkpoint
-    holds the whole log, and nothing was appended since (speed/idle.py); else None."""
-    lineage = load_lineage(config.data_dir / "speed")
-    if config.log.backend != "segments" or lineage is None or lineage.shape != JOB_SHAPE:
-        return None
-    checkpoint = latest_checkpoint(checkpoint_root(config.data_dir, config.speed.checkpoint_dir))
-    if checkpoint is None or not restore_covered(checkpoint, lineage.speed_dir / ARCHIVED_FILE):
-        return None
-    status = nothing_new(lineage.speed_dir, checkpoint, progress(config).log_head)
-    if status is None:
-        return None
-    write_status(lineage.speed_dir, status)
     return progress(config)
 
 

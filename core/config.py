@@ -130,8 +130,8 @@ class ServingConfig:
     threads: int = 2
     # CPUs `saiki serve` holds itself and its worker processes to ("0", "0-1"; empty: every
     # CPU). With `[speed] cpus` set to the others, no speed-layer thread runs on a core a
-    # request thread wakes on: on a 2-vCPU machine that, not a lower priority, took the
-    # 1-in-flight p99s to their quiet values (docs/service.md).
+    # request thread wakes on, which no lower priority achieves; on two vCPUs it lowered
+    # the 1-in-flight p99s in service and left the servers one core (docs/service.md).
     cpus: str = ""
     precision: Literal["int8", "fp32"] = "int8"
     max_candidates: int = 1000

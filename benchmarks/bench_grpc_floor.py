@@ -103,7 +103,7 @@ def _cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def _rows(label: str, process: psutil.Process, target: str, load: tuple[Any, Any, str]) -> None:
+def rows(label: str, process: psutil.Process, target: str, load: tuple[Any, Any, str]) -> None:
     requests, stub, method = load
     asyncio.run(call_load(target, requests, 1, 1.0, stub=stub, method=method))  # warm
     for in_flight in (1, 8):
@@ -142,7 +142,7 @@ def main() -> None:
         try:
             assert child.stdout is not None
             child.stdout.readline()
-            _rows(kind, psutil.Process(child.pid), f"127.0.0.1:{PORT}", health)
+            rows(kind, psutil.Process(child.pid), f"127.0.0.1:{PORT}", health)
         finally:
             child.terminate()
             child.wait(30)
@@ -161,8 +161,8 @@ def main() -> None:
             time.sleep(3)  # the view and model load
             process = psutil.Process(server.pid)
             target = f"127.0.0.1:{SAIKI_PORT}"
-            _rows(f"saiki, access {share}: health", process, target, health)
-            _rows(f"saiki, access {share}: 1 user", process, target, user)
+            rows(f"saiki, access {share}: health", process, target, health)
+            rows(f"saiki, access {share}: 1 user", process, target, user)
         finally:
             server.terminate()
             server.wait(30)

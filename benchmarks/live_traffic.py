@@ -258,14 +258,18 @@ def paused(pid: int) -> Iterator[None]:
 
 
 @contextmanager
-def burning(niceness: int | str, count: int = 2) -> Iterator[None]:
-    """``count`` processes that only spin, at ``niceness`` (``renice``'s values), for the
-    block: CPU work with none of the speed layer's writes, to tell what a background
-    process's CPU alone costs serving's tail at that priority."""
+def burning(
+    niceness: int | str, count: int = 2, cpus: frozenset[int] | None = None
+) -> Iterator[None]:
+    """``count`` processes that only spin, at ``niceness`` (``renice``'s values), held to
+    ``cpus`` if given, for the block: CPU work with none of the speed layer's writes, to
+    tell what a background process's CPU alone costs serving's tail at that priority."""
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     try:
         for spinner in spinners:
             renice(spinner.pid, niceness)
+            if cpus is not None:
+                hold_threads(spinner.pid, cpus)
         yield
     finally:
         for spinner in spinners:

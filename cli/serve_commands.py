@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from saiki.core.config import load_config
 from saiki.core.errors import ConfigError
-from saiki.core.process import hold_to_cpus
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -49,11 +47,6 @@ def run_serve(args: argparse.Namespace) -> int:
         },
     )
     serving = config.serving
-    try:  # before the workers start: they inherit the CPU set
-        if held := hold_to_cpus(serving.cpus):
-            print(f"held to CPU(s) {sorted(held)} ([serving] cpus)", file=sys.stderr, flush=True)
-    except ValueError as exc:
-        raise ConfigError(f"serving.cpus: {exc}") from exc
 
     def ready(port: int) -> None:
         print(

@@ -133,6 +133,11 @@ class ServingConfig:
     # request thread wakes on, which no lower priority achieves; on two vCPUs it lowered
     # the 1-in-flight p99s in service and left the servers one core (docs/service.md).
     cpus: str = ""
+    # Set (e.g. to the speed layer's CPUs): `saiki serve` starts one event writer process
+    # held to these CPUs, which validates and appends every worker's `Ingest` calls, so
+    # that group commits never run on a core or under a GIL that read calls wait for
+    # (serving/event_writer.py). Empty: each server process appends its own calls.
+    ingest_cpus: str = ""
     precision: Literal["int8", "fp32"] = "int8"
     max_candidates: int = 1000
     max_ids: int = 10_000

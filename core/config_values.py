@@ -64,11 +64,11 @@ def check_ranges(sections: dict[str, Any]) -> None:
     for section, key in (("speed", "nice"), ("schedule", "nice")):
         if getattr(sections[section], key) > 19:
             raise ConfigError(f"{section}.{key}: must be at most 19 (Linux's lowest priority)")
-    for section in ("speed", "serving"):
+    for section, key in (("speed", "cpus"), ("serving", "cpus"), ("serving", "ingest_cpus")):
         try:
-            parse_cpus(sections[section].cpus)
+            parse_cpus(getattr(sections[section], key))
         except ValueError as exc:
-            raise ConfigError(f"{section}.cpus: {exc}") from exc
+            raise ConfigError(f"{section}.{key}: {exc}") from exc
     for key in ("port", "health_port", "metrics_port"):
         port = getattr(sections["serving"], key)
         if port > 65535:

@@ -64,15 +64,10 @@ def parse_cpus(text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def hold_to_cpus(text: str) -> frozenset[int]:
-    """Hold this process to the CPUs of ``text`` (``parse_cpus``; empty: leave it): every
-    thread it has now, and so every thread and child it starts from now on, which inherit
-    their creator's affinity (a JVM started afterwards also sizes its GC and compiler
-    threads to them). Returns the CPUs held to (empty when left alone).
-
-    Raises ``ValueError`` naming any CPU this process may not use (Linux; elsewhere a
-    non-empty list is an error too, since it cannot be honoured).
-    """
+def usable_cpus(text: str) -> frozenset[int]:
+    """The CPUs of ``text`` (``parse_cpus``), checked against those this process may use
+    now; raises ``ValueError`` naming any it may not (or any list where CPUs cannot be
+    chosen: Linux only)."""
     cpus = parse_cpus(text)
     if not cpus:
         return cpus
@@ -83,6 +78,21 @@ def hold_to_cpus(text: str) -> frozenset[int]:
         raise ValueError(
             f"CPU(s) {missing} are not available to this process (it may use {sorted(allowed)})"
         )
+    return cpus
+
+
+def hold_to_cpus(text: str) -> frozenset[int]:
+    """Hold this process to the CPUs of ``text`` (``parse_cpus``; empty: leave it): every
+    thread it has now, and so every thread and child it starts from now on, which inherit
+    their creator's affinity (a JVM started afterwards also sizes its GC and compiler
+    threads to them). Returns the CPUs held to (empty when left alone).
+
+    Raises ``ValueError`` naming any CPU this process may not use (Linux; elsewhere a
+    non-empty list is an error too, since it cannot be honoured).
+    """
+    cpus = usable_cpus(text)
+    if not cpus:
+        return cpus
     for task in os.listdir("/proc/self/task"):  # Linux keeps the affinity per thread
         with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
             os.sched_setaffinity(int(task), cpus)

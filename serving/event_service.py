@@ -10,8 +10,11 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import json_format
 
-from saiki.core.errors import InvalidInputError
-from saiki.core.ingest import IngestResult, RawEvent
+from saiki.core.config import SaikiConfig
+from saiki.core.errors import ConfigError, InvalidInputError
+from saiki.core.eventlog import EventLog
+from saiki.core.group_commit import GroupCommitter
+from saiki.core.ingest import Ingestor, IngestResult, RawEvent
 from saiki.serving.status import abort_if_expired, rpc
 from saiki.v1 import events_pb2, events_pb2_grpc
 
@@ -71,17 +74,92 @@ class Appender(Protocol):
     def close(self) -> None: ...
 
 
-class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
-    """Validates and appends each request's events; answers per-event rejections."""
+def event_appender(config: SaikiConfig) -> Appender:
+    """Ingest's appender: the group committer on the segment files, or the Kafka producer
+    (``[log] backend``)."""
+    log = config.log
+    if log.backend == "kafka":
+        if not log.kafka_bootstrap:
+            raise ConfigError('[log] backend = "kafka" needs [log] kafka_bootstrap')
+        from saiki.core.kafka_log import KafkaAppender
 
-    def __init__(self, appender: Appender, max_events: int) -> None:
-        # One appender per process: calls share segments and fsyncs, or producer batches.
-        self._committer = appender
-        self._max_events = max_events
+        return KafkaAppender(
+            log.kafka_bootstrap,
+            log.kafka_topic,
+            linger_ms=log.group_commit_ms,
+            properties=log.kafka_properties,
+        )
+    # The log's file lock orders this process against others.
+    return GroupCommitter(Ingestor(EventLog(config.log_dir)), log.group_commit_ms)
+
+
+def append_request(
+    appender: Appender, request: events_pb2.IngestRequest, source: str
+) -> events_pb2.IngestResponse:
+    """Validate and append one request's events; its answer, with per-event rejections.
+    The same whether the server process appends itself or its event writer does
+    (``serving/event_writer.py``)."""
+    inputs = [
+        RawEvent(functools.partial(raw_payload, event), event_to_mapping(event), source)
+        for event in request.events
+    ]
+    if not inputs:
+        return events_pb2.IngestResponse()
+    result = appender.submit(inputs)
+    return events_pb2.IngestResponse(
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        quarantined=result.quarantined,
+        rejections=[
+            events_pb2.Rejection(
+                index=index, event_id=why.event_id, field=why.field, reason=why.reason
+            )
+            for index, why in result.rejections
+        ],
+    )
+
+
+class RequestAppender(Protocol):
+    """What EventService hands a checked request to: :class:`LocalAppender` in this
+    process, or the event writer's client (``serving/event_writer.py``)."""
+
+    def append(
+        self, request: events_pb2.IngestRequest, source: str, timeout_s: float | None
+    ) -> events_pb2.IngestResponse: ...
+
+    def close(self) -> None: ...
+
+
+class LocalAppender:
+    """Appends on the calling thread (one appender per process: calls share segments and
+    fsyncs, or producer batches)."""
+
+    def __init__(self, appender: Appender) -> None:
+        self._appender = appender
+
+    def append(
+        self, request: events_pb2.IngestRequest, source: str, timeout_s: float | None
+    ) -> events_pb2.IngestResponse:
+        """``append_request`` here; a group commit is not abandoned half-way, so the
+        timeout is not applied."""
+        return append_request(self._appender, request, source)
 
     def close(self) -> None:
         """Commit what is queued and stop the committer."""
-        self._committer.close()
+        self._appender.close()
+
+
+class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
+    """Checks each request's size and deadline; its events are validated and appended by
+    ``appender`` (in this process, or by the event writer process)."""
+
+    def __init__(self, appender: RequestAppender, max_events: int) -> None:
+        self._appender = appender
+        self._max_events = max_events
+
+    def close(self) -> None:
+        """Commit what is queued (or let go of the event writer)."""
+        self._appender.close()
 
     @rpc
     def Ingest(  # noqa: N802 (gRPC method name)
@@ -93,22 +171,6 @@ class EventService(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
             )
         # Past its deadline the caller has given up: append nothing it will not hear of.
         abort_if_expired(context, "before the append")
-        source = f"grpc:{context.peer()}"
-        inputs = [
-            RawEvent(functools.partial(raw_payload, event), event_to_mapping(event), source)
-            for event in request.events
-        ]
-        if not inputs:
+        if not request.events:
             return events_pb2.IngestResponse()
-        result = self._committer.submit(inputs)
-        return events_pb2.IngestResponse(
-            accepted=result.accepted,
-            duplicates=result.duplicates,
-            quarantined=result.quarantined,
-            rejections=[
-                events_pb2.Rejection(
-                    index=index, event_id=why.event_id, field=why.field, reason=why.reason
-                )
-                for index, why in result.rejections
-            ],
-        )
+        return self._appender.append(request, f"grpc:{context.peer()}", context.time_remaining())

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Mapping
-
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -97,20 +94,4 @@ class FeatureService(features_pb2_grpc.FeatureServiceServicer):  # type: ignore[
                 parts[n] = blob
                 encoded[merged.ids[n]] = (merged.rows[n], blob)
         response.MergeFromString(b"".join(parts))
-        return response
-        # The merger says when its rows still hold; so do the bytes encoded from them.
-        generation, encoded = self._encoded.get(request.entity, (None, {}))
-        if generation != merged.generation:
-            encoded = {}
-            self._encoded[request.entity] = (merged.generation, encoded)
-        lookup: Mapping[str, bytes] = encoded
-        missing = [n for n, entity_id in enumerate(merged.ids) if entity_id not in encoded]
-        if missing:
-            fresh = self._encoder.encode([merged.ids[n] for n in missing], merged.values[missing])
-            fresh_by_id = dict(zip((merged.ids[n] for n in missing), fresh, strict=True))
-            if len(encoded) + len(fresh_by_id) <= CACHE_LIMIT:
-                encoded.update(fresh_by_id)
-            else:  # full: serve these without keeping them
-                lookup = collections.ChainMap(fresh_by_id, encoded)
-        response.MergeFromString(b"".join([lookup[entity_id] for entity_id in merged.ids]))
         return response

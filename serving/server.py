@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -18,16 +19,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from saiki.core.config import SaikiConfig
-from saiki.core.errors import ConfigError
-from saiki.core.eventlog import EventLog
-from saiki.core.group_commit import GroupCommitter
-from saiki.core.ingest import Ingestor
+from saiki.core.errors import ComponentError, ConfigError
+from saiki.core.process import hold_to_cpus, parse_cpus, usable_cpus
 from saiki.core.timeutil import now_ms
 from saiki.feature_repo.online import read_status
 from saiki.feature_repo.online_readers import online_reader
 from saiki.feature_repo.views import ViewCatalog
 from saiki.serving import observability
-from saiki.serving.event_service import Appender, EventService
+from saiki.serving.event_service import EventService, LocalAppender, event_appender
+from saiki.serving.event_writer import EventWriter, WriterAddress, WriterClient
 from saiki.serving.feature_service import FeatureService
 from saiki.serving.merge import FeatureMerger
 from saiki.serving.names import SERVICE_NAMES
@@ -179,33 +179,17 @@ def _listen(server: grpc.Server, address: str, config: SaikiConfig) -> int:
         raise ConfigError(f"cannot listen on {address}: {exc}") from exc
 
 
-def event_appender(config: SaikiConfig) -> Appender:
-    """Ingest's appender: the group committer on the segment files, or the Kafka producer
-    (``[log] backend``)."""
-    log = config.log
-    if log.backend == "kafka":
-        if not log.kafka_bootstrap:
-            raise ConfigError('[log] backend = "kafka" needs [log] kafka_bootstrap')
-        from saiki.core.kafka_log import KafkaAppender
-
-        return KafkaAppender(
-            log.kafka_bootstrap,
-            log.kafka_topic,
-            linger_ms=log.group_commit_ms,
-            properties=log.kafka_properties,
-        )
-    # The log's file lock orders this process against others.
-    return GroupCommitter(Ingestor(EventLog(config.log_dir)), log.group_commit_ms)
-
-
 def start_server(
     config: SaikiConfig,
     host: str | None = None,
     port: int | None = None,
     health_port: int | None = None,
+    event_writer: WriterAddress | None = None,
 ) -> RunningServer:
     """Build and start the server; ``port=0`` picks a free port (tests). ``health_port``
-    (default ``[serving] health_port``; 0: none) starts a health-only server beside it."""
+    (default ``[serving] health_port``; 0: none) starts a health-only server beside it.
+    With ``event_writer``, ``Ingest`` calls are forwarded to that process
+    (``serving/event_writer.py``); without, this process appends them itself."""
     serving = config.serving
     host = host or serving.host
     check_exposure(config, host)
@@ -218,7 +202,12 @@ def start_server(
         options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 64 << 20)],
         maximum_concurrent_rpcs=serving.max_in_flight,
     )
-    event_service = EventService(event_appender(config), serving.max_events_per_ingest)
+    appender = (
+        WriterClient(event_writer)
+        if event_writer is not None
+        else LocalAppender(event_appender(config))
+    )
+    event_service = EventService(appender, serving.max_events_per_ingest)
     events_pb2_grpc.add_EventServiceServicer_to_server(event_service, server)
     merger = FeatureMerger(
         ViewCatalog.open(config),
@@ -283,8 +272,9 @@ def start_server(
     )
 
 
-def serve_forever(running: RunningServer) -> None:
-    """Block until SIGINT/SIGTERM, then stop gracefully."""
+def serve_forever(running: RunningServer, writer: EventWriter | None = None) -> None:
+    """Block until SIGINT/SIGTERM, then stop gracefully. With ``writer``, also stop when
+    the event writer exits, and raise ComponentError saying so."""
     stopped = threading.Event()
 
     def handle(signum: int, frame: object) -> None:
@@ -292,13 +282,32 @@ def serve_forever(running: RunningServer) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    stopped.wait()
+    while not stopped.wait(_SUPERVISE_S):
+        if writer is not None and not writer.alive():
+            break
     running.stop()
+    if writer is not None:
+        _stop_writer(writer)
 
 
-def _worker(config: SaikiConfig, host: str | None, port: int, ready: Any) -> None:
+# How often `saiki serve` checks that its worker processes and event writer still run.
+_SUPERVISE_S = 0.5
+
+
+def _stop_writer(writer: EventWriter) -> None:
+    """Stop the event writer after the servers (their last calls need it); raise if it
+    had ended on its own."""
+    ended = writer.exitcode()
+    writer.stop()
+    if ended is not None:
+        raise ComponentError(f"the event writer process exited (code {ended}); server stopped")
+
+
+def _worker(
+    config: SaikiConfig, host: str | None, port: int, ready: Any, writer: WriterAddress | None
+) -> None:
     observability.configure_logging()
-    running = start_server(config, host=host, port=port)
+    running = start_server(config, host=host, port=port, event_writer=writer)
     ready.put(running.port)
     serve_forever(running)
 
@@ -313,32 +322,65 @@ def serve_processes(
     """Run ``workers`` server processes on one port (SO_REUSEPORT: the kernel spreads
     connections) and block until SIGINT/SIGTERM, which every worker gets too. With
     ``[serving] metrics_port``, this process serves every worker's metrics at one
-    endpoint.
+    endpoint. With ``[serving] ingest_cpus``, an event writer process on those CPUs
+    appends every worker's ``Ingest`` calls (``serving/event_writer.py``).
 
-    The GIL makes one process one core; this is how saiki uses all of them.
+    The GIL makes one process one core; this is how saiki uses all of them. Raises
+    ComponentError when a worker or the event writer exits on its own.
     """
     observability.configure_logging()
     serving = config.serving
     port = serving.port if port is None else port
     metrics_host = host or serving.host
+    if workers > 1 and port == 0:
+        raise ConfigError("several workers need a fixed --port to share")
+    for key in ("cpus", "ingest_cpus"):
+        try:
+            usable_cpus(getattr(serving, key))
+        except ValueError as exc:
+            raise ConfigError(f"serving.{key}: {exc}") from exc
+    # The writer first, while this process may still use every CPU it holds itself to.
+    writer = EventWriter(config) if serving.ingest_cpus else None
+    if writer is not None:
+        print(
+            f"event writer (pid {writer.pid}) on CPU(s) {sorted(parse_cpus(serving.ingest_cpus))}"
+            " ([serving] ingest_cpus)",
+            file=sys.stderr,
+            flush=True,
+        )
+    # Then this process and the workers it starts (they inherit the CPU set).
+    if held := hold_to_cpus(serving.cpus):
+        print(f"held to CPU(s) {sorted(held)} ([serving] cpus)", file=sys.stderr, flush=True)
+    address = writer.address if writer is not None else None
     if workers <= 1:
-        running = start_server(config, host=host, port=port)
+        try:
+            running = start_server(config, host=host, port=port, event_writer=address)
+        except BaseException:
+            if writer is not None:
+                writer.stop()
+            raise
         metrics = observability.serve_metrics(serving.metrics_port, metrics_host)
         on_ready(running.port)
-        serve_forever(running)
-        if metrics is not None:
-            metrics.shutdown()
+        try:
+            serve_forever(running, writer)
+        finally:
+            if metrics is not None:
+                metrics.shutdown()
         return
-    _serve_workers(config, host, port, workers, on_ready)
+    _serve_workers(config, host, port, workers, on_ready, writer=writer)
 
 
 def _serve_workers(
-    config: SaikiConfig, host: str | None, port: int, workers: int, on_ready: Callable[[int], None]
+    config: SaikiConfig,
+    host: str | None,
+    port: int,
+    workers: int,
+    on_ready: Callable[[int], None],
+    *,
+    writer: EventWriter | None,
 ) -> None:
     serving = config.serving
     metrics_host = host or serving.host
-    if port == 0:
-        raise ConfigError("several workers need a fixed --port to share")
     import multiprocessing
 
     folder = config.data_dir / "serving" / f"metrics-{os.getpid()}"
@@ -346,8 +388,10 @@ def _serve_workers(
         observability.prepare_multiprocess(folder)
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
+    address = writer.address if writer is not None else None
     processes = [
-        context.Process(target=_worker, args=(config, host, port, ready)) for _ in range(workers)
+        context.Process(target=_worker, args=(config, host, port, ready, address))
+        for _ in range(workers)
     ]
     for process in processes:
         process.start()
@@ -357,12 +401,7 @@ def _serve_workers(
     if serving.metrics_port:
         metrics = observability.serve_metrics(serving.metrics_port, metrics_host, folder)
     on_ready(port)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    signal.signal(signal.SIGINT, lambda *_: stopped.set())
-    while not stopped.wait(0.5):
-        if not all(p.is_alive() for p in processes):
-            stopped.set()
+    ended = _supervise(processes, writer)
     for process in processes:
         if process.is_alive():
             process.terminate()  # SIGTERM: each stops gracefully
@@ -371,3 +410,21 @@ def _serve_workers(
     if metrics is not None:
         metrics.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
+    if writer is not None:
+        _stop_writer(writer)
+    if ended:
+        raise ComponentError(f"server process(es) exited: {', '.join(ended)}; server stopped")
+
+
+def _supervise(processes: list[Any], writer: EventWriter | None) -> list[str]:
+    """Block until SIGINT/SIGTERM (returns []) or until a worker or the event writer
+    ends on its own (returns the workers that ended)."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    while not stopped.wait(_SUPERVISE_S):
+        ended = [f"worker {p.pid} (code {p.exitcode})" for p in processes if not p.is_alive()]
+        if ended or (writer is not None and not writer.alive()):
+            # Asked to stop meanwhile: the workers were told to as well.
+            return [] if stopped.is_set() else ended
+    return []

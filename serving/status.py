@@ -28,8 +28,18 @@ _CODES: tuple[tuple[type[SaikiError], grpc.StatusCode], ...] = (
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
+class ForwardedError(SaikiError):
+    """An error another process answered with its status (the event writer's)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 def status_code(error: SaikiError) -> grpc.StatusCode:
     """The status code a saiki error is answered with."""
+    if isinstance(error, ForwardedError):
+        return error.code
     for kind, code in _CODES:
         if isinstance(error, kind):
             return code

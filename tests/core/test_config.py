@@ -50,6 +50,7 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ('[speed]\ncpus = "one"\n', {}, "speed.cpus: 'one' is not a CPU number"),
         ("", {"SAIKI_SPEED_CPUS": "1-0"}, "speed.cpus: '1-0': CPU numbers"),
         ('[serving]\ncpus = "0,x"\n', {}, "serving.cpus: 'x' is not a CPU number"),
+        ('[serving]\ningest_cpus = "x"\n', {}, "serving.ingest_cpus: 'x' is not a CPU"),
         ("[models]\nshadow_cpu = 0.0\n", {}, "models.shadow_cpu: must be within"),
         ("[models]\ntraining_days = 1\n", {}, "models.training_days: must be at least 2"),
         ("", {"SAIKI_MODELS_MAX_HOLDOUT_ROWS": "10"}, "models.max_holdout_rows: must be at"),

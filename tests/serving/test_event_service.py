@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,17 +18,32 @@ from saiki.core.config import SaikiConfig, load_config
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import QUARANTINE_RECORD_SCHEMA, SEGMENT_ARROW_SCHEMA
 from saiki.core.timeutil import now_ms
+from saiki.serving.event_writer import EventWriter
 from saiki.serving.server import RunningServer, start_server
 from saiki.v1 import events_pb2, events_pb2_grpc
 from tests.conftest import make_config
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, SaikiConfig]]:
-    config = make_config(tmp_path_factory.mktemp("rpc") / "data")
-    running = start_server(config, host="127.0.0.1", port=0)
+@pytest.fixture(scope="module", params=["in-process", "event-writer"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningServer, SaikiConfig]]:
+    """The server appending its own Ingest calls, and one forwarding them to an event
+    writer process ([serving] ingest_cpus): every test here answers the same for both."""
+    root = tmp_path_factory.mktemp("rpc") / "data"
+    if request.param == "in-process":
+        config = make_config(root)
+        running = start_server(config, host="127.0.0.1", port=0)
+        yield running, config
+        running.stop(0)
+        return
+    cpu = str(max(os.sched_getaffinity(0)))
+    config = load_config(root, environ={}, serving={"ingest_cpus": cpu})
+    writer = EventWriter(config)
+    running = start_server(config, host="127.0.0.1", port=0, event_writer=writer.address)
     yield running, config
     running.stop(0)
+    writer.stop()
 
 
 @pytest.fixture(scope="module")

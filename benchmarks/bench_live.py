@@ -43,7 +43,10 @@ with ``[speed] cpus = P`` (as a user would set them); this process (the measurin
 held to ``S`` (on the speed layer's CPU its own wake-ups would be measured) and the
 ingest driver to ``P`` (it stands in for remote callers: its CPU is not the servers').
 Both are restarted on every CPU afterwards and the live rows measured again, so that
-the two alternate.
+the two alternate. An entry ``S:P:W`` (e.g. ``0:1:1``) also sets ``[serving] ingest_cpus
+= W``: an event writer process on ``W`` appends every worker's `Ingest` calls
+(``serving/event_writer.py``) rather than each server process its own; alternate
+``0:1;0:1:1`` to compare the two in one run.
 
 ``LIVE_PAUSED=1`` adds a diagnostic phase, ``paused``: ingest flowing and the servers
 taking it, the speed layer (driver and JVM) stopped with SIGSTOP while each row is
@@ -128,11 +131,11 @@ NICES: list[int | str] = [
 ]
 # Further phases with the speed layer held to these CPUs ("1", or "0-1"; ";" between sets).
 CPU_SETS = [c for c in os.environ.get("LIVE_SPEED_CPUS", "").split(";") if c]
-# A phase with serving and the speed layer on CPU sets of their own ("0:1").
+# A phase with serving and the speed layer on CPU sets of their own ("0:1"), and with
+# an event writer on a third ("0:1:1"): (serving, speed, ingest or "").
 SPLITS = [
-    (serving, speed)
-    for serving, _, speed in (s.partition(":") for s in os.environ.get("LIVE_SPLIT", "").split(";"))
-    if serving
+    (parts[0], parts[1], parts[2] if len(parts) > 2 else "")
+    for parts in (s.split(":") for s in os.environ.get("LIVE_SPLIT", "").split(";") if s)
 ]
 PAUSED = os.environ.get("LIVE_PAUSED", "") not in ("", "0")
 # Burn phases: the speed layer stopped, two busy processes at each of these nicenesses.
@@ -180,24 +183,27 @@ def _start_server(data: Path, **settings: str) -> subprocess.Popen[str]:
 
 def _split_phase(
     data: Path,
-    split: tuple[str, str],
+    split: tuple[str, str, str],
     parts: tuple[subprocess.Popen[str], subprocess.Popen[str], Ingest],
     rows: list[str],
     phases: list[Phase],
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
-    """The serving rows with ``[serving] cpus`` and ``[speed] cpus`` set to ``split``'s
-    two sets (``parts``: the speed layer, the servers, the ingest driver); returns the
-    speed layer and the servers restarted on every CPU afterwards."""
-    serving_cpus, speed_cpus = split
+    """The serving rows with ``[serving] cpus``, ``[speed] cpus`` and ``[serving]
+    ingest_cpus`` set to ``split``'s three sets (the last empty: no event writer;
+    ``parts``: the speed layer, the servers, the ingest driver); returns the speed layer
+    and the servers restarted on every CPU afterwards."""
+    serving_cpus, speed_cpus, ingest_cpus = split
     speed, server, ingest = parts
     speed = _restart_speed(data, speed, speed_cpus)
-    server = _restart_server(server, ingest, data, SERVING_CPUS=serving_cpus)
+    writer = {"SERVING_INGEST_CPUS": ingest_cpus} if ingest_cpus else {}
+    server = _restart_server(server, ingest, data, SERVING_CPUS=serving_cpus, **writer)
     everywhere = os.sched_getaffinity(0)
     # This process's own threads only: the servers and the speed layer are its children.
     hold_threads(os.getpid(), parse_cpus(serving_cpus), descendants=False)
     hold_threads(ingest.pid, parse_cpus(speed_cpus))
     try:
-        phases.append((f"split-{serving_cpus}:{speed_cpus}", time.time(), cpu_counters()))
+        label = ":".join(filter(None, split))
+        phases.append((f"split-{label}", time.time(), cpu_counters()))
         serving_rows(f"127.0.0.1:{PORT}", phases[-1][0], rows)
         phases.append(("", time.time(), cpu_counters()))  # the restarts below: no phase
     finally:
@@ -311,14 +317,15 @@ def main() -> None:
         f"live-nN: the speed layer (driver and JVM) at niceness N; live-cS: the speed layer "
         f"started with [speed] cpus = S; split-S:P: the servers started with [serving] cpus "
         f"= S, the speed layer with [speed] cpus = P, the client held to S, the ingest "
-        f"driver to P; "
+        f"driver to P; split-S:P:W: as split-S:P, with an event writer process on W "
+        f"([serving] ingest_cpus = W) appending every server's Ingest calls; "
         f"steal: the share of the "
         f"machine's CPU time the hypervisor took during the row, n: attempts (a row is "
         f"measured again, {STEAL_ATTEMPTS} times at most, while steal is over "
         f"{STEAL_MAX:.0%}; the attempt with the least steal is printed)"
     )
     print(
-        f"{'phase':<10}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'steal':>7}"
+        f"{'phase':<12}{'call':<36}{'p50 ms':>8}{'p99 ms':>8}{'calls/s':>9}{'steal':>7}"
         f"{'n':>3}{'cache hit':>10}"
     )
     for row in rows:

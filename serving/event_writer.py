@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import secrets
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
@@ -42,8 +44,10 @@ from saiki.v1 import events_pb2
 
 log = logging.getLogger("saiki.serving.event_writer")
 
-# How often the writer checks that the process that started it is still there.
+# How often the writer checks that the process that started it is still there (and
+# that process, while it waits for the writer to start, that the writer is).
 _PARENT_CHECK_S = 0.5
+_START_S = 120
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,18 @@ class EventWriter:
         )
         self._process.start()
         told.close()
-        try:
-            reply = ready.get(timeout=120)
-        except Exception as exc:
-            self._process.kill()
-            raise ComponentError(f"the event writer did not start: {exc}") from exc
+        deadline = time.monotonic() + _START_S
+        while True:
+            try:
+                reply = ready.get(timeout=_PARENT_CHECK_S)
+                break
+            except queue.Empty:
+                if not self._process.is_alive() or time.monotonic() > deadline:
+                    self.stop(0)
+                    raise ComponentError(
+                        "the event writer did not start "
+                        f"(exit code {self._process.exitcode}; its log says why)"
+                    ) from None
         if isinstance(reply, str) and reply.startswith("error:"):
             self._process.join(10)
             raise ComponentError(f"the event writer did not start: {reply[6:]}")

@@ -21,12 +21,13 @@ import psutil
 import pyarrow as pa
 import pytest
 
+from saiki.core.config import load_config
 from saiki.core.errors import ComponentError
 from saiki.core.eventlog import EventLog
 from saiki.core.ingest import SEGMENT_ARROW_SCHEMA, IngestResult, RawEvent
 from saiki.ops.demo_services import free_port
 from saiki.serving import event_writer
-from saiki.serving.event_writer import WriterAddress, WriterClient
+from saiki.serving.event_writer import EventWriter, WriterAddress, WriterClient
 from saiki.serving.status import ForwardedError
 from saiki.v1 import events_pb2, events_pb2_grpc
 from tests.conftest import ROOT
@@ -176,3 +177,14 @@ def test_a_late_answer_is_never_taken_for_the_next_calls_and_errors_keep_their_s
         assert client.append(_request(2), "test", timeout_s=5).accepted == 2
     finally:
         listener.close()
+
+
+def test_a_writer_that_cannot_start_says_why(tmp_path: Path) -> None:
+    config = load_config(
+        tmp_path / "data",
+        environ={},
+        log={"backend": "kafka"},  # and no bootstrap servers
+        serving={"ingest_cpus": str(WRITER_CPU)},
+    )
+    with pytest.raises(ComponentError, match=r"did not start: .*kafka_bootstrap"):
+        EventWriter(config)

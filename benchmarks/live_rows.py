@@ -149,6 +149,7 @@ def _row(
     """One printed row: p50, p99, calls/s, the host's steal over it and the attempts
     (``common.with_least_steal``), then any further column."""
     p50, p99 = _percentiles(samples)
+    label = f"{label} "  # a long phase label still ends in a space
     return f"{label:<12}{name:<36}{p50:>8.2f}{p99:>8.2f}{rate:>9.0f}{steal:>7.1%}{tries:>3}{extra}"
 
 

@@ -34,7 +34,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Start the server and block until interrupted."""
-    from saiki.serving.server import serve_processes
+    from saiki.serving.processes import serve_processes
 
     # Flags are the last layer: defaults → saiki.toml → environment → flags.
     config = load_config(

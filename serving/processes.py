@@ -19,6 +19,9 @@ from saiki.serving import observability
 from saiki.serving.event_writer import EventWriter, WriterAddress
 from saiki.serving.server import RunningServer, start_server
 
+# How often `saiki serve` checks that its worker processes and event writer still run.
+_SUPERVISE_S = 0.5
+
 
 def serve_forever(running: RunningServer, writer: EventWriter | None = None) -> None:
     """Block until SIGINT/SIGTERM, then stop gracefully. With ``writer``, also stop when
@@ -36,10 +39,6 @@ def serve_forever(running: RunningServer, writer: EventWriter | None = None) -> 
     running.stop()
     if writer is not None:
         _stop_writer(writer)
-
-
-# How often `saiki serve` checks that its worker processes and event writer still run.
-_SUPERVISE_S = 0.5
 
 
 def _stop_writer(writer: EventWriter) -> None:
